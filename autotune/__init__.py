@@ -1,0 +1,45 @@
+"""autotune: tune a training job to the hardware it runs on.
+
+Probe the devices, fit the batch size to memory, search batch size × optimizer × learning rate with Optuna,
+and keep every trial. Importing this package imports no deep-learning framework.
+"""
+
+from autotune.devices import Device, probe
+from autotune.errors import (
+    AutotuneError,
+    BackendNotInstalled,
+    DeviceError,
+    FitError,
+    SearchSpaceError,
+    StorageError,
+    TaskError,
+    TrialError,
+    UnknownBackend,
+)
+from autotune.memory import BatchFit, MemoryModel, fit_batch_size
+from autotune.task import LOSS_NAMES, Task, load_task
+from autotune.units import format_size, parse_size
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutotuneError",
+    "BackendNotInstalled",
+    "BatchFit",
+    "Device",
+    "DeviceError",
+    "FitError",
+    "LOSS_NAMES",
+    "MemoryModel",
+    "SearchSpaceError",
+    "StorageError",
+    "Task",
+    "TaskError",
+    "TrialError",
+    "UnknownBackend",
+    "fit_batch_size",
+    "format_size",
+    "load_task",
+    "parse_size",
+    "probe",
+]

@@ -1,0 +1,132 @@
+"""The Backend interface every framework adapter implements, and the training session it hands out.
+
+Lifecycle, as the engine drives it (in a worker process by default):
+
+1. ``backend = get_backend("torch")`` — imports the framework.
+2. ``device = backend.resolve_device("cuda:0")`` — a `Device`, or `DeviceError`.
+3. ``backend.limit_memory(device, limit)`` — optional: enforce a device-memory cap in this process.
+4. ``session = backend.session(task, data, device, batch_size=..., optimizer=spec, seed=...)`` — a fresh
+   model and optimizer on the device.
+5. ``session.train_step(indices)`` repeatedly, ``session.evaluate()``, ``session.peak_memory()``.
+6. ``session.close()`` and, after an exception for which ``backend.is_oom(exc)`` holds,
+   ``backend.release_memory(device)`` so that the next session starts clean.
+
+Everything outside ``autotune/backends/`` speaks only this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from autotune.devices import Device
+from autotune.errors import DeviceError
+from autotune.optimizers import validate_spec
+from autotune.task import Task
+
+
+class TrainingSession(abc.ABC):
+    """A model, its optimizer and the data on one device, ready to train at one batch size."""
+
+    batch_size: int
+    compile_seconds: float = 0.0
+    """Time spent tracing or compiling the step (graph mode, ``tf.function``), reported on its own."""
+
+    @abc.abstractmethod
+    def train_step(self, indices: np.ndarray) -> None:
+        """One optimizer step on the training samples at ``indices``; may run asynchronously."""
+
+    @abc.abstractmethod
+    def last_loss(self) -> float:
+        """The training loss of the last step, as a Python float (synchronises the device)."""
+
+    @abc.abstractmethod
+    def evaluate(self, max_batches: int | None = None) -> float:
+        """Mean validation loss over the validation set (or its first ``max_batches``), in batches of
+        ``batch_size``."""
+
+    def synchronize(self) -> None:
+        """Wait until queued device work is done, so that a clock read after it is honest."""
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window on the device (host memory is read by the engine)."""
+
+    def peak_memory(self) -> int | None:
+        """Peak device memory in bytes since the last reset; None on the CPU (the engine reads the process)."""
+        return None
+
+    def close(self) -> None:
+        """Drop the model, optimizer and data so that their memory can be reused."""
+
+
+class Backend(abc.ABC):
+    """One framework behind autotune's neutral vocabulary (devices, optimizers, losses, steps, memory)."""
+
+    name: ClassVar[str]
+    optimizer_names: ClassVar[tuple[str, ...]]
+    """Neutral optimizer names (see `autotune.optimizers.OPTIMIZERS`) this backend can build."""
+
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The framework's version string."""
+
+    @abc.abstractmethod
+    def devices(self) -> list[Device]:
+        """Every device the framework can train on, the CPU included."""
+
+    def resolve_device(self, spec: str | None) -> Device:
+        """The device named ``spec`` (``None``: the first accelerator, else the CPU), or `DeviceError`."""
+        devices = self.devices()
+        if spec is None or spec == "auto":
+            accelerators = [d for d in devices if d.kind != "cpu"]
+            return accelerators[0] if accelerators else devices[0]
+        wanted = spec.strip().lower()
+        for device in devices:
+            if device.id.lower() == wanted or (wanted == device.kind and device.index == 0):
+                return device
+        names = ", ".join(d.id for d in devices)
+        raise DeviceError(f"device {spec!r} is not available to {self.name}: use one of {names}")
+
+    def validate_optimizer(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """A complete neutral optimizer spec, or a one-line error naming what this backend lacks."""
+        return validate_spec(spec, self.optimizer_names, self.name)
+
+    @abc.abstractmethod
+    def session(
+        self,
+        task: Task,
+        data: Any,
+        device: Device,
+        *,
+        batch_size: int,
+        optimizer: Mapping[str, Any],
+        seed: int = 0,
+    ) -> TrainingSession:
+        """A fresh model (``task.model()``) and optimizer on ``device``, seeded, with ``data`` ready."""
+
+    def data_size(self, data: Any) -> tuple[int, int]:
+        """Number of training and validation samples in ``data`` (arrays; backends extend for native datasets)."""
+        return data.n_train, data.n_val
+
+    @abc.abstractmethod
+    def is_oom(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is this framework's out-of-memory failure (narrowly: everything else re-raises)."""
+
+    def release_memory(self, device: Device) -> None:
+        """Hand cached memory back after a session or an OOM."""
+        import gc
+
+        gc.collect()
+
+    def limit_memory(self, device: Device, limit_bytes: int) -> None:
+        """Enforce a cap on device memory in this process (accelerators; the CPU cap is the worker's)."""
+
+    def free_memory(self, device: Device) -> int | None:
+        """Bytes free on ``device`` now (None: unknown; the CPU's budget comes from the host)."""
+        return device.memory_free
+
+    def preload_modules(self) -> Sequence[str]:
+        """Modules a worker-process server imports once, so that each worker starts warm."""
+        return ()

@@ -1,0 +1,205 @@
+"""PyTorch adapter: devices (CPU, CUDA, MPS), optimizers from ``torch.optim``, a training step, CUDA memory, OOM."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from autotune.backends.base import Backend, TrainingSession
+from autotune.devices import Device, cpu_device
+from autotune.errors import TaskError
+from autotune.task import ArrayData, Task
+
+_CPU_OOM_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+_CUDA_OOM_MESSAGES = ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+
+def _adam_like(cls: type) -> Any:
+    def build(params: Any, s: Mapping[str, Any]) -> torch.optim.Optimizer:
+        return cls(params, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=s["weight_decay"])
+
+    return build
+
+
+_OPTIMIZERS = {
+    "sgd": lambda p, s: torch.optim.SGD(p, lr=s["lr"], weight_decay=s["weight_decay"]),
+    "momentum": lambda p, s: torch.optim.SGD(p, lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"]),
+    "nesterov": lambda p, s: torch.optim.SGD(
+        p, lr=s["lr"], momentum=s["momentum"], nesterov=True, weight_decay=s["weight_decay"]
+    ),
+    "adam": _adam_like(torch.optim.Adam),
+    "adamw": _adam_like(torch.optim.AdamW),
+    "adamax": _adam_like(torch.optim.Adamax),
+    "nadam": _adam_like(torch.optim.NAdam),
+    "radam": _adam_like(torch.optim.RAdam),
+    "amsgrad": lambda p, s: torch.optim.Adam(
+        p, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=s["weight_decay"], amsgrad=True
+    ),
+    "rmsprop": lambda p, s: torch.optim.RMSprop(
+        p, lr=s["lr"], alpha=s["rho"], momentum=s["momentum"], eps=s["eps"],
+        weight_decay=s["weight_decay"], centered=s["centered"],
+    ),
+    "adagrad": lambda p, s: torch.optim.Adagrad(
+        p, lr=s["lr"], eps=s["eps"], weight_decay=s["weight_decay"],
+        initial_accumulator_value=s["initial_accumulator_value"],
+    ),
+    "adadelta": lambda p, s: torch.optim.Adadelta(p, lr=s["lr"], rho=s["rho"], eps=s["eps"], weight_decay=s["weight_decay"]),
+    "asgd": lambda p, s: torch.optim.ASGD(p, lr=s["lr"], weight_decay=s["weight_decay"]),
+}
+if hasattr(torch.optim, "Adafactor"):
+    _OPTIMIZERS["adafactor"] = lambda p, s: torch.optim.Adafactor(
+        p, lr=s["lr"], beta2_decay=s["beta2_decay"], eps=(None, s["eps"]), weight_decay=s["weight_decay"]
+    )
+
+_LOSSES = {
+    "cross_entropy": F.cross_entropy,
+    "mse": F.mse_loss,
+    "mae": F.l1_loss,
+    "binary_cross_entropy": F.binary_cross_entropy_with_logits,
+    "huber": F.huber_loss,
+}
+
+
+class TorchSession(TrainingSession):
+    """Model, optimizer and data on one torch device; data stays on the host and moves per batch."""
+
+    def __init__(self, task: Task, data: ArrayData, device: Device, batch_size: int,
+                 optimizer: Mapping[str, Any], seed: int) -> None:
+        self.batch_size = batch_size
+        self.device = torch.device(device.id)
+        self._cuda = self.device.type == "cuda"
+        torch.manual_seed(seed)
+        try:
+            model = task.model()
+        except Exception as exc:
+            raise TaskError(f"the task's model() raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(model, torch.nn.Module):
+            raise TaskError(f"the task's model() returned {type(model).__name__}, not a torch.nn.Module")
+        self.model = model.to(self.device).train()
+        self.optimizer = _OPTIMIZERS[optimizer["name"]](self.model.parameters(), optimizer)
+        self.loss_fn = _LOSSES[task.loss] if isinstance(task.loss, str) else task.loss
+        integer_targets = task.loss == "cross_entropy"
+        self.x_train, self.y_train = _tensors(data.x_train, data.y_train, integer_targets, self._cuda)
+        self.x_val, self.y_val = _tensors(data.x_val, data.y_val, integer_targets, self._cuda)
+        self._last: torch.Tensor | None = None
+
+    def _batch(self, x: torch.Tensor, y: torch.Tensor, indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return (x[indices].to(self.device, non_blocking=True), y[indices].to(self.device, non_blocking=True))
+
+    def train_step(self, indices: np.ndarray) -> None:
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        inputs, targets = self._batch(self.x_train, self.y_train, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(inputs), targets)
+        loss.backward()
+        self.optimizer.step()
+        self._last = loss.detach()
+
+    def last_loss(self) -> float:
+        return float("nan") if self._last is None else float(self._last.item())
+
+    def evaluate(self, max_batches: int | None = None) -> float:
+        self.model.eval()
+        total, count = 0.0, 0
+        stop = len(self.x_val) if max_batches is None else min(len(self.x_val), max_batches * self.batch_size)
+        with torch.no_grad():
+            for start in range(0, stop, self.batch_size):
+                inputs, targets = self._batch(self.x_val, self.y_val, slice(start, start + self.batch_size))
+                loss = self.loss_fn(self.model(inputs), targets)
+                total += float(loss.item()) * len(inputs)
+                count += len(inputs)
+        self.model.train()
+        return total / max(count, 1)
+
+    def synchronize(self) -> None:
+        if self._cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak_memory(self) -> None:
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_memory(self) -> int | None:
+        if self._cuda:
+            return int(torch.cuda.max_memory_reserved(self.device))
+        return None
+
+    def close(self) -> None:
+        for name in ("model", "optimizer", "x_train", "y_train", "x_val", "y_val", "_last"):
+            setattr(self, name, None)
+
+
+def _tensors(x: Any, y: Any, integer_targets: bool, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x_tensor = torch.as_tensor(np.asarray(x))
+    if x_tensor.is_floating_point() and x_tensor.dtype != torch.float32:
+        x_tensor = x_tensor.float()
+    y_tensor = torch.as_tensor(np.asarray(y))
+    y_tensor = y_tensor.long() if integer_targets else y_tensor.float()
+    if pin:
+        x_tensor, y_tensor = x_tensor.pin_memory(), y_tensor.pin_memory()
+    return x_tensor, y_tensor
+
+
+class TorchBackend(Backend):
+    """PyTorch: CPU, CUDA GPUs (caching-allocator peak memory) and Apple MPS."""
+
+    name = "torch"
+    optimizer_names = tuple(sorted(_OPTIMIZERS))
+
+    def version(self) -> str:
+        return torch.__version__
+
+    def devices(self) -> list[Device]:
+        devices = [cpu_device("torch")]
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                props = torch.cuda.get_device_properties(index)
+                devices.append(Device(
+                    id=f"cuda:{index}", kind="gpu", index=index, name=props.name, backend="torch",
+                    memory_total=int(props.total_memory), memory_free=None,
+                    details={"capability": f"{props.major}.{props.minor}",
+                             "multiprocessors": props.multi_processor_count},
+                ))
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            devices.append(Device(id="mps", kind="gpu", index=0, name="Apple MPS", backend="torch"))
+        return devices
+
+    def session(self, task: Task, data: Any, device: Device, *, batch_size: int,
+                optimizer: Mapping[str, Any], seed: int = 0) -> TorchSession:
+        spec = self.validate_optimizer(optimizer)
+        return TorchSession(task, data, device, batch_size, spec, seed)
+
+    def is_oom(self, exc: BaseException) -> bool:
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(exc, RuntimeError):
+            text = str(exc)
+            return any(message in text for message in _CPU_OOM_MESSAGES + _CUDA_OOM_MESSAGES)
+        return False
+
+    def release_memory(self, device: Device) -> None:
+        gc.collect()
+        if device.kind == "gpu" and device.id.startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(torch.device(device.id))
+
+    def limit_memory(self, device: Device, limit_bytes: int) -> None:
+        if device.id.startswith("cuda"):
+            total = torch.cuda.get_device_properties(device.index).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total), device.index)
+
+    def free_memory(self, device: Device) -> int | None:
+        if device.id.startswith("cuda"):
+            free, _total = torch.cuda.mem_get_info(device.index)
+            return int(free)
+        return device.memory_free
+
+    def preload_modules(self) -> Sequence[str]:
+        # torch.optim imports torch._dynamo on first use (about a second): do it once in the server
+        return ("torch", "torch._dynamo", "autotune.backends.torch", "autotune.memory")
+
+

@@ -1,0 +1,195 @@
+"""The ``autotune`` command: probe, fit-batch, tune, best, studies, report.
+
+Every user mistake ends as one line on stderr (``autotune: error: ...``) and exit code 2; nothing below this
+module prints except through the progress callback it passes in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Sequence
+
+from autotune.console import key_values, number, status, table
+from autotune.errors import AutotuneError
+from autotune.units import format_size, parse_size
+
+EXIT_USAGE = 2
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except AutotuneError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be a fraction in [0, 1), e.g. 0.05")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _json_out(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------- probe
+def cmd_probe(args: argparse.Namespace) -> int:
+    from autotune.devices import probe
+
+    result = probe([args.backend] if args.backend else None)
+    if args.json:
+        _json_out(result)
+        return 0
+    cpu = result["cpu"]
+    print(f"Host  {result['host']['hostname']}  ({result['host']['os']}, Python {result['host']['python']})")
+    print(key_values([
+        ("CPU", cpu["model"]),
+        ("cores", f"{cpu['physical_cores']} physical, {cpu['logical_cores']} logical, {cpu['usable_cores']} usable"),
+        ("RAM", f"{format_size(cpu['ram_total'])} total, {format_size(cpu['ram_available'])} available"),
+    ]))
+    print()
+    gpus = result["nvidia"]["gpus"]
+    if gpus:
+        print(table(
+            ["GPU", "name", "memory total", "free", "used", "util %", "power W", "limit W", "driver", "CUDA"],
+            [[g["index"], g["name"], format_size(g["memory_total"]), format_size(g["memory_free"]),
+              format_size(g["memory_used"]), g["utilization_percent"], number(g["power_draw_watts"], 4),
+              number(g["power_limit_watts"], 4), g["driver_version"], g["cuda_version"]] for g in gpus],
+        ))
+    else:
+        print(result["nvidia"]["note"])
+    print()
+    rows = []
+    for name, info in result["backends"].items():
+        if not info["installed"]:
+            rows.append([name, "not installed", "-", "-", "-", info["hint"]])
+        elif "error" in info:
+            rows.append([name, "error", "-", "-", "-", info["error"]])
+        else:
+            for device in info["devices"]:
+                rows.append([name, info["version"], device["id"], device["kind"], device["name"],
+                             format_size(device["memory_total"])])
+    print(table(["backend", "version", "device", "kind", "name", "memory"], rows))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- fit-batch
+def cmd_fit_batch(args: argparse.Namespace) -> int:
+    from autotune.memory import fit_batch_size
+    from autotune.task import load_task
+
+    task = load_task(args.task)
+    optimizer = {"name": args.optimizer} if args.optimizer else None
+    fit = fit_batch_size(
+        task, device=args.device, memory_limit=args.memory_limit, margin=args.margin, max_batch=args.max_batch,
+        granularity=args.granularity, optimizer=optimizer, isolation="none" if args.in_process else "process",
+        progress=None if args.json or args.quiet else status,
+    )
+    if args.json:
+        _json_out(fit.to_dict())
+        return 0
+    model = fit.model.describe() if fit.model else "-"
+    print(key_values([
+        ("batch size", f"{fit.batch_size}  (granularity {fit.granularity}; limited by {fit.limited_by})"),
+        ("peak memory", f"{format_size(fit.peak_memory_bytes)} ({fit.memory_metric.replace('_', ' ')})"),
+        ("budget", f"{format_size(fit.budget_bytes)} less a {fit.margin:.0%} margin"),
+        ("memory model", model),
+        ("probe steps", f"{len(fit.probes)} ({fit.ooms} out of memory)"),
+        ("device", f"{fit.device} ({fit.backend})"),
+        ("time", f"{fit.seconds:.1f} s"),
+    ]))
+    print()
+    print(table(
+        ["batch", "result", "peak memory", "samples/s", "seconds"],
+        [[p.batch_size, "fits" if p.fits else ("OOM" if p.oom else "over budget"), format_size(p.peak_memory_bytes),
+          number(p.throughput), f"{p.seconds:.1f}"] for p in sorted(fit.probes, key=lambda p: p.batch_size)],
+    ))
+    for note in fit.notes:
+        print(f"note: {note}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autotune",
+        description="Tune a training job to the hardware it runs on: probe devices, fit the batch size to memory, "
+        "search batch size, optimizer and learning rate with Optuna.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    probe = sub.add_parser("probe", help="show every device the installed backends can use")
+    probe.add_argument("--backend", help="only this framework (torch, tensorflow, mindspore)")
+    probe.add_argument("--json", action="store_true", help="print one JSON object")
+    probe.set_defaults(handler=cmd_probe)
+
+    fit = sub.add_parser("fit-batch", help="find the largest batch size that fits in memory")
+    fit.add_argument("task", help="path/file.py[:attr] or package.module:attr")
+    fit.add_argument("--device", help="device id from `autotune probe` (default: first accelerator, else cpu)")
+    fit.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (default: free device memory); "
+                     "on the CPU it caps each probe worker's address space for real")
+    fit.add_argument("--margin", type=_fraction, default=0.05, help="fraction of the budget kept free (default 0.05)")
+    fit.add_argument("--max-batch", type=_positive_int, help="never go above this batch size")
+    fit.add_argument("--granularity", type=_positive_int,
+                     help="resolution of the answer (default: a power of two near 1/64 of it)")
+    fit.add_argument("--optimizer", help="optimizer whose state is counted (default adam)")
+    fit.add_argument("--in-process", action="store_true", help="probe in this process (less exact; no CPU cap)")
+    fit.add_argument("--json", action="store_true", help="print one JSON object")
+    fit.add_argument("--quiet", action="store_true", help="no progress lines")
+    fit.set_defaults(handler=cmd_fit_batch)
+
+    _add_study_commands(sub)
+    return parser
+
+
+def _add_study_commands(sub: Any) -> None:
+    """Commands of the search (tune, best, studies, report), registered when that module is present."""
+    try:
+        from autotune import cli_study
+    except ImportError:
+        return
+    cli_study.register(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except AutotuneError as exc:
+        print(f"autotune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("autotune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

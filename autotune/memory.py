@@ -1,0 +1,367 @@
+"""Fit the batch size to memory: measure, model, predict, verify, correct.
+
+Peak memory is measured for the whole of a short training run at a few batch sizes (first optimizer step,
+an evaluation pass, steady steps), each in a fresh worker so that no allocator leftovers distort the next.
+A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the measurements, the largest batch under
+the budget (less a margin) is predicted and verified with a real run; the model is refitted with every new
+point and the answer corrected by bisection when a run fails or leaves room. On the CPU a memory limit is
+enforced for real: the worker's address space is capped, so exceeding it is a genuine allocation failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from autotune.backends import get_backend
+from autotune.errors import FitError, TrialError
+from autotune.procmem import process_memory, reset_resident_peak
+from autotune.runner import run_in_worker
+from autotune.task import Task, load_task, resolve_task, task_handle
+from autotune.training import BatchSampler, measure_probe
+from autotune.units import format_size
+
+DEFAULT_MARGIN = 0.05
+MAX_PROBES = 14
+GROWTH = 8
+AIM = 0.85
+
+
+@dataclasses.dataclass
+class Probe:
+    """One measured run at ``batch_size``: its peak memory, or why it failed."""
+
+    batch_size: int
+    fits: bool
+    oom: bool = False
+    peak_memory_bytes: int | None = None
+    resident_peak_bytes: int | None = None
+    throughput: float | None = None
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclasses.dataclass
+class MemoryModel:
+    """``peak(batch) = intercept_bytes + bytes_per_sample * batch``, fitted by least squares."""
+
+    intercept_bytes: float
+    bytes_per_sample: float
+    max_residual_bytes: float = 0.0
+
+    @classmethod
+    def fit(cls, points: list[tuple[int, int]]) -> "MemoryModel | None":
+        if len({batch for batch, _ in points}) < 2:
+            return None
+        batches = np.array([batch for batch, _ in points], dtype=float)
+        peaks = np.array([peak for _, peak in points], dtype=float)
+        slope, intercept = np.polyfit(batches, peaks, 1)
+        residual = float(np.max(np.abs(peaks - (intercept + slope * batches))))
+        return cls(float(intercept), float(slope), residual)
+
+    @classmethod
+    def local(cls, probes: list["Probe"]) -> "MemoryModel | None":
+        """A line through the largest measured point, with the slope of resident memory.
+
+        Address space and allocator reservations grow in coarse chunks (a 64 MiB glibc arena, 2 MiB CUDA
+        segments), so at small sizes they stay flat and a slope taken from them undershoots; the resident set
+        grows smoothly from the first sample. The slope comes from the smallest and largest resident peaks,
+        the height from the largest measured peak of the budgeted metric.
+        """
+        measured = sorted((p for p in probes if p.peak_memory_bytes), key=lambda p: p.batch_size)
+        if len(measured) < 2 or measured[0].batch_size == measured[-1].batch_size:
+            return None
+        small, large = measured[0], measured[-1]
+        rising = [(p.resident_peak_bytes or p.peak_memory_bytes) for p in (small, large)]
+        slope = (rising[1] - rising[0]) / (large.batch_size - small.batch_size)
+        if slope <= 0:
+            slope = (large.peak_memory_bytes - small.peak_memory_bytes) / (large.batch_size - small.batch_size)
+        intercept = large.peak_memory_bytes - slope * large.batch_size
+        residual = max(abs(p.peak_memory_bytes - (intercept + slope * p.batch_size)) for p in measured[-2:])
+        return cls(float(intercept), float(slope), float(residual))
+
+    def predict(self, batch_size: float) -> float:
+        return self.intercept_bytes + self.bytes_per_sample * batch_size
+
+    def largest_under(self, budget_bytes: float) -> float:
+        if self.bytes_per_sample <= 0:
+            return math.inf
+        return (budget_bytes - self.intercept_bytes) / self.bytes_per_sample
+
+    def describe(self) -> str:
+        return f"{format_size(self.intercept_bytes)} + {format_size(self.bytes_per_sample)} × batch"
+
+
+@dataclasses.dataclass
+class BatchFit:
+    """The answer of `fit_batch_size` and how it was reached."""
+
+    batch_size: int
+    peak_memory_bytes: int | None
+    budget_bytes: int
+    margin: float
+    memory_metric: str
+    limited_by: str
+    granularity: int
+    model: MemoryModel | None
+    probes: list[Probe]
+    device: str
+    backend: str
+    seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ooms(self) -> int:
+        return sum(1 for probe in self.probes if probe.oom)
+
+    @property
+    def throughput(self) -> float | None:
+        for probe in self.probes:
+            if probe.batch_size == self.batch_size and probe.fits:
+                return probe.throughput
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["ooms"] = self.ooms
+        data["probe_steps"] = len(self.probes)
+        data["throughput"] = self.throughput
+        data["model"] = None if self.model is None else {
+            **dataclasses.asdict(self.model), "formula": self.model.describe()}
+        return data
+
+
+def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mapping[str, Any], steps: int,
+               seed: int, device_memory_limit: int | None) -> dict[str, Any]:
+    """Build a fresh session at ``batch_size``, run `measure_probe`, return the peak; OOM → TrialError('oom')."""
+    task = resolve_task(task)
+    backend = get_backend(task.backend)
+    target = backend.resolve_device(device)
+    if device_memory_limit and target.kind != "cpu":
+        backend.limit_memory(target, device_memory_limit)
+    data = task.load_data()
+    free_at_start = backend.free_memory(target) if target.kind != "cpu" else None
+    reset_resident_peak()
+    session = None
+    try:
+        session = backend.session(task, data, target, batch_size=batch_size, optimizer=optimizer, seed=seed)
+        session.reset_peak_memory()
+        n_train, _ = backend.data_size(data)
+        figures = measure_probe(session, BatchSampler(n_train, batch_size, seed), steps=steps)
+        device_peak = session.peak_memory()
+    except Exception as exc:
+        if backend.is_oom(exc):
+            raise TrialError("oom", _short(exc)) from None
+        raise
+    finally:
+        if session is not None:
+            session.close()
+        session = None
+        backend.release_memory(target)
+    memory = process_memory()
+    return {**figures, "device_peak": device_peak, "free_at_start": free_at_start, **memory}
+
+
+def _points(probes: list[Probe]) -> list[tuple[int, int]]:
+    return [(p.batch_size, p.peak_memory_bytes) for p in probes if p.peak_memory_bytes]
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    return text[:300]
+
+
+def fit_batch_size(
+    task: Task | str,
+    *,
+    device: str | None = None,
+    memory_limit: int | None = None,
+    margin: float = DEFAULT_MARGIN,
+    max_batch: int | None = None,
+    granularity: int | None = None,
+    optimizer: Mapping[str, Any] | None = None,
+    steps: int = 1,
+    seed: int = 0,
+    isolation: str = "process",
+    probe_timeout: float = 600.0,
+    progress: Callable[[str], None] | None = None,
+) -> BatchFit:
+    """The largest batch size whose whole training step fits the device's memory budget.
+
+    The budget is ``memory_limit`` (bytes) or the device's free memory, less ``margin`` (a fraction).
+    ``granularity`` is the resolution of the answer (the next size up does not fit); by default a power of
+    two near 1/64 of the answer, so that the search stays short. ``optimizer`` defaults to Adam (its state is counted). ``isolation='process'`` probes in capped worker
+    processes (exact, and the only way a CPU limit is enforced); ``'none'`` probes in this process, releasing
+    memory in between (less exact: allocators keep some memory).
+    """
+    started = time.perf_counter()
+    say = progress or (lambda _message: None)
+    task = load_task(task)
+    backend = get_backend(task.backend)
+    target = backend.resolve_device(device)
+    spec = backend.validate_optimizer(optimizer or {"name": "adam"})
+    if not 0 <= margin < 1:
+        raise FitError(f"margin must be a fraction in [0, 1), got {margin}")
+    granularity_given = granularity is not None
+    granularity = granularity or 1
+    if granularity < 1:
+        raise FitError(f"granularity must be a positive integer, got {granularity}")
+    if isolation not in ("process", "none"):
+        raise FitError(f"isolation must be 'process' or 'none', got {isolation!r}")
+    n_train, _ = backend.data_size(task.load_data())
+    if max_batch is not None and max_batch > n_train:
+        raise FitError(
+            f"--max-batch {max_batch} is larger than the {n_train} training samples: "
+            f"use at most {n_train}, or give the task more data"
+        )
+    ceiling = min(max_batch or n_train, n_train)
+    if ceiling < 1:
+        raise FitError("max batch must be at least 1")
+    notes: list[str] = []
+    on_cpu = target.kind == "cpu"
+    if on_cpu and memory_limit and isolation == "process":
+        metric, budget = "address_space", memory_limit
+    elif on_cpu:
+        metric = "resident"
+        budget = memory_limit or target.memory_free or 0
+        if memory_limit:
+            notes.append("in-process on the CPU the limit is measured against, not enforced")
+    else:
+        metric, budget = "device_reserved", memory_limit or 0
+    handle = task_handle(task) if isolation == "process" else task
+    cpu_cap = memory_limit if (on_cpu and isolation == "process") else None
+    device_cap = memory_limit if not on_cpu else None
+
+    probes: list[Probe] = []
+    fits_at, fails_at = 0, ceiling + 1
+
+    def run(batch_size: int) -> Probe:
+        nonlocal budget
+        say(f"probe batch {batch_size} ...")
+        tick = time.perf_counter()
+        kwargs = dict(task=handle, batch_size=batch_size, device=target.id, optimizer=spec, steps=steps,
+                      seed=seed, device_memory_limit=device_cap)
+        if isolation == "process":
+            outcome = run_in_worker(_probe_run, kwargs, memory_limit=cpu_cap, timeout=probe_timeout,
+                                    preload=backend.preload_modules())
+            ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
+            crashed_under_cap = outcome.killed_by_signal and cpu_cap is not None
+        else:
+            ok, value, kind, message = _run_here(kwargs)
+            crashed_under_cap = False
+        elapsed = time.perf_counter() - tick
+        if kind == "fatal":
+            raise FitError(message)
+        if kind == "oom" and message.startswith("the worker alone"):
+            raise FitError(f"batch size {batch_size} does not fit: {message}; raise --memory-limit")
+        if not ok:
+            # Under an enforced cap, a size larger than one that ran can fail in other ways than the
+            # framework's OOM error (oneDNN: "could not create a primitive"; a C++ abort): that is memory too.
+            failed_above_a_fit = cpu_cap is not None and kind in ("error", "crash") and 0 < fits_at < batch_size
+            if kind == "oom" or crashed_under_cap or failed_above_a_fit:
+                probe = Probe(batch_size, fits=False, oom=True, seconds=elapsed, reason=message)
+            else:
+                raise FitError(
+                    f"the model fails at batch {batch_size} for a reason other than memory ({kind}: {message}); "
+                    "fix the task before fitting"
+                )
+        else:
+            peak = _peak_of(value, metric)
+            if metric == "device_reserved" and not budget:
+                budget = int(value.get("free_at_start") or 0)
+            fits = peak <= budget * (1 - margin)
+            probe = Probe(batch_size, fits=fits, peak_memory_bytes=peak,
+                          resident_peak_bytes=value.get("resident_peak"), throughput=value.get("throughput"),
+                          seconds=elapsed, reason="" if fits else "over the budget less margin")
+        probes.append(probe)
+        state = "fits" if probe.fits else ("OOM" if probe.oom else "over budget")
+        say(f"  batch {batch_size}: {state}, peak {format_size(probe.peak_memory_bytes)}, {elapsed:.1f} s")
+        return probe
+
+    effective = budget * (1 - margin) if budget else 0.0
+    step = granularity if granularity_given else 1
+    first = probe_at = min(max(step, _round_down(8, step)), ceiling)
+    while True:
+        probe = run(probe_at)
+        if probe.fits:
+            fits_at = probe_at
+        else:
+            fails_at = probe_at
+        effective = budget * (1 - margin)
+        if fits_at == 0:
+            if probe_at <= step:
+                raise FitError(_too_small_message(probe, budget, margin, metric))
+            probe_at = max(step, _round_down(probe_at // 2, step))  # even the first size failed: halve
+            continue
+        if fits_at >= ceiling or fails_at - fits_at <= step or len(probes) >= MAX_PROBES:
+            break
+        model = MemoryModel.local(probes)
+        predicted = model.largest_under(effective) if model else math.inf
+        if not granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
+            step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
+        noise = (MemoryModel.fit(_points(probes)) or model).max_residual_bytes if model else 0.0
+        if model is not None and model.predict(fits_at + step) - max(noise, 0.002 * budget) > effective:
+            break  # the model is sure the next size up does not fit: no OOM spent to prove it
+        if math.isfinite(predicted) and predicted > 1.5 * fits_at:
+            predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
+        candidate = min(predicted, fits_at * GROWTH, ceiling)
+        candidate = max(_round_down(int(candidate), step), fits_at + step)
+        if candidate >= fails_at:  # the model overshot a size already seen to fail: bisect
+            candidate = fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
+        if candidate >= fails_at:
+            break
+        probe_at = candidate
+    granularity = step
+    model = MemoryModel.local(probes) or MemoryModel.fit(_points(probes))
+    best = next(p for p in probes if p.batch_size == fits_at and p.fits)
+    limited_by = "dataset" if fits_at >= n_train else ("max_batch" if fits_at >= ceiling else "memory")
+    if limited_by == "dataset":
+        notes.append(f"the whole training set ({n_train} samples) fits in one batch")
+    if isolation == "none":
+        notes.append("probed in-process: allocator caches make the figures less exact than worker probes")
+    return BatchFit(
+        batch_size=fits_at, peak_memory_bytes=best.peak_memory_bytes, budget_bytes=int(budget), margin=margin,
+        memory_metric=metric, limited_by=limited_by, granularity=granularity, model=model, probes=probes,
+        device=target.id, backend=backend.name, seconds=time.perf_counter() - started, notes=notes,
+    )
+
+
+def _run_here(kwargs: dict[str, Any]) -> tuple[bool, Any, str | None, str]:
+    from autotune.errors import AutotuneError
+
+    try:
+        return True, _probe_run(**kwargs), None, ""
+    except TrialError as exc:
+        return False, None, exc.kind, exc.message
+    except AutotuneError as exc:
+        return False, None, "fatal", str(exc)
+    except MemoryError as exc:
+        return False, None, "oom", f"MemoryError: {exc}"
+    except Exception as exc:
+        return False, None, "error", _short(exc)
+
+
+def _peak_of(value: Mapping[str, Any], metric: str) -> int:
+    if metric == "address_space":
+        return int(value["address_space_peak"])
+    if metric == "device_reserved":
+        return int(value["device_peak"] or 0)
+    return int(value["resident_peak"])
+
+
+def _round_down(value: int, granularity: int) -> int:
+    return (value // granularity) * granularity
+
+
+def _too_small_message(probe: Probe, budget: float, margin: float, metric: str) -> str:
+    what = "address space (framework included)" if metric == "address_space" else "memory"
+    if probe.oom:
+        return (f"batch size {probe.batch_size} does not fit in {format_size(budget)} of {what}: "
+                f"raise --memory-limit or use a smaller model")
+    return (f"batch size {probe.batch_size} needs {format_size(probe.peak_memory_bytes)}, over the budget of "
+            f"{format_size(budget * (1 - margin))} ({format_size(budget)} less a {margin:.0%} margin): "
+            "raise --memory-limit, lower --margin or use a smaller model")

@@ -1,0 +1,180 @@
+"""Run one unit of work (a memory probe, a trial) in an isolated worker process.
+
+Workers come from a fork server that has already imported the backend's framework, so each starts in well
+under a second, with a clean allocator, and dies with its memory. A worker can be capped: on the CPU its
+address space is limited with ``RLIMIT_AS`` (the framework included), so going over is a genuine allocation
+failure. Whatever happens in the worker (an exception, an OOM, a segfault, a hang past the timeout, a kill by
+the kernel's OOM killer) comes back as a `WorkerOutcome`; the caller never crashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import traceback
+from typing import Any, Callable, Iterator, Sequence
+
+from autotune.errors import AutotuneError, TrialError
+from autotune.procmem import process_memory, return_freed_memory_at_once
+from autotune.units import format_size
+
+_preloaded: list[str] = []
+
+
+@dataclasses.dataclass
+class WorkerOutcome:
+    """What came back from a worker: ``ok`` and ``value``, or a failure ``kind`` and its ``message``.
+
+    ``kind`` is one of ``oom``, ``error``, ``crash``, ``timeout``, ``fatal`` (an `AutotuneError`: bad input,
+    stop the whole run) or a `TrialError` kind raised by the work itself (``diverged``, ...).
+    """
+
+    ok: bool
+    value: Any = None
+    kind: str | None = None
+    message: str = ""
+    exitcode: int | None = None
+
+    @property
+    def killed_by_signal(self) -> bool:
+        return self.kind == "crash" and self.exitcode is not None and self.exitcode < 0
+
+
+def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        if not _preloaded:
+            _preloaded.extend(preload)
+            ctx.set_forkserver_preload(list(preload))
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _limit_address_space(limit_bytes: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+
+def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memory_limit: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+    try:
+        return_freed_memory_at_once()
+        if memory_limit:
+            mapped = process_memory()["address_space"]
+            if mapped >= memory_limit:
+                raise TrialError("oom", f"the worker alone (framework loaded) maps {format_size(mapped)} of address "
+                                        f"space, more than the cap of {format_size(memory_limit)}")
+            _limit_address_space(memory_limit)
+        result: tuple[Any, ...] = ("ok", function(**kwargs))
+    except TrialError as exc:
+        result = (exc.kind, exc.message)
+    except AutotuneError as exc:
+        result = ("fatal", str(exc))
+    except MemoryError as exc:
+        result = ("oom", f"MemoryError: {exc}")
+    except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes the worker
+        tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        result = ("error", tail[-2000:])
+    try:
+        conn.send(result)
+    except Exception:
+        try:
+            conn.send(("error", "the worker's result could not be sent back (not picklable or out of memory)"))
+        except Exception:
+            pass
+    finally:
+        conn.close()
+
+
+def run_in_worker(
+    function: Callable[..., Any],
+    kwargs: dict[str, Any],
+    *,
+    memory_limit: int | None = None,
+    timeout: float | None = None,
+    preload: Sequence[str] = (),
+) -> WorkerOutcome:
+    """Run ``function(**kwargs)`` in a fresh worker and report how it ended; never raises for the work's sake.
+
+    ``function`` must be importable by name and ``kwargs`` picklable. ``memory_limit`` caps the worker's address
+    space; ``timeout`` (seconds) kills a worker that hangs. Ctrl-C kills the worker and re-raises.
+    """
+    ctx = _context(preload)
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(sender, function, kwargs, memory_limit), daemon=True)
+    with _main_module_hidden():
+        process.start()
+    sender.close()
+    try:
+        ready = multiprocessing.connection.wait([receiver, process.sentinel], timeout=timeout)
+        message = None
+        if receiver in ready or receiver.poll():
+            try:
+                message = receiver.recv()
+            except EOFError:
+                message = None
+        if message is None and not ready:
+            _kill(process)
+            return WorkerOutcome(False, kind="timeout", message=f"no result after {timeout:g} s: the worker was stopped")
+        process.join(timeout=30)
+        if process.is_alive():
+            _kill(process)
+    except BaseException:
+        _kill(process)
+        raise
+    finally:
+        receiver.close()
+    if message is not None:
+        if message[0] == "ok":
+            return WorkerOutcome(True, value=message[1], exitcode=process.exitcode)
+        return WorkerOutcome(False, kind=message[0], message=message[1], exitcode=process.exitcode)
+    return WorkerOutcome(False, kind="crash", message=_death(process.exitcode, memory_limit), exitcode=process.exitcode)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Start workers without re-running the caller's ``__main__`` in them.
+
+    multiprocessing re-imports the main script in every non-fork worker, which runs a script's top-level code
+    again when it lacks an ``if __name__ == "__main__"`` guard. Workers here only run autotune functions, so
+    the main module is hidden from the start-up data while a worker starts.
+    """
+    main = sys.modules.get("__main__")
+    had_file = hasattr(main, "__file__")
+    saved_file, saved_spec = getattr(main, "__file__", None), getattr(main, "__spec__", None)
+    if had_file:
+        del main.__file__
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        if had_file:
+            main.__file__ = saved_file
+        main.__spec__ = saved_spec
+
+
+def _kill(process: multiprocessing.process.BaseProcess) -> None:
+    if process.is_alive():
+        process.kill()
+    process.join(timeout=10)
+
+
+def _death(exitcode: int | None, memory_limit: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        if -exitcode == signal.SIGKILL:
+            return f"worker killed by {name} (the system's out-of-memory killer, or an outside kill)"
+        capped = " under its memory cap" if memory_limit else ""
+        return f"worker crashed with {name}{capped}"
+    return f"worker exited with code {exitcode} without a result"
+
+

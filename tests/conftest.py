@@ -1,0 +1,75 @@
+"""Shared test helpers: paths, the CLI in a subprocess, and which backends are installed here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TASKS = ROOT / "tests" / "tasks"
+EXAMPLES = ROOT / "examples"
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m autotune ARGS`` and capture its output (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "autotune", *args], cwd=cwd or ROOT, capture_output=True, text=True,
+        timeout=timeout, env=full_env,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if "error" in line.lower()]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # progress lines may come before it
+    assert errors[0].startswith("autotune: error: "), errors[0]
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+@pytest.fixture
+def tmp_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# Each backend's conformance case: its small and memory-hungry tasks and a CPU address-space cap under which
+# the hungry task fits a few hundred samples. Backends whose framework or task file is missing are skipped.
+BACKEND_CASES = {
+    "torch": {"tasks": TASKS / "torch_tasks.py", "cap": "1GiB"},
+    "tensorflow": {"tasks": TASKS / "tensorflow_tasks.py", "cap": "3GiB"},
+    "mindspore": {"tasks": TASKS / "mindspore_tasks.py", "cap": "3GiB"},
+}
+
+
+def backend_params():
+    """pytest params for every backend case, skipped where it cannot run here."""
+    from autotune.backends import is_installed
+
+    params = []
+    for name, case in BACKEND_CASES.items():
+        marks = []
+        if not is_installed(name):
+            marks.append(pytest.mark.skip(reason=f"{name} is not installed"))
+        elif not case["tasks"].exists():
+            marks.append(pytest.mark.skip(reason=f"no test tasks for {name} yet"))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
+
+
+@pytest.fixture(params=backend_params())
+def backend_case(request):
+    """(backend name, case dict with task references 'small', 'hungry', 'broken', 'regression', and 'cap')."""
+    name = request.param
+    case = dict(BACKEND_CASES[name])
+    for attr in ("small", "hungry", "broken", "regression"):
+        case[attr] = f"{case['tasks']}:{attr}"
+    return name, case

@@ -1,0 +1,64 @@
+"""Small real PyTorch tasks for the tests: a fast classifier and a memory-hungry but cheap-to-run model."""
+
+import numpy as np
+import torch
+
+import autotune
+
+
+def _blobs(n=600, features=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, features))
+    y = rng.integers(0, classes, n)
+    x = (centers[y] + rng.normal(0, 1, (n, features))).astype(np.float32)
+    split = int(0.8 * n)
+    return (x[:split], y[:split].astype(np.int64)), (x[split:], y[split:].astype(np.int64))
+
+
+def small_model():
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+
+
+small = autotune.Task(backend="torch", model=small_model, data=_blobs, loss="cross_entropy")
+
+
+class Hungry(torch.nn.Module):
+    """A wide layer followed by element-wise ops: about 0.5 MiB of saved activations per sample, little compute."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(16, 8192)
+        self.down = torch.nn.Linear(8192, 4)
+
+    def forward(self, x):
+        h = self.up(x)
+        for _ in range(6):
+            h = torch.tanh(h) * 1.01
+        return self.down(h)
+
+
+def hungry_data():
+    return _blobs(n=3000)
+
+
+hungry = autotune.Task(backend="torch", model=Hungry, data=hungry_data, loss="cross_entropy")
+
+
+def broken_model():
+    return torch.nn.Sequential(torch.nn.Linear(17, 4))  # wrong input width: fails at every size
+
+
+broken = autotune.Task(backend="torch", model=broken_model, data=_blobs, loss="cross_entropy")
+
+
+def mse_model():
+    return torch.nn.Linear(16, 1)
+
+
+def _regression():
+    (x, _), (xv, _) = _blobs()
+    w = np.linspace(-1, 1, 16).astype(np.float32)
+    return (x, (x @ w)[:, None]), (xv, (xv @ w)[:, None])
+
+
+regression = autotune.Task(backend="torch", model=mse_model, data=_regression, loss="mse")

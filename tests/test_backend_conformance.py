@@ -1,0 +1,166 @@
+"""What every backend must do, written once and run for each installed backend on real frameworks.
+
+A new backend joins by adding its case to ``BACKEND_CASES`` in conftest.py and a tasks file with the tasks
+``small`` (a 16-feature, 4-class classifier on generated blobs), ``hungry`` (about half a MiB of activations
+per sample), ``broken`` (fails at every batch size) and ``regression`` (mse loss).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from autotune import AutotuneError, DeviceError, fit_batch_size, load_task, parse_size
+from autotune.backends import get_backend
+from autotune.memory import _probe_run
+from autotune.optimizers import OPTIMIZERS
+from autotune.runner import run_in_worker
+from autotune.training import BatchSampler
+
+
+def _session(case, attr="small", optimizer=None, batch_size=32, seed=0):
+    task = load_task(case[attr])
+    backend = get_backend(task.backend)
+    device = backend.resolve_device("cpu")
+    data = task.load_data()
+    session = backend.session(task, data, device, batch_size=batch_size, optimizer=optimizer or {"name": "adam", "lr": 1e-2},
+                              seed=seed)
+    n_train, _ = backend.data_size(data)
+    return backend, session, BatchSampler(n_train, batch_size, seed)
+
+
+def test_devices_include_the_cpu_and_bad_names_fail(backend_case):
+    name, _ = backend_case
+    backend = get_backend(name)
+    devices = backend.devices()
+    assert any(d.kind == "cpu" for d in devices)
+    assert all(d.backend == name for d in devices)
+    assert backend.resolve_device("cpu").kind == "cpu"
+    assert backend.resolve_device(None) in devices
+    with pytest.raises(DeviceError, match="not available"):
+        backend.resolve_device("quantum:7")
+
+
+def test_training_lowers_the_validation_loss(backend_case):
+    _, case = backend_case
+    backend, session, sampler = _session(case)
+    before = session.evaluate()
+    for _ in range(80):
+        session.train_step(sampler.next())
+    session.synchronize()
+    after = session.evaluate()
+    assert math.isfinite(after) and after < 0.5 * before, (before, after)
+    assert math.isfinite(session.last_loss())
+    session.close()
+
+
+def test_same_seed_same_result(backend_case):
+    _, case = backend_case
+    losses = []
+    for _ in range(2):
+        _, session, sampler = _session(case, seed=3)
+        for _ in range(10):
+            session.train_step(sampler.next())
+        losses.append(session.evaluate())
+        session.close()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_every_claimed_optimizer_builds_and_steps(backend_case):
+    name, case = backend_case
+    backend = get_backend(name)
+    assert {"sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad"} <= set(backend.optimizer_names)
+    for optimizer in backend.optimizer_names:
+        assert optimizer in OPTIMIZERS, optimizer
+        _, session, sampler = _session(case, optimizer={"name": optimizer, "lr": 1e-2})
+        for _ in range(3):
+            session.train_step(sampler.next())
+        assert math.isfinite(session.last_loss()), optimizer
+        session.close()
+
+
+def test_unknown_optimizer_and_parameter_are_clear_errors(backend_case):
+    name, _ = backend_case
+    backend = get_backend(name)
+    with pytest.raises(AutotuneError, match=f"not available on backend {name}"):
+        backend.validate_optimizer({"name": "shampoo"})
+    with pytest.raises(AutotuneError, match="has no parameter 'betas'"):
+        backend.validate_optimizer({"name": "sgd", "betas": [0.9, 0.99]})
+
+
+def test_loss_by_name_mse(backend_case):
+    _, case = backend_case
+    backend, session, sampler = _session(case, attr="regression", optimizer={"name": "adam", "lr": 3e-2})
+    before = session.evaluate()
+    for _ in range(60):
+        session.train_step(sampler.next())
+    assert session.evaluate() < before
+    session.close()
+
+
+def test_recognises_its_own_oom_and_nothing_else(backend_case):
+    name, case = backend_case
+    backend = get_backend(name)
+    assert not backend.is_oom(ValueError("shapes do not match"))
+    assert not backend.is_oom(RuntimeError("something else went wrong"))
+    spec = backend.validate_optimizer({"name": "adam"})
+    outcome = run_in_worker(
+        _probe_run,
+        dict(task=case["hungry"], batch_size=2000, device="cpu", optimizer=spec, steps=1, seed=0,
+             device_memory_limit=None),
+        memory_limit=parse_size(case["cap"]), timeout=300, preload=backend.preload_modules(),
+    )
+    assert not outcome.ok and outcome.kind == "oom", outcome
+
+
+def test_fit_batch_under_a_real_cap(backend_case):
+    """The answer fits in a capped worker; the next size up at the reported granularity runs out of memory."""
+    name, case = backend_case
+    backend = get_backend(name)
+    cap = parse_size(case["cap"])
+    fit = fit_batch_size(case["hungry"], memory_limit=cap, margin=0.0)
+    assert fit.limited_by == "memory" and fit.batch_size >= 64, fit
+    assert fit.ooms <= 1 and fit.memory_metric == "address_space"
+    assert fit.peak_memory_bytes <= cap
+    assert all(p.throughput and p.throughput > 0 for p in fit.probes if p.fits)
+    spec = backend.validate_optimizer({"name": "adam"})
+
+    def run(batch):
+        return run_in_worker(
+            _probe_run, dict(task=case["hungry"], batch_size=batch, device="cpu", optimizer=spec, steps=1, seed=0,
+                             device_memory_limit=None),
+            memory_limit=cap, timeout=300, preload=backend.preload_modules())
+
+    assert run(fit.batch_size).ok
+    above = run(fit.batch_size + fit.granularity)
+    assert not above.ok and above.kind in ("oom", "crash", "error"), above
+
+
+def test_fit_batch_limited_by_the_dataset(backend_case):
+    _, case = backend_case
+    fit = fit_batch_size(case["small"], max_batch=None, margin=0.05)
+    assert fit.limited_by == "dataset" and fit.batch_size == 480
+    assert fit.ooms == 0 and "fits in one batch" in " ".join(fit.notes)
+
+
+def test_fit_batch_limit_too_small_for_batch_one(backend_case):
+    from autotune import FitError
+
+    _, case = backend_case
+    with pytest.raises(FitError, match="does not fit"):
+        fit_batch_size(case["small"], memory_limit=parse_size("200MiB"), margin=0.0)
+
+
+def test_fit_batch_model_broken_for_other_reasons(backend_case):
+    from autotune import FitError
+
+    _, case = backend_case
+    with pytest.raises(FitError, match="other than memory"):
+        fit_batch_size(case["broken"], memory_limit=parse_size(case["cap"]))
+
+
+def test_in_process_probe_releases_memory(backend_case):
+    _, case = backend_case
+    fit = fit_batch_size(case["small"], isolation="none", max_batch=256)
+    assert fit.batch_size == 256 and fit.limited_by == "max_batch"
+    assert any("in-process" in note for note in fit.notes)
