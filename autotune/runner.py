@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -61,9 +62,12 @@ def _limit_address_space(limit_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
 
-def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memory_limit: int | None) -> None:
+def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memory_limit: int | None,
+           preload: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     try:
+        for module in preload:  # already there when the fork server preloaded them; else imported before the cap
+            importlib.import_module(module)
         return_freed_memory_at_once()
         if memory_limit:
             mapped = process_memory()["address_space"]
@@ -107,7 +111,7 @@ def run_in_worker(
     """
     ctx = _context(preload)
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(sender, function, kwargs, memory_limit), daemon=True)
+    process = ctx.Process(target=_child, args=(sender, function, kwargs, memory_limit, tuple(preload)), daemon=True)
     with _main_module_hidden():
         process.start()
     sender.close()
