@@ -162,3 +162,26 @@ def probe(backends: Sequence[str] | None = None) -> dict[str, Any]:
         except Exception as exc:  # a framework that imports but cannot list devices
             result["backends"][name] = {"installed": True, "error": f"{type(exc).__name__}: {exc}"}
     return result
+
+
+def nvml_energy_reader(device: Device) -> Any:
+    """A function returning the GPU's energy counter in joules (NVML), or None where it cannot be read.
+
+    The NVML index is the device's CUDA index mapped through CUDA_VISIBLE_DEVICES when that lists indices.
+    """
+    if device.kind != "gpu":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = device.index
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        parts = [part.strip() for part in visible.split(",") if part.strip()]
+        if parts and all(part.isdigit() for part in parts) and index < len(parts):
+            index = int(parts[index])
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+    except Exception:
+        return None
+    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000.0

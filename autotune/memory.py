@@ -310,6 +310,8 @@ def fit_batch_size(
             predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
         candidate = min(predicted, fits_at * GROWTH, ceiling)
         candidate = max(_round_down(int(candidate), step), fits_at + step)
+        if candidate >= ceiling - step and ceiling < fails_at:
+            candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
         if candidate >= fails_at:  # the model overshot a size already seen to fail: bisect
             candidate = fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
         if candidate >= fails_at:

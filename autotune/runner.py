@@ -17,6 +17,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
@@ -62,8 +63,20 @@ def _limit_address_space(limit_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
 
+class Channel:
+    """The worker's line to its parent: ``ask(message)`` sends a message and waits for the reply
+    (a trial reports an intermediate loss and learns whether to stop)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def ask(self, message: Any) -> Any:
+        self._conn.send(("ask", message))
+        return self._conn.recv()
+
+
 def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memory_limit: int | None,
-           preload: Sequence[str]) -> None:
+           preload: Sequence[str], with_channel: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     try:
         for module in preload:  # already there when the fork server preloaded them; else imported before the cap
@@ -75,6 +88,8 @@ def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memo
                 raise TrialError("oom", f"the worker alone (framework loaded) maps {format_size(mapped)} of address "
                                         f"space, more than the cap of {format_size(memory_limit)}")
             _limit_address_space(memory_limit)
+        if with_channel:
+            kwargs = {**kwargs, "channel": Channel(conn)}
         result: tuple[Any, ...] = ("ok", function(**kwargs))
     except TrialError as exc:
         result = (exc.kind, exc.message)
@@ -103,29 +118,42 @@ def run_in_worker(
     memory_limit: int | None = None,
     timeout: float | None = None,
     preload: Sequence[str] = (),
+    on_message: Callable[[Any], Any] | None = None,
 ) -> WorkerOutcome:
     """Run ``function(**kwargs)`` in a fresh worker and report how it ended; never raises for the work's sake.
 
     ``function`` must be importable by name and ``kwargs`` picklable. ``memory_limit`` caps the worker's address
-    space; ``timeout`` (seconds) kills a worker that hangs. Ctrl-C kills the worker and re-raises.
+    space; ``timeout`` (seconds) kills a worker that hangs. With ``on_message``, the function also gets a
+    ``channel`` whose ``ask(message)`` returns ``on_message(message)`` computed here. Ctrl-C kills the worker
+    and re-raises.
     """
     ctx = _context(preload)
-    receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(sender, function, kwargs, memory_limit, tuple(preload)), daemon=True)
+    parent_end, child_end = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=_child, daemon=True,
+                          args=(child_end, function, kwargs, memory_limit, tuple(preload), on_message is not None))
     with _main_module_hidden():
         process.start()
-    sender.close()
+    child_end.close()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    message = None
     try:
-        ready = multiprocessing.connection.wait([receiver, process.sentinel], timeout=timeout)
-        message = None
-        if receiver in ready or receiver.poll():
-            try:
-                message = receiver.recv()
-            except EOFError:
-                message = None
-        if message is None and not ready:
-            _kill(process)
-            return WorkerOutcome(False, kind="timeout", message=f"no result after {timeout:g} s: the worker was stopped")
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = multiprocessing.connection.wait([parent_end, process.sentinel], timeout=remaining)
+            if not ready:
+                _kill(process)
+                return WorkerOutcome(False, kind="timeout",
+                                     message=f"no result after {timeout:g} s: the worker was stopped")
+            if parent_end in ready or parent_end.poll():
+                try:
+                    received = parent_end.recv()
+                except EOFError:
+                    break
+                if received[0] == "ask" and on_message is not None:
+                    parent_end.send(on_message(received[1]))
+                    continue
+                message = received
+            break
         process.join(timeout=30)
         if process.is_alive():
             _kill(process)
@@ -133,7 +161,7 @@ def run_in_worker(
         _kill(process)
         raise
     finally:
-        receiver.close()
+        parent_end.close()
     if message is not None:
         if message[0] == "ok":
             return WorkerOutcome(True, value=message[1], exitcode=process.exitcode)

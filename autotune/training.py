@@ -66,3 +66,119 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
         "warmup_seconds": warm,
         "loss": loss if math.isfinite(loss) else None,
     }
+
+
+DIVERGENCE_FACTOR = 10.0
+"""A training loss this many times the first one (or NaN/inf) marks a trial as diverged."""
+
+
+class Diverged(Exception):
+    """The loss became NaN, infinite or exploded: the trial is pruned at once."""
+
+
+class Pruned(Exception):
+    """The pruner asked the trial to stop after an intermediate report."""
+
+
+def train_for_budget(
+    session: TrainingSession,
+    sampler: BatchSampler,
+    *,
+    seconds: float | None = None,
+    steps: int | None = None,
+    reports: int = 8,
+    warmup_steps: int = 2,
+    report: Any = None,
+    energy: Any = None,
+) -> dict[str, Any]:
+    """Train until ``seconds`` of training time (evaluation excluded) or ``steps`` steps, evaluating
+    ``reports`` times at even fractions of the budget; ``report(index, val_loss)`` returning True prunes.
+
+    Warm-up steps (the first compiles or allocates) train the model but are kept out of the clock, so
+    throughput is steady-state. Returns throughput, final validation loss, step-time percentiles, samples,
+    steps, compile time and, where ``energy()`` reads a counter in joules, energy per sample.
+    """
+    if (seconds is None) == (steps is None):
+        raise ValueError("give exactly one of seconds or steps")
+    tick = time.perf_counter()
+    for _ in range(warmup_steps):
+        session.train_step(sampler.next())
+    session.synchronize()
+    warmup_seconds = time.perf_counter() - tick
+    first_loss = session.last_loss()
+    if not math.isfinite(first_loss):
+        raise Diverged(f"loss is {first_loss} after {warmup_steps} warm-up steps")
+    step_seconds: list[float] = []
+    history: list[tuple[int, float, float]] = []
+    train_seconds = 0.0
+    next_report = 1
+    joules_start = energy() if energy else None
+    val_loss = None
+    while True:
+        started = time.perf_counter()
+        session.train_step(sampler.next())
+        session.synchronize()
+        elapsed = time.perf_counter() - started
+        step_seconds.append(elapsed)
+        train_seconds += elapsed
+        done = len(step_seconds)
+        if done % 5 == 0 or elapsed > 0.2:
+            loss = session.last_loss()
+            if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first_loss, 1e-12):
+                raise Diverged(f"training loss {loss:.4g} at step {done} (first loss {first_loss:.4g})")
+        progress = (train_seconds / seconds) if seconds is not None else (done / steps)
+        while next_report <= reports and progress >= next_report / reports:
+            val_loss = session.evaluate()
+            if not math.isfinite(val_loss):
+                raise Diverged(f"validation loss is {val_loss} after {done} steps")
+            history.append((next_report, val_loss, train_seconds))
+            if report is not None and report(next_report, val_loss):
+                raise Pruned(f"pruned after report {next_report} of {reports} (validation loss {val_loss:.4g})")
+            next_report += 1
+        if next_report > reports:
+            break
+    joules = (energy() - joules_start) if energy and joules_start is not None else None
+    samples = done * sampler.batch_size
+    return {
+        "throughput": samples / train_seconds if train_seconds > 0 else None,
+        "val_loss": val_loss,
+        "train_loss": session.last_loss(),
+        "step_seconds_p50": percentile(step_seconds, 50),
+        "step_seconds_p95": percentile(step_seconds, 95),
+        "steps": done,
+        "samples": samples,
+        "epochs": samples / sampler.n_samples,
+        "train_seconds": train_seconds,
+        "warmup_seconds": warmup_seconds,
+        "compile_seconds": session.compile_seconds or None,
+        "energy_per_sample_joules": (joules / samples) if joules is not None and samples else None,
+        "history": history,
+    }
+
+
+def lr_range_test(session: TrainingSession, sampler: BatchSampler, low: float, high: float,
+                  steps: int = 60) -> dict[str, Any]:
+    """Smith's learning-rate range test: raise the rate exponentially from ``low`` to ``high`` over ``steps``
+    steps and watch the smoothed training loss; the best rate is where it is lowest, the edge where it blows up."""
+    rates, losses = [], []
+    smoothed, best = None, math.inf
+    for index in range(steps):
+        rate = low * (high / low) ** (index / max(steps - 1, 1))
+        session.set_learning_rate(rate)
+        session.train_step(sampler.next())
+        loss = session.last_loss()
+        if not math.isfinite(loss):
+            break
+        smoothed = loss if smoothed is None else 0.8 * smoothed + 0.2 * loss
+        rates.append(rate)
+        losses.append(smoothed)
+        best = min(best, smoothed)
+        if smoothed > 4 * best and index > steps // 5:
+            break
+    if not losses:
+        return {"best_lr": None, "diverge_lr": low, "rates": [], "losses": []}
+    best_index = int(np.argmin(losses))
+    diverge = next((rates[i] for i in range(best_index, len(rates)) if losses[i] > 2 * losses[best_index]), None)
+    if diverge is None and len(rates) < steps:
+        diverge = rates[-1]
+    return {"best_lr": rates[best_index], "diverge_lr": diverge, "rates": rates, "losses": losses}

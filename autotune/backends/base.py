@@ -47,6 +47,10 @@ class TrainingSession(abc.ABC):
         """Mean validation loss over the validation set (or its first ``max_batches``), in batches of
         ``batch_size``."""
 
+    def set_learning_rate(self, lr: float) -> None:
+        """Change the optimizer's learning rate in place (the learning-rate range test sweeps it)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change its learning rate")
+
     def synchronize(self) -> None:
         """Wait until queued device work is done, so that a clock read after it is honest."""
 

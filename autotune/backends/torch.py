@@ -99,6 +99,10 @@ class TorchSession(TrainingSession):
         self.optimizer.step()
         self._last = loss.detach()
 
+    def set_learning_rate(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def last_loss(self) -> float:
         return float("nan") if self._last is None else float(self._last.item())
 

@@ -1,0 +1,206 @@
+"""CLI commands of the search: ``tune``, ``best``, ``studies`` and ``report``, and the progress display."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from autotune.console import key_values, number, status, table
+from autotune.units import format_size
+
+
+class ProgressDisplay:
+    """Trials done, best so far and time left: one rewritten line on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: Any = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.quiet = quiet
+        self.started = time.monotonic()
+
+    def _line(self, text: str, final: bool = True) -> None:
+        if self.live:
+            self.stream.write("\r\033[2K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        kind = event["event"]
+        if kind == "start":
+            verb = "resuming" if event["resumed"] else "new"
+            extra = f", {event['orphans_failed']} orphaned trial(s) marked failed" if event["orphans_failed"] else ""
+            self._line(f"{verb} study {event['study']} in {event['storage']} ({event['finished']} finished{extra})")
+        elif kind == "fit":
+            self._line(f"fit: {event['message'].strip()}", final=not self.live)
+        elif kind == "ceiling":
+            self._line(f"batch-size ceiling {event['batch_size']} (limited by {event.get('limited_by') or 'memory'})")
+        elif kind == "range_test":
+            self._line(f"learning-rate range test: {event['optimizer']}", final=not self.live)
+        elif kind == "trial":
+            self._trial(event)
+
+    def _trial(self, event: dict[str, Any]) -> None:
+        config = event.get("config") or {}
+        what = (f"batch {config.get('batch_size')} {config.get('optimizer')} lr {number(config.get('lr'), 3)}"
+                if config else "")
+        outcome = event["state"].lower()
+        if event["state"] == "COMPLETE":
+            outcome = f"value {number(event['value'])}"
+        elif event.get("failure"):
+            outcome = f"{outcome} ({event['failure'][:80]})"
+        left = ""
+        if event.get("timeout"):
+            left = f", {max(0.0, event['timeout'] - event['elapsed']):.0f} s left"
+        elif event["done"]:
+            per = event["elapsed"] / max(event["done"], 1)
+            left = f", ~{per * max(event['total'] - event['done'], 0):.0f} s left"
+        self._line(f"trial {event['number']}: {what}: {outcome} | {event['done']}/{event['total']} done, "
+                   f"best {number(event['best'])}{left}")
+
+
+def _add_storage(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/autotune.db); "
+                        "postgresql://..., journal:path.log")
+
+
+def register(sub: Any) -> None:
+    """Add the search commands to the CLI's subparsers."""
+    from autotune.cli import _positive_int, _size
+
+    tune = sub.add_parser("tune", help="search batch size, optimizer and learning rate with Optuna")
+    tune.add_argument("task", help="path/file.py[:attr] or package.module:attr")
+    tune.add_argument("--backend", help="check that the task uses this backend (torch, tensorflow, mindspore)")
+    tune.add_argument("--device", help="device id from `autotune probe` (default: first accelerator, else cpu)")
+    tune.add_argument("--trials", type=_positive_int, default=20, help="finished trials wanted in the study (default 20)")
+    tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    budget = tune.add_mutually_exclusive_group()
+    budget.add_argument("--trial-time", type=float, default=5.0, help="training seconds per trial (default 5)")
+    budget.add_argument("--trial-steps", type=_positive_int, help="training steps per trial instead of seconds")
+    tune.add_argument("--objective", choices=["convergence", "throughput", "pareto"], default="convergence")
+    tune.add_argument("--search-space", help="YAML file narrowing or extending the backend's default space")
+    tune.add_argument("--study", help="study name (default: from the task); an existing one is resumed")
+    _add_storage(tune)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (CPU: enforced per worker)")
+    tune.add_argument("--in-process", action="store_true", help="run trials in this process (no isolation)")
+    tune.add_argument("--no-range-test", action="store_true", help="skip the learning-rate range test")
+    tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
+    tune.add_argument("--trial-timeout", type=float, help="kill a trial after this many seconds (default 3×trial time + 120)")
+    tune.add_argument("--heartbeat", type=_positive_int, help=argparse.SUPPRESS)
+    tune.add_argument("--json", action="store_true", help="print the result as JSON")
+    tune.add_argument("--quiet", action="store_true", help="no progress lines")
+    tune.set_defaults(handler=cmd_tune)
+
+    best = sub.add_parser("best", help="the chosen configuration of a study")
+    best.add_argument("study")
+    _add_storage(best)
+    best.add_argument("--json", action="store_true", help="print one JSON object a training script can load")
+    best.set_defaults(handler=cmd_best)
+
+    studies = sub.add_parser("studies", help="list the studies of a storage")
+    _add_storage(studies)
+    studies.add_argument("--json", action="store_true")
+    studies.set_defaults(handler=cmd_studies)
+
+
+def _print_result(result: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    params = ", ".join(f"{k}={number(v) if isinstance(v, float) else v}" for k, v in result.optimizer_params.items())
+    print(key_values([
+        ("study", f"{result.study_name} (trial {result.trial}, objective {result.objective})"),
+        ("batch size", result.batch_size),
+        ("optimizer", f"{result.optimizer}" + (f" ({params})" if params else "")),
+        ("learning rate", f"{result.lr:.4g}  ({result.lr_scaling})"),
+        ("validation loss", number(result.val_loss)),
+        ("throughput", f"{number(result.throughput)} samples/s"),
+        ("step time p50/p95", f"{number(result.step_seconds_p50 and result.step_seconds_p50 * 1000, 3)} / "
+                              f"{number(result.step_seconds_p95 and result.step_seconds_p95 * 1000, 3)} ms"),
+        ("peak memory", format_size(result.peak_memory_bytes)),
+        ("energy", f"{number(result.energy_per_sample_joules)} J/sample" if result.energy_per_sample_joules else "-"),
+        ("device", f"{result.device} ({result.backend})"),
+    ]))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from autotune.backends import canonical_backend_name
+    from autotune.errors import TaskError
+    from autotune.study import best_trial, result_from_trial, tune
+    from autotune.task import load_task
+
+    task = load_task(args.task)
+    if args.backend and canonical_backend_name(args.backend) != task.backend:
+        raise TaskError(f"--backend {args.backend} does not match the task's backend {task.backend}")
+    display = ProgressDisplay(quiet=args.quiet or args.json)
+    study_holder: dict[str, Any] = {}
+
+    def progress(event: dict[str, Any]) -> None:
+        study_holder.update(event)
+        display(event)
+
+    try:
+        result = tune(
+            task, device=args.device, n_trials=args.trials, timeout=args.timeout, trial_time=args.trial_time,
+            trial_steps=args.trial_steps, objective=args.objective, search_space=args.search_space,
+            study_name=args.study, storage=args.storage, seed=args.seed, memory_limit=args.memory_limit,
+            isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
+            pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
+            progress=progress,
+        )
+    except KeyboardInterrupt:
+        name = study_holder.get("study")
+        print("autotune: interrupted: the running trial is marked failed, finished trials are kept", file=sys.stderr)
+        if name:
+            from autotune.study import load_study
+
+            study = load_study(name, args.storage)
+            trial = best_trial(study, study.user_attrs.get("objective", "convergence"))
+            if trial is not None:
+                print("best so far:", file=sys.stderr)
+                _print_result(result_from_trial(study, trial), args.json)
+        return 130
+    if not args.json:
+        print()
+    _print_result(result, args.json)
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from autotune.study import load_result
+
+    _print_result(load_result(args.study, args.storage), args.json)
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    import optuna
+
+    from autotune.storage import open_storage
+
+    storage = open_storage(args.storage)
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        counts = {state: sum(1 for t in trials if t.state.name == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        objective = summary.user_attrs.get("objective", "?")
+        best = summary.best_trial.values[0] if summary.best_trial is not None and summary.best_trial.values else None
+        rows.append({"study": summary.study_name, "objective": objective, "backend": summary.user_attrs.get("backend"),
+                     "trials": len(trials), **{k.lower(): v for k, v in counts.items()}, "best": best})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        status("no studies in this storage yet: run autotune tune TASK")
+        return 0
+    print(table(["study", "objective", "backend", "trials", "complete", "pruned", "failed", "running", "best"],
+                [[r["study"], r["objective"], r["backend"], r["trials"], r["complete"], r["pruned"], r["fail"],
+                  r["running"], number(r["best"])] for r in rows]))
+    return 0

@@ -1,0 +1,388 @@
+"""Optuna orchestration: fit the ceiling, narrow learning rates, run trials, keep every one of them.
+
+`tune` is the library call behind ``autotune tune``: it opens (or resumes) a study, records where its numbers
+come from (hardware, versions, task, search space, ceiling), runs trials in workers or in-process, and returns
+the best configuration with the study. Failures never stop the study: an OOM or a diverging loss prunes the
+trial (the sampler learns the region is bad), a crash, hang or error fails it with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import time
+from importlib import metadata
+from typing import Any, Callable, Mapping
+
+import optuna
+
+from autotune.backends import get_backend
+from autotune.errors import AutotuneError, StorageError, TrialError
+from autotune.memory import DEFAULT_MARGIN, fit_batch_size
+from autotune.optimizers import SGD_FAMILY
+from autotune.runner import run_in_worker
+from autotune.space import SearchSpace, load_space
+from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
+from autotune.task import Task, load_task, task_handle
+from autotune.trial import run_range_test, run_trial
+
+OBJECTIVES = ("convergence", "throughput", "pareto")
+REPORTS = 8
+PRUNED_KINDS = ("oom", "diverged", "pruned")
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclasses.dataclass
+class TuneResult:
+    """The chosen configuration (DESIGN.md's output contract) and the Optuna study behind it."""
+
+    batch_size: int
+    optimizer: str
+    lr: float
+    optimizer_params: dict[str, Any]
+    throughput: float | None
+    val_loss: float | None
+    peak_memory_bytes: int | None
+    device: str
+    backend: str
+    lr_scaling: str
+    lr_reference: float
+    reference_batch: int
+    step_seconds_p50: float | None
+    step_seconds_p95: float | None
+    energy_per_sample_joules: float | None
+    trial: int
+    study_name: str
+    objective: str
+    study: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("study")
+        return data
+
+
+def _versions(backend: str) -> dict[str, str]:
+    from autotune.backends import framework_module
+
+    names = {"autotune": "autotune", "optuna": "optuna", "numpy": "numpy",
+             backend: {"torch": "torch", "tensorflow": "tensorflow", "mindspore": "mindspore"}.get(backend, backend)}
+    found = {}
+    for label, dist in names.items():
+        for candidate in (dist, f"{dist}-cpu"):
+            try:
+                found[label] = metadata.version(candidate)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    found["python"] = platform.python_version()
+    found.setdefault(backend, framework_module(backend))
+    return found
+
+
+def _hardware(device: Any) -> dict[str, Any]:
+    from autotune.devices import cpu_info, nvidia_gpus
+
+    gpus, note = nvidia_gpus()
+    return {"host": platform.node(), "cpu": cpu_info(), "nvidia": gpus or note, "device": device.to_dict()}
+
+
+def _directions(objective: str) -> list[str]:
+    return {"convergence": ["minimize"], "throughput": ["maximize"], "pareto": ["minimize", "maximize"]}[objective]
+
+
+def _study_name(task: Task) -> str:
+    base = (task.reference or task.name or "task").rsplit("/", 1)[-1]
+    return base.replace(".py:task", "").replace(".py", "").replace(":", "-")
+
+
+def _sampler(objective: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    startup = max(4, min(10, n_trials // 3))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
+                                      constant_liar=True)
+
+
+def _pruner(objective: str) -> optuna.pruners.BasePruner:
+    if objective == "convergence":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=REPORTS, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def _lr_rule(optimizer: str) -> str:
+    return "linear" if optimizer in SGD_FAMILY else "sqrt"
+
+
+def best_trial(study: optuna.Study, objective: str) -> optuna.trial.FrozenTrial | None:
+    """The chosen trial: the best value, or on a Pareto front the one with the lowest validation loss."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return None
+    if objective == "pareto":
+        return min(study.best_trials, key=lambda t: t.values[0])
+    return study.best_trial
+
+
+def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> TuneResult:
+    """The output contract from a stored trial and the study's attributes."""
+    attrs, config = trial.user_attrs, trial.user_attrs.get("config", {})
+    info = study.user_attrs
+    measured = attrs.get("measured", {})
+    return TuneResult(
+        batch_size=int(config.get("batch_size")), optimizer=config.get("optimizer"), lr=float(config.get("lr")),
+        optimizer_params=dict(config.get("optimizer_params", {})), throughput=measured.get("throughput"),
+        val_loss=measured.get("val_loss"), peak_memory_bytes=measured.get("peak_memory_bytes"),
+        device=measured.get("device") or info.get("device", "?"), backend=info.get("backend", "?"),
+        lr_scaling=f"{_lr_rule(config.get('optimizer'))} in batch size from lr {config.get('lr_reference'):.4g} "
+                   f"at batch {info.get('reference_batch')}",
+        lr_reference=float(config.get("lr_reference")), reference_batch=int(info.get("reference_batch", 0)),
+        step_seconds_p50=measured.get("step_seconds_p50"), step_seconds_p95=measured.get("step_seconds_p95"),
+        energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
+        study_name=study.study_name, objective=info.get("objective", "convergence"), study=study,
+    )
+
+
+def load_result(study_name: str, storage: str | None = None) -> TuneResult:
+    """The chosen configuration of a stored study (``autotune best``)."""
+    study = load_study(study_name, storage)
+    objective = study.user_attrs.get("objective", "convergence")
+    trial = best_trial(study, objective)
+    if trial is None:
+        raise StorageError(f"study {study_name!r} has no finished trial yet: run autotune tune --study {study_name}")
+    return result_from_trial(study, trial)
+
+
+def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
+    """An existing study, or `StorageError` naming the studies the storage has."""
+    store = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+    if study_name not in names:
+        known = ", ".join(names) or "none"
+        raise StorageError(f"no study {study_name!r} in {redact(storage or 'the default storage')} (studies: {known})")
+    return optuna.load_study(study_name=study_name, storage=store)
+
+
+def tune(
+    task: Task | str,
+    *,
+    device: str | None = None,
+    n_trials: int = 20,
+    timeout: float | None = None,
+    trial_time: float | None = 5.0,
+    trial_steps: int | None = None,
+    objective: str = "convergence",
+    search_space: str | None = None,
+    space_overrides: Mapping[str, Any] | None = None,
+    study_name: str | None = None,
+    storage: str | None = None,
+    seed: int = 0,
+    memory_limit: int | None = None,
+    margin: float = DEFAULT_MARGIN,
+    isolation: str = "process",
+    range_test: bool = True,
+    pruning: bool = True,
+    trial_timeout: float | None = None,
+    heartbeat: int | None = None,
+    progress: Progress | None = None,
+) -> TuneResult:
+    """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
+
+    ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
+    trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
+    ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
+    or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
+    """
+    say = progress or (lambda _event: None)
+    if objective not in OBJECTIVES:
+        raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if trial_steps is not None:
+        trial_time = None
+    if (trial_time is None or trial_time <= 0) and (trial_steps is None or trial_steps < 1):
+        raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
+    if isolation not in ("process", "none"):
+        raise AutotuneError(f"isolation must be 'process' or 'none', got {isolation!r}")
+    task = load_task(task)
+    backend = get_backend(task.backend)
+    target = backend.resolve_device(device)
+    space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
+    handle = task_handle(task) if isolation == "process" else task
+    store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
+    name = study_name or _study_name(task)
+    try:
+        study = optuna.create_study(study_name=name, storage=store, directions=_directions(objective),
+                                    sampler=_sampler(objective, seed, n_trials),
+                                    pruner=_pruner(objective) if pruning else optuna.pruners.NopPruner(),
+                                    load_if_exists=True)
+    except ValueError as exc:
+        raise StorageError(f"study {name!r} cannot be resumed: {exc}") from None
+    info = study.user_attrs
+    if info.get("objective", objective) != objective:
+        raise StorageError(f"study {name!r} was created with --objective {info['objective']}: resume it with that, "
+                           "or pick a new --study name")
+    orphans = fail_orphaned_trials(study)
+    resumed = bool(info)
+    if not resumed:
+        for key, value in {
+            "objective": objective, "task": task.reference or task.name, "backend": backend.name,
+            "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
+            "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
+            "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS},
+        }.items():
+            study.set_user_attr(key, value)
+    else:
+        stored = info.get("search_space", {})
+        space.lr_ranges = {k: tuple(v) for k, v in stored.get("lr_ranges", {}).items()}
+    say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
+         "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
+
+    ceiling_key = f"ceiling:{backend.name}:{target.id}:{target.name}"
+    ceiling_info = study.user_attrs.get(ceiling_key)
+    if ceiling_info is None:
+        say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
+        fit = fit_batch_size(task, device=target.id, memory_limit=memory_limit, margin=margin, isolation=isolation,
+                             max_batch=space.batch_high, progress=lambda m: say({"event": "fit", "message": m}))
+        ceiling_info = {"batch_size": fit.batch_size, "peak_memory_bytes": fit.peak_memory_bytes,
+                        "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
+                        "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits}}
+        study.set_user_attr(ceiling_key, ceiling_info)
+    ceiling = int(ceiling_info["batch_size"])
+    say({"event": "ceiling", "batch_size": ceiling, "limited_by": ceiling_info.get("limited_by")})
+
+    cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
+    preload = backend.preload_modules()
+    reference_batch = min(space.reference_batch, ceiling)
+    if range_test and not space.lr_ranges and math.isfinite(space.lr_low):
+        for optimizer in sorted(space.optimizers):
+            say({"event": "range_test", "optimizer": optimizer})
+            kwargs = dict(task=handle, optimizer={"name": optimizer}, batch_size=reference_batch, device=target.id,
+                          low=space.lr_low, high=space.lr_high, seed=seed)
+            value = _run(run_range_test, kwargs, isolation, cpu_cap, 300.0, preload)
+            if value is not None and value.get("best_lr"):
+                space.lr_ranges[optimizer] = _narrowed(space, value)
+        stored = dict(study.user_attrs.get("search_space", {}))
+        stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
+        study.set_user_attr("search_space", stored)
+
+    throughput_seen: dict[str, float] = {}
+    limit = trial_timeout or ((trial_time or 0) * 3 + 120 if trial_time else 600)
+    started = time.monotonic()
+
+    def objective_fn(trial: optuna.Trial) -> Any:
+        config = space.suggest(trial, ceiling)
+        trial.set_user_attr("config", config)
+        trial.set_user_attr("owner", owner())
+        key = f"{config['batch_size']}:{config['optimizer']}"
+        budget_seconds, budget_steps = trial_time, trial_steps
+        if objective == "throughput" and key in throughput_seen:
+            # throughput of this batch size and optimizer is known: a quarter budget checks divergence only
+            budget_seconds = trial_time / 4 if trial_time else None
+            budget_steps = max(1, trial_steps // 4) if trial_steps else None
+
+        def on_report(message: Any) -> bool:
+            _, index, value = message
+            if objective == "pareto":
+                return False
+            trial.report(value, index)
+            return bool(pruning and trial.should_prune())
+
+        kwargs = dict(task=handle, config=config, device=target.id, seconds=budget_seconds, steps=budget_steps,
+                      reports=REPORTS, seed=seed)
+        try:
+            if isolation == "process":
+                outcome = run_in_worker(run_trial, kwargs, memory_limit=cpu_cap, timeout=limit, preload=preload,
+                                        on_message=on_report)
+                ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
+            else:
+                ok, value, kind, message = _run_here(kwargs, on_report)
+        except KeyboardInterrupt:
+            trial.set_user_attr("failure", "interrupted: Ctrl-C")
+            raise
+        if kind == "fatal":
+            raise AutotuneError(message)
+        if not ok:
+            trial.set_user_attr("failure", f"{kind}: {message}")
+            if kind in PRUNED_KINDS:
+                raise optuna.TrialPruned(f"{kind}: {message}")
+            return float("nan") if objective != "pareto" else (float("nan"), float("nan"))
+        history = value.pop("history", [])
+        trial.set_user_attr("measured", value)
+        trial.set_user_attr("history", history)
+        if objective == "throughput":
+            if key in throughput_seen:
+                value["throughput"] = throughput_seen[key]
+                trial.set_user_attr("measured", value)
+            else:
+                throughput_seen[key] = value["throughput"]
+            return value["throughput"]
+        if objective == "pareto":
+            return value["val_loss"], value["throughput"]
+        return value["val_loss"]
+
+    remaining = max(0, n_trials - _finished(study))
+
+    def after_trial(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        best = best_trial(study_, objective)
+        say({"event": "trial", "number": frozen.number, "state": frozen.state.name,
+             "value": frozen.values[0] if frozen.values else None,
+             "failure": frozen.user_attrs.get("failure"),
+             "config": frozen.user_attrs.get("config"),
+             "best": best.values[0] if best is not None else None,
+             "done": _finished(study_), "total": n_trials, "elapsed": time.monotonic() - started,
+             "timeout": timeout})
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if remaining:
+        study.optimize(objective_fn, n_trials=remaining, timeout=timeout, callbacks=[after_trial],
+                       catch=(TrialError,))
+    trial = best_trial(study, objective)
+    if trial is None:
+        raise AutotuneError(f"no trial of study {name!r} finished: see `autotune report {name}` for the reasons")
+    return result_from_trial(study, trial)
+
+
+def _finished(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _narrowed(space: SearchSpace, test: Mapping[str, Any]) -> tuple[float, float]:
+    """Learning-rate range after a range test: a decade and a half below the best rate, up to the edge."""
+    best = float(test["best_lr"])
+    edge = float(test["diverge_lr"]) if test.get("diverge_lr") else best * 3
+    low = max(space.lr_low, best / 30)
+    high = min(space.lr_high, max(best * 1.5, min(edge, best * 3)))
+    if not low < high:
+        low, high = space.lr_low, space.lr_high
+    return low, high
+
+
+def _run(function: Callable[..., Any], kwargs: dict[str, Any], isolation: str, cap: int | None, timeout: float,
+         preload: Any) -> Any:
+    if isolation == "process":
+        outcome = run_in_worker(function, kwargs, memory_limit=cap, timeout=timeout, preload=preload)
+        if outcome.kind == "fatal":
+            raise AutotuneError(outcome.message)
+        return outcome.value if outcome.ok else None
+    try:
+        return function(**kwargs)
+    except TrialError:
+        return None
+
+
+def _run_here(kwargs: dict[str, Any], on_report: Callable[[Any], bool]) -> tuple[bool, Any, str | None, str]:
+    class _Direct:
+        @staticmethod
+        def ask(message: Any) -> Any:
+            return on_report(message)
+
+    try:
+        return True, run_trial(**kwargs, channel=_Direct()), None, ""
+    except TrialError as exc:
+        return False, None, exc.kind, exc.message
+    except AutotuneError as exc:
+        return False, None, "fatal", str(exc)
+    except MemoryError as exc:
+        return False, None, "oom", f"MemoryError: {exc}"
+    except Exception as exc:
+        return False, None, "error", f"{type(exc).__name__}: {exc}"[:300]

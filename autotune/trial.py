@@ -1,0 +1,86 @@
+"""Work that runs inside a worker (or in-process): one tuning trial, and the learning-rate range test.
+
+Both rebuild the task from its handle, train a fresh seeded model, and turn framework failures into
+`TrialError` kinds the study understands (``oom``, ``diverged``, ``pruned``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from autotune.backends import get_backend
+from autotune.devices import nvml_energy_reader
+from autotune.errors import TrialError
+from autotune.procmem import process_memory, reset_resident_peak
+from autotune.task import resolve_task
+from autotune.training import BatchSampler, Diverged, Pruned, lr_range_test, train_for_budget
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+
+
+def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, seconds: float | None = None,
+              steps: int | None = None, reports: int = 8, seed: int = 0, channel: Any = None) -> dict[str, Any]:
+    """Train ``config`` (batch size, optimizer spec) for the budget and return its measurements.
+
+    With a ``channel``, each intermediate validation loss is sent to the parent, which answers whether to prune.
+    """
+    task = resolve_task(task)
+    backend = get_backend(task.backend)
+    target = backend.resolve_device(device)
+    data = task.load_data()
+    optimizer = {"name": config["optimizer"], "lr": config["lr"], **config.get("optimizer_params", {})}
+    reset_resident_peak()
+    session = None
+
+    def report(index: int, value: float) -> bool:
+        return bool(channel.ask(("report", index, value))) if channel is not None else False
+
+    try:
+        session = backend.session(task, data, target, batch_size=int(config["batch_size"]), optimizer=optimizer,
+                                  seed=seed)
+        session.reset_peak_memory()
+        n_train, _ = backend.data_size(data)
+        sampler = BatchSampler(n_train, int(config["batch_size"]), seed)
+        figures = train_for_budget(session, sampler, seconds=seconds, steps=steps, reports=reports, report=report,
+                                   energy=nvml_energy_reader(target))
+        device_peak = session.peak_memory()
+    except Diverged as exc:
+        raise TrialError("diverged", str(exc)) from None
+    except Pruned as exc:
+        raise TrialError("pruned", str(exc)) from None
+    except Exception as exc:
+        if backend.is_oom(exc):
+            raise TrialError("oom", _short(exc)) from None
+        raise
+    finally:
+        if session is not None:
+            session.close()
+        backend.release_memory(target)
+    memory = process_memory()
+    figures["peak_memory_bytes"] = device_peak if device_peak is not None else memory["resident_peak"]
+    figures["device"] = target.id
+    return figures
+
+
+def run_range_test(task: Any, optimizer: Mapping[str, Any], batch_size: int, device: str | None, low: float,
+                   high: float, steps: int = 60, seed: int = 0) -> dict[str, Any]:
+    """The learning-rate range test for one optimizer at ``batch_size`` (see `autotune.training.lr_range_test`)."""
+    task = resolve_task(task)
+    backend = get_backend(task.backend)
+    target = backend.resolve_device(device)
+    data = task.load_data()
+    session = backend.session(task, data, target, batch_size=batch_size, optimizer={**optimizer, "lr": low}, seed=seed)
+    try:
+        n_train, _ = backend.data_size(data)
+        return lr_range_test(session, BatchSampler(n_train, batch_size, seed), low, high, steps=steps)
+    except Exception as exc:
+        if backend.is_oom(exc):
+            raise TrialError("oom", _short(exc)) from None
+        raise
+    finally:
+        session.close()
+        backend.release_memory(target)
+
+
