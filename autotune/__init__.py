@@ -17,6 +17,8 @@ from autotune.errors import (
     UnknownBackend,
 )
 from autotune.memory import BatchFit, MemoryModel, fit_batch_size
+from autotune.space import SearchSpace, load_space
+from autotune.study import TuneResult, load_result, tune
 from autotune.task import LOSS_NAMES, Task, load_task
 from autotune.units import format_size, parse_size
 
@@ -41,5 +43,10 @@ __all__ = [
     "format_size",
     "load_task",
     "parse_size",
+    "load_result",
+    "load_space",
     "probe",
+    "SearchSpace",
+    "tune",
+    "TuneResult",
 ]

@@ -331,9 +331,14 @@ def tune(
              "done": _finished(study_), "total": n_trials, "elapsed": time.monotonic() - started,
              "timeout": timeout})
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
+    # (a traceback for an interrupted trial) would only repeat them
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if remaining:
-        study.optimize(objective_fn, n_trials=remaining, timeout=timeout, callbacks=[after_trial],
+        # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
+        enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                  optuna.trial.TrialState.PRUNED))
+        study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=timeout, callbacks=[after_trial, enough],
                        catch=(TrialError,))
     trial = best_trial(study, objective)
     if trial is None:
