@@ -103,6 +103,14 @@ def register(sub: Any) -> None:
     best.add_argument("--json", action="store_true", help="print one JSON object a training script can load")
     best.set_defaults(handler=cmd_best)
 
+    report = sub.add_parser("report", help="write a study's report: Markdown, JSON or HTML with plots")
+    report.add_argument("study")
+    _add_storage(report)
+    report.add_argument("--format", choices=["md", "json", "html"], default="md")
+    report.add_argument("--output", "-o", help="write to this file (default: stdout; studies/STUDY.FORMAT with --save)")
+    report.add_argument("--save", action="store_true", help="write to studies/STUDY.FORMAT")
+    report.set_defaults(handler=cmd_report)
+
     studies = sub.add_parser("studies", help="list the studies of a storage")
     _add_storage(studies)
     studies.add_argument("--json", action="store_true")
@@ -203,4 +211,21 @@ def cmd_studies(args: argparse.Namespace) -> int:
     print(table(["study", "objective", "backend", "trials", "complete", "pruned", "failed", "running", "best"],
                 [[r["study"], r["objective"], r["backend"], r["trials"], r["complete"], r["pruned"], r["fail"],
                   r["running"], number(r["best"])] for r in rows]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autotune.report import render
+    from autotune.study import load_study
+
+    text = render(load_study(args.study, args.storage), args.format)
+    target = args.output or (f"studies/{args.study}.{args.format}" if args.save else None)
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(text, encoding="utf-8")
+        status(f"report written to {target}")
+    else:
+        print(text)
     return 0

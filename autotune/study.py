@@ -25,7 +25,7 @@ from autotune.runner import run_in_worker
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
-from autotune.trial import run_range_test, run_trial
+from autotune.trial import run_range_tests, run_trial
 
 OBJECTIVES = ("convergence", "throughput", "pareto")
 REPORTS = 8
@@ -252,16 +252,18 @@ def tune(
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     preload = backend.preload_modules()
     reference_batch = min(space.reference_batch, ceiling)
-    if range_test and not space.lr_ranges and math.isfinite(space.lr_low):
-        for optimizer in sorted(space.optimizers):
-            say({"event": "range_test", "optimizer": optimizer})
-            kwargs = dict(task=handle, optimizer={"name": optimizer}, batch_size=reference_batch, device=target.id,
-                          low=space.lr_low, high=space.lr_high, seed=seed)
-            value = _run(run_range_test, kwargs, isolation, cpu_cap, 300.0, preload)
+    if range_test and not space.lr_ranges:
+        say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
+        kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=reference_batch, device=target.id,
+                      low=space.lr_low, high=space.lr_high, seed=seed)
+        tests = _run(run_range_tests, kwargs, isolation, cpu_cap, 600.0, preload) or {}
+        for optimizer, value in tests.items():
             if value is not None and value.get("best_lr"):
                 space.lr_ranges[optimizer] = _narrowed(space, value)
         stored = dict(study.user_attrs.get("search_space", {}))
         stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
+        stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr")}
+                                 for k, v in tests.items() if v}
         study.set_user_attr("search_space", stored)
 
     throughput_seen: dict[str, float] = {}
@@ -342,7 +344,8 @@ def tune(
                        catch=(TrialError,))
     trial = best_trial(study, objective)
     if trial is None:
-        raise AutotuneError(f"no trial of study {name!r} finished: see `autotune report {name}` for the reasons")
+        raise AutotuneError(f"no trial of study {name!r} finished: `autotune studies` counts them; each failed "
+                            "trial's reason is stored in its 'failure' attribute")
     return result_from_trial(study, trial)
 
 

@@ -84,3 +84,18 @@ def run_range_test(task: Any, optimizer: Mapping[str, Any], batch_size: int, dev
         backend.release_memory(target)
 
 
+
+
+def run_range_tests(task: Any, optimizers: list[str], batch_size: int, device: str | None, low: float, high: float,
+                    steps: int = 60, seed: int = 0) -> dict[str, Any]:
+    """`run_range_test` for several optimizers in one worker (one start-up instead of one per optimizer).
+
+    An optimizer whose test fails (out of memory, an error) maps to None; the others keep their results.
+    """
+    results: dict[str, Any] = {}
+    for name in optimizers:
+        try:
+            results[name] = run_range_test(task, {"name": name}, batch_size, device, low, high, steps=steps, seed=seed)
+        except TrialError:
+            results[name] = None
+    return results
