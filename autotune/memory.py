@@ -64,19 +64,20 @@ class MemoryModel:
         return cls(float(intercept), float(slope), residual)
 
     @classmethod
-    def local(cls, probes: list["Probe"]) -> "MemoryModel | None":
+    def local(cls, probes: list["Probe"], resident_slope: bool = True) -> "MemoryModel | None":
         """A line through the largest measured point, with the slope of resident memory.
 
         Address space and allocator reservations grow in coarse chunks (a 64 MiB glibc arena, 2 MiB CUDA
         segments), so at small sizes they stay flat and a slope taken from them undershoots; the resident set
         grows smoothly from the first sample. The slope comes from the smallest and largest resident peaks,
-        the height from the largest measured peak of the budgeted metric.
+        the height from the largest measured peak of the budgeted metric. Device memory (``resident_slope``
+        False) takes its slope from the device peaks themselves.
         """
         measured = sorted((p for p in probes if p.peak_memory_bytes), key=lambda p: p.batch_size)
         if len(measured) < 2 or measured[0].batch_size == measured[-1].batch_size:
             return None
         small, large = measured[0], measured[-1]
-        rising = [(p.resident_peak_bytes or p.peak_memory_bytes) for p in (small, large)]
+        rising = [((p.resident_peak_bytes if resident_slope else None) or p.peak_memory_bytes) for p in (small, large)]
         slope = (rising[1] - rising[0]) / (large.batch_size - small.batch_size)
         if slope <= 0:
             slope = (large.peak_memory_bytes - small.peak_memory_bytes) / (large.batch_size - small.batch_size)
@@ -299,7 +300,7 @@ def fit_batch_size(
             continue
         if fits_at >= ceiling or fails_at - fits_at <= step or len(probes) >= MAX_PROBES:
             break
-        model = MemoryModel.local(probes)
+        model = MemoryModel.local(probes, resident_slope=on_cpu)
         predicted = model.largest_under(effective) if model else math.inf
         if not granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
             step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
@@ -318,7 +319,7 @@ def fit_batch_size(
             break
         probe_at = candidate
     granularity = step
-    model = MemoryModel.local(probes) or MemoryModel.fit(_points(probes))
+    model = MemoryModel.local(probes, resident_slope=on_cpu) or MemoryModel.fit(_points(probes))
     best = next(p for p in probes if p.batch_size == fits_at and p.fits)
     limited_by = "dataset" if fits_at >= n_train else ("max_batch" if fits_at >= ceiling else "memory")
     if limited_by == "dataset":

@@ -1,0 +1,103 @@
+"""The accelerator logic of fit-batch (device-memory budget, the user's cap, the allocator's peak) on a fake
+GPU: no GPU exists here, so the device calls sit behind a small backend whose memory is arithmetic."""
+
+import numpy as np
+import pytest
+
+import autotune
+from autotune.backends import _BUILTIN, _INSTANCES, BackendEntry
+from autotune.backends.base import Backend, TrainingSession
+from autotune.devices import Device, cpu_device
+
+GIB = 1024**3
+INTERCEPT, PER_SAMPLE = 1.5 * GIB, 3 * 1024**2
+
+
+class FakeOOM(RuntimeError):
+    pass
+
+
+class FakeSession(TrainingSession):
+    def __init__(self, backend, batch_size):
+        self.backend, self.batch_size, self._peak = backend, batch_size, 0
+
+    def train_step(self, indices):
+        need = INTERCEPT + PER_SAMPLE * len(indices)
+        if need > self.backend.capacity:
+            raise FakeOOM("fake device out of memory")
+        self._peak = max(self._peak, need)
+
+    def last_loss(self):
+        return 1.0
+
+    def evaluate(self, max_batches=None):
+        return 1.0
+
+    def reset_peak_memory(self):
+        self._peak = 0
+
+    def peak_memory(self):
+        return int(self._peak)
+
+
+class FakeGpuBackend(Backend):
+    name = "fakegpu"
+    optimizer_names = ("adam", "sgd")
+
+    def __init__(self):
+        self.capacity = 16 * GIB
+        self.free = 12 * GIB
+
+    def version(self):
+        return "0"
+
+    def devices(self):
+        return [cpu_device("fakegpu"), Device("fake:0", "gpu", 0, "Fake GPU", "fakegpu", 16 * GIB, self.free)]
+
+    def session(self, task, data, device, *, batch_size, optimizer, seed=0):
+        self.validate_optimizer(optimizer)
+        return FakeSession(self, batch_size)
+
+    def is_oom(self, exc):
+        return isinstance(exc, FakeOOM)
+
+    def free_memory(self, device):
+        return self.free
+
+    def limit_memory(self, device, limit_bytes):
+        self.capacity = min(self.capacity, limit_bytes)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    backend = FakeGpuBackend()
+    monkeypatch.setitem(_BUILTIN, "fakegpu", BackendEntry("fakegpu", "unused:Unused", "numpy", "fakegpu"))
+    monkeypatch.setitem(_INSTANCES, "fakegpu", backend)
+    data = lambda: ((np.zeros((100_000, 2), np.float32), np.zeros(100_000)), (np.zeros((10, 2)), np.zeros(10)))  # noqa: E731
+    task = autotune.Task(backend="fakegpu", model=lambda: None, data=data)
+    return backend, task
+
+
+def _expected(budget, margin):
+    return int((budget * (1 - margin) - INTERCEPT) // PER_SAMPLE)
+
+
+def test_gpu_budget_is_the_free_device_memory(fake_gpu):
+    backend, task = fake_gpu
+    fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.05, granularity=1)
+    assert fit.memory_metric == "device_reserved" and fit.budget_bytes == 12 * GIB
+    assert fit.batch_size == _expected(12 * GIB, 0.05)
+    assert fit.ooms == 0 and fit.model.bytes_per_sample == pytest.approx(PER_SAMPLE)
+
+
+def test_gpu_memory_limit_is_enforced_through_the_backend(fake_gpu):
+    backend, task = fake_gpu
+    fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.0, memory_limit=4 * GIB,
+                                  granularity=1)
+    assert backend.capacity == 4 * GIB
+    assert fit.batch_size == _expected(4 * GIB, 0.0) and fit.ooms <= 1
+
+
+def test_default_device_is_the_accelerator(fake_gpu):
+    backend, task = fake_gpu
+    assert backend.resolve_device(None).id == "fake:0"
