@@ -51,6 +51,9 @@ class Task:
 
     ``reference`` is how worker processes find the task again (set by `load_task`; set it yourself for a
     Task built in code that must run in isolated workers).
+
+    ``options`` are backend-specific settings that travel with the task, each backend checking its own
+    (MindSpore: ``{"mode": "graph"}`` compiles the training step; the default is PyNative).
     """
 
     backend: str
@@ -59,6 +62,7 @@ class Task:
     loss: Union[str, Callable[..., Any]] = "cross_entropy"
     name: str | None = None
     reference: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from autotune.backends import canonical_backend_name
@@ -84,6 +88,8 @@ class Task:
                 )
         elif not callable(self.loss):
             raise TaskError(f"Task loss must be a name ({', '.join(LOSS_NAMES)}) or a callable, got {self.loss!r}")
+        if not isinstance(self.options, dict):
+            raise TaskError(f"Task options must be a dict such as {{'mode': 'graph'}}, got {self.options!r}")
         if self.name is None:
             self.name = self.reference or getattr(self.model, "__name__", "task")
 

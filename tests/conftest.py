@@ -45,7 +45,7 @@ def tmp_cwd(tmp_path, monkeypatch):
 # the hungry task fits a few hundred samples. Backends whose framework or task file is missing are skipped.
 BACKEND_CASES = {
     "torch": {"tasks": TASKS / "torch_tasks.py", "cap": "1GiB"},
-    "tensorflow": {"tasks": TASKS / "tensorflow_tasks.py", "cap": "3GiB"},
+    "tensorflow": {"tasks": TASKS / "tensorflow_tasks.py", "cap": "1.75GiB"},
     "mindspore": {"tasks": TASKS / "mindspore_tasks.py", "cap": "3GiB"},
 }
 
