@@ -25,7 +25,6 @@ from autotune.errors import AutotuneError, TrialError
 from autotune.procmem import process_memory, return_freed_memory_at_once
 from autotune.units import format_size
 
-_preloaded: list[str] = []
 
 
 @dataclasses.dataclass
@@ -47,14 +46,38 @@ class WorkerOutcome:
         return self.kind == "crash" and self.exitcode is not None and self.exitcode < 0
 
 
+_servers: dict[tuple[str, ...], Any] = {}
+
+
 def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    if sys.platform.startswith("linux"):
-        ctx = multiprocessing.get_context("forkserver")
-        if not _preloaded:
-            _preloaded.extend(preload)
-            ctx.set_forkserver_preload(list(preload))
-        return ctx
-    return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+
+
+@contextlib.contextmanager
+def _fork_server(preload: Sequence[str]) -> Iterator[None]:
+    """Start the next worker from a fork server that preloaded ``preload`` (one server per set of modules).
+
+    multiprocessing keeps a single fork server per process; a process that tunes several frameworks (a test
+    run, a notebook) would otherwise fork TensorFlow workers from a server that loaded torch. The server to
+    use is swapped in only while a worker starts; without the expected internals, the default server is used.
+    """
+    from multiprocessing import forkserver
+
+    if not sys.platform.startswith("linux") or not hasattr(forkserver, "ForkServer") \
+            or not hasattr(forkserver, "connect_to_new_process"):
+        yield
+        return
+    key = tuple(preload)
+    server = _servers.get(key)
+    if server is None:
+        server = _servers[key] = forkserver.ForkServer()
+        server.set_forkserver_preload(list(key))
+    saved = forkserver.connect_to_new_process
+    forkserver.connect_to_new_process = server.connect_to_new_process
+    try:
+        yield
+    finally:
+        forkserver.connect_to_new_process = saved
 
 
 def _limit_address_space(limit_bytes: int) -> None:
@@ -131,7 +154,7 @@ def run_in_worker(
     parent_end, child_end = ctx.Pipe(duplex=True)
     process = ctx.Process(target=_child, daemon=True,
                           args=(child_end, function, kwargs, memory_limit, tuple(preload), on_message is not None))
-    with _main_module_hidden():
+    with _main_module_hidden(), _fork_server(preload):
         process.start()
     child_end.close()
     deadline = None if timeout is None else time.monotonic() + timeout

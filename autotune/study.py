@@ -8,12 +8,15 @@ trial (the sampler learns the region is bad), a crash, hang or error fails it wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
+import signal
+import threading
 import time
 from importlib import metadata
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import optuna
 
@@ -266,6 +269,7 @@ def tune(
                                  for k, v in tests.items() if v}
         study.set_user_attr("search_space", stored)
 
+    interrupts = _Interrupts()
     throughput_seen: dict[str, float] = {}
     limit = trial_timeout or ((trial_time or 0) * 3 + 120 if trial_time else 600)
     started = time.monotonic()
@@ -291,6 +295,9 @@ def tune(
         kwargs = dict(task=handle, config=config, device=target.id, seconds=budget_seconds, steps=budget_steps,
                       reports=REPORTS, seed=seed)
         try:
+            interrupts.waiting = True
+            if interrupts.requested:
+                raise KeyboardInterrupt
             if isolation == "process":
                 outcome = run_in_worker(run_trial, kwargs, memory_limit=cpu_cap, timeout=limit, preload=preload,
                                         on_message=on_report)
@@ -300,6 +307,8 @@ def tune(
         except KeyboardInterrupt:
             trial.set_user_attr("failure", "interrupted: Ctrl-C")
             raise
+        finally:
+            interrupts.waiting = False
         if kind == "fatal":
             raise AutotuneError(message)
         if not ok:
@@ -324,6 +333,8 @@ def tune(
     remaining = max(0, n_trials - _finished(study))
 
     def after_trial(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if interrupts.requested:
+            study_.stop()
         best = best_trial(study_, objective)
         say({"event": "trial", "number": frozen.number, "state": frozen.state.name,
              "value": frozen.values[0] if frozen.values else None,
@@ -340,13 +351,41 @@ def tune(
         # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
         enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                   optuna.trial.TrialState.PRUNED))
-        study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=timeout, callbacks=[after_trial, enough],
-                       catch=(TrialError,))
+        with interrupts.installed():
+            study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=timeout,
+                           callbacks=[after_trial, enough], catch=(TrialError,))
+        if interrupts.requested:
+            raise KeyboardInterrupt
     trial = best_trial(study, objective)
     if trial is None:
         raise AutotuneError(f"no trial of study {name!r} finished: `autotune studies` counts them; each failed "
                             "trial's reason is stored in its 'failure' attribute")
     return result_from_trial(study, trial)
+
+
+class _Interrupts:
+    """Ctrl-C during a study: kill the running trial at once (it is recorded as interrupted); anywhere else
+    (sampling, storage writes) only note it, so that Optuna's bookkeeping is never cut half-way."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.waiting = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        if self.waiting:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _finished(study: optuna.Study) -> int:
