@@ -25,7 +25,7 @@ class Device:
     name: str
     backend: str | None = None
     memory_total: int | None = None
-    memory_free: int | None = None
+    memory_free: int | None = dataclasses.field(default=None, compare=False)  # a moment's reading: not identity
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

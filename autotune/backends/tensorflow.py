@@ -231,6 +231,21 @@ def _as_arrays(data: Any) -> ArrayData:
     return arrays
 
 
+def _grow_gpu_memory_on_demand() -> None:
+    """Let GPUs take memory as needed rather than nearly all of it when TensorFlow's runtime starts.
+
+    The tuning process starts the runtime as soon as the task's data() builds a tf.data.Dataset (it counts the
+    samples); reserving every GPU there would starve the workers. A GPU given a memory cap (a logical device)
+    keeps it. No effect once the runtime has started.
+    """
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            if tf.config.get_logical_device_configuration(gpu) is None:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        except (RuntimeError, ValueError):  # already started, or configured otherwise
+            pass
+
+
 def _prepared(x: Any, y: Any, integer_targets: bool, float_targets: bool) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
@@ -247,51 +262,87 @@ def _signature(array: np.ndarray, batch: int | None) -> tf.TensorSpec:
     return tf.TensorSpec((batch, *array.shape[1:]), tf.as_dtype(array.dtype))
 
 
-def _one_malloc_arena_under_a_cap() -> bool:
-    """Under an address-space cap (a capped worker), keep glibc's malloc to the one arena it already has.
+def _linear_memory_under_a_cap() -> bool:
+    """In a process under an address-space cap (a capped worker), make TensorFlow's CPU memory show as it is used.
 
-    TensorFlow's thread pools make glibc reserve a 64 MiB arena per allocating thread (about 320 MiB of
-    address space here, hardly any of it used). Under RLIMIT_AS an arena that cannot be reserved is silently
-    skipped, so near the cap the peak address space stops growing with the batch while the real memory still
-    does: the memory model would see a flat line and never find the limit. With one arena the address space is
-    the framework plus live memory, linear in the batch, as with torch. Measured here: no change in step time.
+    Two things would otherwise make the peak address space a poor, non-linear picture of the memory a step needs:
+
+    * oneDNN builds of TensorFlow serve every CPU tensor above 256 KiB from a BFC allocator that grows by regions
+      of doubling size and never returns them: the address space climbs in steps (here +67 MiB between batch
+      384 and 512, +132 MiB at 520) while the live tensors grow smoothly. TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends
+      them to malloc, which (with the worker's pinned mmap threshold) maps and unmaps each tensor exactly.
+      TensorFlow reads the variable at its first CPU allocation, so this must run before the first operation.
+    * glibc reserves a 64 MiB malloc arena for each allocating thread of TensorFlow's pools (about 320 MiB
+      here, hardly any of it used); under RLIMIT_AS an arena that cannot be reserved is silently skipped, so
+      near the cap the peak stops growing while the real memory still does. One arena keeps the address space
+      the framework plus live memory.
+
+    Measured here on the hungry test task: 1.22 GiB + 0.25 MiB × batch, linear to the cap, and the first size
+    that fails is the one predicted. The cost is page faults on fresh tensors each step: in capped workers that
+    memory-bound task runs at 3.1k instead of 8.0k samples/s (batch 512); the digits MLP shows no difference
+    beyond noise. Uncapped processes are not touched. Called when the backend is created (a worker does that
+    before it calls the task's data(), which may start the runtime) and again for each session.
     """
     import resource
 
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
     if soft == resource.RLIM_INFINITY:
         return False
+    os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
     try:
         import ctypes
         import ctypes.util
 
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_arena_max = -8
-        return bool(libc.mallopt(m_arena_max, 1))
+        libc.mallopt(m_arena_max, 1)
     except (OSError, AttributeError):  # not glibc
-        return False
+        pass
+    return True
+
+
+def _logical_name(device: Device) -> str:
+    """TensorFlow's name (``GPU:0``) for the physical accelerator ``device``; a fresh process is shown only it.
+
+    TensorFlow reserves memory on every GPU it can see when its runtime starts, so a worker training on GPU:1
+    would also take GPU:0 from a neighbour. Before the runtime starts, a GPU session therefore hides the other
+    GPUs (in this process only), and the chosen one becomes logical GPU:0.
+    """
+    kind = device.kind.upper()
+    physical = tf.config.list_physical_devices(kind)
+    if device.index >= len(physical):
+        raise DeviceError(f"{device.id} is not available to tensorflow: it sees {len(physical)} {kind} device(s)")
+    if kind == "GPU":
+        try:
+            tf.config.set_visible_devices([physical[device.index]], "GPU")
+        except RuntimeError:  # the runtime already started in this process: devices stay as they are
+            pass
+    visible = tf.config.get_visible_devices(kind)
+    if physical[device.index] not in visible:
+        raise DeviceError(f"{device.id} is hidden from TensorFlow in this process (an earlier session claimed "
+                          "another device before TensorFlow started): use worker processes (isolation='process')")
+    return f"{kind}:{visible.index(physical[device.index])}"
 
 
 # ------------------------------------------------------------------------------------------------- TPU
+_TPU: dict[str, Any] = {}  # the resolver and topology, once per process
 _TPU_STRATEGIES: dict[int, Any] = {}
 
 
 def _tpu_strategy(index: int) -> Any:
     """A TPUStrategy on the one TPU core ``index`` of this host (documented API; the TPU system is set up once
-    per process, as `tf.tpu.experimental.initialize_tpu_system` requires)."""
-    if index in _TPU_STRATEGIES:
-        return _TPU_STRATEGIES[index]
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
-    if "topology" not in _TPU_STRATEGIES:
-        tf.config.experimental_connect_to_cluster(resolver)
-        _TPU_STRATEGIES["topology"] = tf.tpu.experimental.initialize_tpu_system(resolver)
-    topology = _TPU_STRATEGIES["topology"]
-    # One replica on core `index` of task 0: core_assignment is [replicas, cores per replica, topology rank].
-    core = topology.device_coordinates[0:1, index:index + 1, :]
-    assignment = tf.tpu.experimental.DeviceAssignment(topology, core)
-    strategy = tf.distribute.TPUStrategy(resolver, experimental_device_assignment=assignment)
-    _TPU_STRATEGIES[index] = strategy
-    return strategy
+    per process, as `tf.tpu.experimental.initialize_tpu_system` requires). Untested here: no TPU."""
+    if index not in _TPU_STRATEGIES:
+        if not _TPU:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")  # cores attached to this VM
+            tf.config.experimental_connect_to_cluster(resolver)
+            _TPU["topology"] = tf.tpu.experimental.initialize_tpu_system(resolver)
+            _TPU["resolver"] = resolver
+        # One replica on core `index` of task 0: core_assignment is [replicas, cores per replica, mesh rank].
+        core = _TPU["topology"].device_coordinates[0:1, index:index + 1, :]
+        assignment = tf.tpu.experimental.DeviceAssignment(_TPU["topology"], core)
+        _TPU_STRATEGIES[index] = tf.distribute.TPUStrategy(_TPU["resolver"], experimental_device_assignment=assignment)
+    return _TPU_STRATEGIES[index]
 
 
 # --------------------------------------------------------------------------------------------- session
@@ -309,7 +360,7 @@ class TensorFlowSession(TrainingSession):
             raise TaskError(f"Keras runs on {keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow for this backend")
         self.batch_size = batch_size
         self.device = device
-        self._memory_device = None if device.kind == "cpu" else f"{device.kind.upper()}:{device.index}"
+        self._memory_device = None if device.kind == "cpu" else _logical_name(device)
         self._strategy = _tpu_strategy(device.index) if device.kind == "tpu" else None
         self.compile_seconds = 0.0
         keras.utils.set_random_seed(seed)
@@ -344,7 +395,7 @@ class TensorFlowSession(TrainingSession):
     def _scope(self) -> Any:
         if self._strategy is not None:
             return self._strategy.scope()
-        return tf.device("/CPU:0" if self.device.kind == "cpu" else f"/{self.device.kind.upper()}:{self.device.index}")
+        return tf.device("/CPU:0" if self._memory_device is None else f"/{self._memory_device}")
 
     def _loss(self, y: Any, prediction: Any) -> Any:
         return tf.reduce_mean(tf.cast(self.loss_fn(y, prediction), tf.float32))
@@ -393,16 +444,20 @@ class TensorFlowSession(TrainingSession):
             return result
 
     def train_step(self, indices: np.ndarray) -> None:
+        """One compiled optimizer step on the training samples at ``indices`` (the first call also compiles)."""
         index = np.asarray(indices, dtype=np.int64)
         self._last = self._call("train", self._train_fn, self.x_train[index], self.y_train[index])
 
     def set_learning_rate(self, lr: float) -> None:
+        """Assign the optimizer's learning-rate variable (read by the compiled step, no retrace)."""
         self.optimizer.learning_rate.assign(float(lr))
 
     def last_loss(self) -> float:
+        """The last step's training loss (without regularisation terms), as a float."""
         return float("nan") if self._last is None else float(self._last.numpy())
 
     def evaluate(self, max_batches: int | None = None) -> float:
+        """Mean validation loss, sample-weighted over batches of ``batch_size`` (the first ``max_batches``)."""
         total, count = 0.0, 0
         stop = len(self.x_val) if max_batches is None else min(len(self.x_val), max_batches * self.batch_size)
         for start in range(0, stop, self.batch_size):
@@ -413,12 +468,14 @@ class TensorFlowSession(TrainingSession):
         return total / max(count, 1)
 
     def synchronize(self) -> None:
+        """Wait for queued device work: every accelerator, or the last step's loss on the CPU."""
         if self._memory_device is not None and hasattr(tf.test.experimental, "sync_devices"):
             tf.test.experimental.sync_devices()
         elif self._last is not None:
             self._last.numpy()
 
     def reset_peak_memory(self) -> None:
+        """Reset the accelerator allocator's peak (the CPU's is read from the process by the engine)."""
         if self._memory_device is not None:
             try:
                 tf.config.experimental.reset_memory_stats(self._memory_device)
@@ -426,6 +483,7 @@ class TensorFlowSession(TrainingSession):
                 pass
 
     def peak_memory(self) -> int | None:
+        """Peak bytes in use by TensorFlow's allocator on the accelerator since the reset; None on the CPU."""
         if self._memory_device is None:
             return None
         try:
@@ -434,6 +492,7 @@ class TensorFlowSession(TrainingSession):
             return None
 
     def close(self) -> None:
+        """Drop the model, optimizer, compiled functions and data."""
         for name in ("model", "optimizer", "_train_fn", "_eval_fn", "x_train", "y_train", "x_val", "y_val", "_last"):
             setattr(self, name, None)
 
@@ -455,10 +514,21 @@ def _nvml_matches(count: int) -> list[dict[str, Any] | None]:
 
 
 class TensorFlowBackend(Backend):
-    """TensorFlow 2 with Keras 3: CPU, GPUs (allocator peak memory, memory cap) and TPU cores (TPUStrategy)."""
+    """TensorFlow 2 with Keras 3: CPU, GPUs (allocator peak memory, memory cap) and TPU cores (TPUStrategy).
+
+    Creating the backend (before TensorFlow's runtime starts) turns on memory growth for the GPUs of this
+    process, so that a tuning process which reads a tf.data.Dataset does not reserve every GPU; GPU sessions
+    show TensorFlow only their own GPU when they start the runtime.
+    """
 
     name = "tensorflow"
     optimizer_names = tuple(sorted(_OPTIMIZERS))
+
+    def __init__(self) -> None:
+        # Both before the task's data() can start the runtime (a tf.data.Dataset does): a worker gets its
+        # backend first thing.
+        _linear_memory_under_a_cap()
+        _grow_gpu_memory_on_demand()
 
     def version(self) -> str:
         """TensorFlow's version string."""
@@ -468,7 +538,7 @@ class TensorFlowBackend(Backend):
         """The CPU, every GPU (``GPU:0``...) and every TPU core (``TPU:0``...) TensorFlow sees."""
         devices = [cpu_device("tensorflow")]
         gpus = tf.config.list_physical_devices("GPU")
-        for index, (gpu, nvml) in enumerate(zip(gpus, _nvml_matches(len(gpus)))):
+        for index, (gpu, nvml) in enumerate(zip(gpus, _nvml_matches(len(gpus)) if gpus else [])):
             details = _device_details(gpu)
             capability = details.get("compute_capability")
             devices.append(Device(
@@ -487,7 +557,7 @@ class TensorFlowBackend(Backend):
                 optimizer: Mapping[str, Any], seed: int = 0) -> TensorFlowSession:
         """A fresh Keras model and optimizer on ``device``, seeded, with the data as host arrays."""
         spec = self.validate_optimizer(optimizer)
-        _one_malloc_arena_under_a_cap()
+        _linear_memory_under_a_cap()
         return TensorFlowSession(task, _as_arrays(data), device, batch_size, spec, seed)
 
     def data_size(self, data: Any) -> tuple[int, int]:
@@ -510,18 +580,19 @@ class TensorFlowBackend(Backend):
         gc.collect()
         if device.kind != "cpu":
             try:
-                tf.config.experimental.reset_memory_stats(f"{device.kind.upper()}:{device.index}")
-            except (ValueError, tf.errors.OpError):
+                tf.config.experimental.reset_memory_stats(_logical_name(device))
+            except (ValueError, DeviceError, tf.errors.OpError):
                 pass
 
     def limit_memory(self, device: Device, limit_bytes: int) -> None:
         """Cap a GPU at ``limit_bytes`` (a logical device); only possible before TensorFlow initialises the GPU."""
         if device.kind != "gpu":
             return
-        gpus = tf.config.list_physical_devices("GPU")
-        config = tf.config.LogicalDeviceConfiguration(memory_limit=max(1, int(limit_bytes) // 2**20))
+        gpu = tf.config.list_physical_devices("GPU")[device.index]
+        config = tf.config.LogicalDeviceConfiguration(memory_limit=max(1, int(limit_bytes) // 2**20))  # MiB
         try:
-            tf.config.set_logical_device_configuration(gpus[device.index], [config])
+            tf.config.experimental.set_memory_growth(gpu, False)  # a logical device and growth exclude each other
+            tf.config.set_logical_device_configuration(gpu, [config])
         except RuntimeError:
             raise DeviceError(
                 f"cannot cap {device.id} at {limit_bytes} bytes: TensorFlow already initialised it in this process "
