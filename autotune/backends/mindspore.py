@@ -1,0 +1,645 @@
+"""MindSpore adapter: devices (CPU, GPU, Ascend NPU), optimizers, a PyNative or graph-mode step, memory, OOM.
+
+The training step is ``mindspore.value_and_grad`` plus an optimizer, run eagerly (PyNative, the default) or
+compiled with ``mindspore.jit`` when the task says ``Task(..., options={"mode": "graph"})``. Task data is NumPy
+arrays or a pair of finite ``mindspore.dataset`` pipelines (read into arrays once).
+
+CPU memory: MindSpore's CPU memory pool takes address space in 1 GiB blocks (the growth unit is fixed on the
+CPU; ``set_memory``'s increase_size and max_size are ignored there, measured), so under an address-space cap
+a worker's peak is flat inside a block and jumps by a GiB at its edge.
+
+NumPy 2 and MindSpore 2.10 (measured; see tests/test_mindspore_backend.py). MindSpore's operator-argument
+parser (``py_parse.cc``) uses the NumPy 1.x C API, whose import fails under NumPy 2 once per process: that
+prints NumPy's "compiled using NumPy 1.x" message and a ``Numpy init failed`` log line, leaves an ImportError
+pending so that the first operator taking a Python number (``tensor * 1.01``) raises a spurious SystemError,
+and from then on NumPy scalars are refused as operator arguments. This module spends that failure at import
+with an argument that fails parsing before any kernel runs, and drops exactly those two messages; a model
+that passes NumPy scalars gets a one-line TaskError. Separately, ``mindspore.dataset`` reads every row with
+``np.array(item, copy=False)``, which NumPy 2 refuses for scalars: a NumpySlicesDataset with 1-D labels or a
+GeneratorDataset yielding numbers fails, with a TaskError saying what to change. Tensor <-> ndarray
+conversion (pybind11, NumPy-2 aware) is exact and training matches PyTorch to float32 precision. All of this
+goes away with ``numpy<2`` (1.26.4 with ml_dtypes 0.5.x, which tensorflow-cpu 2.21 accepts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import mindspore as ms
+import mindspore.dataset as msds
+import mindspore.experimental.optim as ms_optim
+from mindspore import nn, ops
+
+from autotune.backends.base import Backend, TrainingSession
+from autotune.devices import Device, cpu_device, nvidia_gpus
+from autotune.errors import AutotuneError, DeviceError, TaskError
+from autotune.task import ArrayData, Task
+
+_NUMPY_ABI_MESSAGE = "A module that was compiled using NumPy 1.x cannot be run in"
+_NUMPY_INIT_LOG = "Numpy init failed"
+
+# What MindSpore raises when its memory pool cannot get memory. CPU under an address-space cap (measured
+# here): RuntimeError "Allocate memory failed" from MallocForOutputs after the pool's malloc fails; the
+# others are the Ascend/GPU pools' and graph-mode messages of MindSpore 2.x.
+_OOM_MESSAGES = (
+    "Allocate memory failed",
+    "Memory not enough",
+    "memory isn't enough",
+    "Memory isn't enough",
+    "Out of Memory!!!",
+    "out of memory",
+    "Malloc device memory failed",
+    "Device memory isn't enough",
+    "std::bad_alloc",
+)
+
+_MODES = ("pynative", "graph")
+_OPTIONS = {"mode": _MODES}
+_MAX_DATASET_SAMPLES = 50_000_000
+
+
+# --- NumPy 2: spend MindSpore's failing NumPy C-API import once, quietly ----------------------------------
+
+@contextlib.contextmanager
+def _without_numpy_abi_messages() -> Iterator[None]:
+    """Hold back what the enclosed call writes to stderr and pass it on, less the NumPy ABI failure.
+
+    The failure writes NumPy's message with a stack (Python), the same as an ImportError traceback
+    (``PyErr_Print`` from C) and one ``Numpy init failed`` log line (native fd 2); Python-side text that
+    mentions the message is dropped whole, native lines only where they are that log line.
+    """
+    saved_stderr = sys.stderr
+    held = io.StringIO()
+    try:
+        saved_stderr.flush()
+        saved_fd = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2: hold back the Python side only
+        saved_fd = None
+    capture = tempfile.TemporaryFile() if saved_fd is not None else None
+    try:
+        if capture is not None:
+            os.dup2(capture.fileno(), 2)
+        sys.stderr = held
+        yield
+    finally:
+        sys.stderr = saved_stderr
+        native = ""
+        if capture is not None:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            capture.seek(0)
+            native = capture.read().decode("utf-8", "replace")
+            capture.close()
+        python_text = held.getvalue()
+        if python_text and _NUMPY_ABI_MESSAGE not in python_text:
+            saved_stderr.write(python_text)
+        kept = "".join(line for line in native.splitlines(keepends=True) if _NUMPY_INIT_LOG not in line)
+        if kept:
+            saved_stderr.write(kept)
+        saved_stderr.flush()
+
+
+def _prime_numpy_bridge() -> None:
+    """Run MindSpore's NumPy scalar check once (it fails under NumPy 2) with an argument that fails parsing
+    before any kernel runs, so that no later operator pays for it with a spurious SystemError."""
+    probe = ms.Tensor(np.zeros(1, dtype=np.float32))
+    with _without_numpy_abi_messages():
+        try:
+            ops.add(probe, "autotune: numpy bridge probe")
+        except (TypeError, SystemError, ImportError, ValueError, RuntimeError):
+            pass
+
+
+_prime_numpy_bridge()
+
+
+# --- logging ----------------------------------------------------------------------------------------------
+
+class _DropDeprecationNotices(logging.Filter):
+    """Drops MindSpore's ``'X' is deprecated`` notices about its own internals (fused kernels that an
+    optimizer class creates): one line per optimizer build would flood every probe's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is deprecated from version" not in record.getMessage()
+
+
+def _mindspore_logger() -> logging.Logger | None:
+    try:
+        from mindspore import log as ms_log
+
+        return ms_log._get_logger()  # MindSpore's own logging.Logger: the documented log module wraps it
+    except Exception:  # a MindSpore without it: its notices just stay
+        return None
+
+
+@contextlib.contextmanager
+def _quiet_deprecations() -> Iterator[None]:
+    logger = _mindspore_logger()
+    notice_filter = _DropDeprecationNotices()
+    if logger is not None:
+        logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        if logger is not None:
+            logger.removeFilter(notice_filter)
+
+
+@contextlib.contextmanager
+def _quiet_log() -> Iterator[None]:
+    """Silence MindSpore's Python logger (device availability checks warn when a plugin is absent)."""
+    logger = _mindspore_logger()
+    level = logger.level if logger is not None else None
+    if logger is not None:
+        logger.setLevel(logging.ERROR + 1)
+    try:
+        yield
+    finally:
+        if logger is not None:
+            logger.setLevel(level)
+
+
+# --- optimizers ---------------------------------------------------------------------------------------------
+# Neutral names (autotune.optimizers.OPTIMIZERS) → MindSpore classes that run on every device MindSpore
+# supports (CPU included), verified against torch.optim on the same weights and batches. Mappings:
+# - sgd, momentum, nesterov: nn.SGD (nn.Momentum is deprecated in 2.10; nn.SGD has torch's semantics).
+# - adamw: mindspore.experimental.optim.AdamW (bias-corrected, decoupled decay, as in torch). nn.AdamWeightDecay
+#   is deprecated and has no bias correction (its first steps are about 3x larger); mint.optim.AdamW has no
+#   CPU kernel in 2.10.
+# - rmsprop: experimental.optim.RMSprop. nn.RMSProp starts its mean square at ones (TF1 style), which makes
+#   every early step tiny: with torch's zero start the same lr trains ~60x further in 20 steps.
+# - adagrad: nn.Adagrad has no eps: it divides by sqrt(accumulator), so the neutral eps is added to the
+#   initial accumulator (a zero gradient then gives 0, not 0/0); the neutral initial_accumulator_value is the rest.
+# - nadam, radam: experimental.optim (nn has neither).
+# - ftrl: nn.FTRL (deprecated since 2.9, still shipped and CPU-capable); initial_accumulator_value → initial_accum.
+# - not offered: lamb and lars (nn.Lamb, nn.LARS have no CPU kernel: "Unsupported op [Lamb] on CPU"),
+#   adafactor (nn.AdaFactor is documented Ascend-only), lion (none in MindSpore).
+
+_OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {
+    "sgd": lambda p, s: nn.SGD(p, learning_rate=s["lr"], weight_decay=s["weight_decay"]),
+    "momentum": lambda p, s: nn.SGD(p, learning_rate=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"]),
+    "nesterov": lambda p, s: nn.SGD(
+        p, learning_rate=s["lr"], momentum=s["momentum"], nesterov=True, weight_decay=s["weight_decay"]),
+    "adam": lambda p, s: nn.Adam(
+        p, learning_rate=s["lr"], beta1=s["beta1"], beta2=s["beta2"], eps=s["eps"], weight_decay=s["weight_decay"]),
+    "amsgrad": lambda p, s: nn.Adam(
+        p, learning_rate=s["lr"], beta1=s["beta1"], beta2=s["beta2"], eps=s["eps"], weight_decay=s["weight_decay"],
+        use_amsgrad=True),
+    "adamw": lambda p, s: ms_optim.AdamW(
+        p, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=s["weight_decay"]),
+    "adamax": lambda p, s: nn.AdaMax(
+        p, learning_rate=s["lr"], beta1=s["beta1"], beta2=s["beta2"], eps=s["eps"], weight_decay=s["weight_decay"]),
+    "nadam": lambda p, s: ms_optim.NAdam(
+        p, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=s["weight_decay"]),
+    "radam": lambda p, s: ms_optim.RAdam(
+        p, lr=s["lr"], betas=(s["beta1"], s["beta2"]), eps=s["eps"], weight_decay=s["weight_decay"]),
+    "rmsprop": lambda p, s: ms_optim.RMSprop(
+        p, lr=s["lr"], alpha=s["rho"], eps=s["eps"], weight_decay=s["weight_decay"], momentum=s["momentum"],
+        centered=s["centered"]),
+    "adagrad": lambda p, s: nn.Adagrad(
+        p, accum=s["initial_accumulator_value"] + s["eps"], learning_rate=s["lr"], weight_decay=s["weight_decay"]),
+    "adadelta": lambda p, s: nn.Adadelta(
+        p, learning_rate=s["lr"], rho=s["rho"], epsilon=s["eps"], weight_decay=s["weight_decay"]),
+    "asgd": lambda p, s: nn.ASGD(p, learning_rate=s["lr"], weight_decay=s["weight_decay"]),
+    "ftrl": lambda p, s: nn.FTRL(
+        p, initial_accum=s["initial_accumulator_value"], learning_rate=s["lr"], lr_power=s["lr_power"],
+        l1=s["l1"], l2=s["l2"]),
+}
+
+
+# --- losses -------------------------------------------------------------------------------------------------
+
+def _named_loss(name: str) -> Callable[[Any, Any], Any]:
+    if name == "cross_entropy":  # sparse softmax cross entropy from logits, mean over the batch
+        return nn.CrossEntropyLoss(reduction="mean")
+    if name == "mse":
+        return nn.MSELoss(reduction="mean")
+    if name == "mae":
+        return nn.L1Loss(reduction="mean")
+    if name == "binary_cross_entropy":  # from logits
+        return nn.BCEWithLogitsLoss(reduction="mean")
+    if name == "huber":
+        return nn.HuberLoss(reduction="mean", delta=1.0)
+    raise TaskError(f"unknown loss {name!r} for mindspore")
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+def _is_dataset(obj: Any) -> bool:
+    return isinstance(obj, msds.Dataset)
+
+
+def _dataset_arrays(dataset: Any, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (inputs, targets) of a finite ``mindspore.dataset`` pipeline, read once into arrays."""
+    if dataset.get_repeat_count() == -1:
+        raise TaskError(f"the {label} mindspore.dataset repeats forever: drop .repeat() so that it ends")
+    columns = dataset.get_col_names()
+    if len(columns) < 2:
+        raise TaskError(f"the {label} mindspore.dataset has columns {columns}: it needs (input, target) columns")
+    batched = _has_batch_node(dataset)
+    inputs, targets, samples = [], [], 0
+    try:
+        for row in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1):
+            inputs.append(np.asarray(row[0]))
+            targets.append(np.asarray(row[1]))
+            samples += len(row[0]) if batched else 1
+            if samples > _MAX_DATASET_SAMPLES:
+                raise TaskError(f"the {label} mindspore.dataset yields more than {_MAX_DATASET_SAMPLES} samples: "
+                                "give a finite pipeline (no endless generator)")
+    except AutotuneError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        if "Unable to avoid copy" in text:
+            raise TaskError(f"reading the {label} mindspore.dataset failed: under NumPy 2, MindSpore 2.10 cannot "
+                            "read rows that hold a scalar (a 1-D label array in NumpySlicesDataset, a number "
+                            "yielded by a GeneratorDataset): give labels shape (n, 1), yield arrays, or install "
+                            "numpy<2") from None
+        raise TaskError(f"reading the {label} mindspore.dataset failed: {type(exc).__name__}: "
+                        f"{_first_line(text)}") from None
+    if not inputs:
+        raise TaskError(f"the {label} mindspore.dataset is empty: it must yield at least one sample")
+    join = np.concatenate if batched else np.stack
+    return join(inputs), join(targets)
+
+
+def _has_batch_node(dataset: Any) -> bool:
+    """Whether rows come in batches: a batch, padded_batch or bucket_batch_by_length node in the pipeline."""
+    pending = [dataset]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, msds.BatchDataset) or "Batch" in type(node).__name__:
+            return True
+        pending.extend(getattr(node, "children", []) or [])
+    return False
+
+
+def _part(part: Any, label: str) -> tuple[Any, Any]:
+    if _is_dataset(part):
+        return _dataset_arrays(part, label)
+    if isinstance(part, (tuple, list)) and len(part) == 2:
+        x, y = part
+        if isinstance(x, ms.Tensor):
+            x = x.asnumpy()
+        if isinstance(y, ms.Tensor):
+            y = y.asnumpy()
+        return np.asarray(x), np.asarray(y)
+    raise TaskError(f"mindspore task {label} data must be a mindspore.dataset pipeline or a pair (x, y); "
+                    f"got {type(part).__name__}")
+
+
+def _as_arrays(data: Any) -> ArrayData:
+    """`ArrayData` from arrays, MindSpore tensors or a ``(train, val)`` pair of mindspore.dataset pipelines."""
+    if isinstance(data, ArrayData):
+        return data
+    if _is_dataset(data):
+        raise TaskError("a single mindspore.dataset is not enough: data() must return "
+                        "(train_dataset, val_dataset), each yielding (input, target)")
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TaskError(f"mindspore task data must be ((x_train, y_train), (x_val, y_val)) or "
+                        f"(train_dataset, val_dataset); got {type(data).__name__}")
+    (x_train, y_train), (x_val, y_val) = _part(data[0], "training"), _part(data[1], "validation")
+    for label, x, y in (("training", x_train, y_train), ("validation", x_val, y_val)):
+        if len(x) == 0:
+            raise TaskError(f"task {label} data is empty: data() must return at least one sample")
+        if len(x) != len(y):
+            raise TaskError(f"task {label} data has {len(x)} inputs but {len(y)} targets: they must match")
+    return ArrayData(x_train, y_train, x_val, y_val)
+
+
+def _host_arrays(x: Any, y: Any, integer_targets: bool | None) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs as float32 (when floating), targets as int32 class indices or float32 values."""
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
+        x = x.astype(np.float32)
+    y = np.asarray(y)
+    if integer_targets and y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # class indices as a column (how a mindspore.dataset must carry them under NumPy 2)
+    if integer_targets is None:  # a user loss: keep integer targets integer, MindSpore's preferred int32
+        integer_targets = np.issubdtype(y.dtype, np.integer)
+    y = y.astype(np.int32 if integer_targets else np.float32)
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip() and not set(line.strip()) <= {"-"}:
+            return line.strip()[:300]
+    return text.strip()[:300]
+
+
+def _is_oom_text(exc: BaseException) -> bool:
+    return isinstance(exc, RuntimeError) and any(message in str(exc) for message in _OOM_MESSAGES)
+
+
+def _oom_line(text: str) -> str:
+    lines = [line.strip(" -") for line in text.splitlines() if line.strip(" -")]
+    for number, line in enumerate(lines):
+        if any(message in line for message in _OOM_MESSAGES):
+            if line.endswith(":") and number + 1 < len(lines):  # a heading: the detail is on the next line
+                line = f"{line} {lines[number + 1]}"
+            return line[:300]
+    return _first_line(text)
+
+
+@contextlib.contextmanager
+def _clear_errors(device: Device) -> Iterator[None]:
+    """MindSpore's OOM (a RuntimeError whose first line is often a rule of dashes) as a one-line MemoryError;
+    a NumPy scalar handed to an operator (refused under NumPy 2) as a one-line TaskError; the rest unchanged."""
+    try:
+        yield
+    except (MemoryError, AutotuneError):
+        raise
+    except Exception as exc:
+        hint = _numpy_scalar_hint(exc)
+        if hint is not None:
+            raise hint from None
+        if _is_oom_text(exc):
+            raise MemoryError(f"MindSpore ran out of memory on {device.id}: {_oom_line(str(exc))}") from exc
+        raise
+
+
+_NUMPY_SCALAR_IN_ERROR = re.compile(r"<class 'numpy\.(?:float|int|uint|bool|complex)\w*'>")
+
+
+def _numpy_scalar_hint(exc: BaseException) -> TaskError | None:
+    """A one-line TaskError when a model handed NumPy scalars to an operator (refused under NumPy 2)."""
+    text = str(exc)
+    if isinstance(exc, TypeError) and _NUMPY_SCALAR_IN_ERROR.search(text):
+        return TaskError("the model passes a NumPy scalar to a MindSpore operator, which MindSpore 2.10 refuses "
+                         f"under NumPy 2 ({_first_line(text)}): use a Python number (float(x)) or numpy<2")
+    return None
+
+
+# --- options and devices ------------------------------------------------------------------------------------
+
+def task_mode(task: Task) -> str:
+    """The execution mode a task asks for: ``'pynative'`` (default) or ``'graph'`` (``mindspore.jit``)."""
+    options = getattr(task, "options", None) or {}
+    if not isinstance(options, Mapping):
+        raise TaskError(f"Task options must be a mapping such as {{'mode': 'graph'}}, got {options!r}")
+    for key in options:
+        if key not in _OPTIONS:
+            raise TaskError(f"unknown mindspore task option {key!r}: use one of {', '.join(_OPTIONS)}")
+    mode = str(options.get("mode", "pynative")).lower()
+    if mode not in _MODES:
+        raise TaskError(f"mindspore task option mode={options.get('mode')!r}: use 'pynative' or 'graph'")
+    return mode
+
+
+_TARGETS = {"cpu": "CPU", "gpu": "GPU", "npu": "Ascend"}
+
+
+def _use_device(device: Device) -> None:
+    """Point MindSpore at ``device`` (``mindspore.set_device``, the 2.x API); one target per process."""
+    target = _TARGETS[device.kind]
+    current = ms.get_current_device()
+    if (current.device_target, current.device_id) == (target, device.index):
+        return
+    try:
+        ms.set_device(target, device.index)
+    except (RuntimeError, ValueError) as exc:
+        raise DeviceError(f"MindSpore cannot switch this process to {device.id} (it runs on "
+                          f"{current.device_target}:{current.device_id}): {_first_line(str(exc))}") from None
+
+
+def _accelerator_count(kind: str) -> int:
+    module = getattr(ms.device_context, kind)
+    with _quiet_log():
+        try:
+            return int(module.device_count()) if module.is_available() else 0
+        except Exception:  # a plugin present but no device or driver
+            return 0
+
+
+def _nvml_info(nvml: list[dict[str, Any]], index: int) -> dict[str, Any]:
+    """NVML's record of CUDA device ``index`` (mapped through CUDA_VISIBLE_DEVICES when it lists indices)."""
+    parts = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
+    if parts and all(part.isdigit() for part in parts) and index < len(parts):
+        index = int(parts[index])
+    return next((gpu for gpu in nvml if gpu.get("index") == index), {})
+
+
+# --- the session ----------------------------------------------------------------------------------------------
+
+class MindSporeSession(TrainingSession):
+    """A ``mindspore.nn.Cell``, its optimizer and the data on one device; data stays on the host, moves per batch."""
+
+    def __init__(self, task: Task, data: ArrayData, device: Device, batch_size: int,
+                 optimizer: Mapping[str, Any], seed: int, mode: str) -> None:
+        self.batch_size = batch_size
+        self.mode = mode
+        self.compile_seconds = 0.0
+        self._device = device
+        _use_device(device)
+        ms.set_seed(seed)
+        try:
+            with _clear_errors(device):
+                model = task.model()
+        except (AutotuneError, MemoryError):
+            raise
+        except Exception as exc:
+            raise TaskError(f"the task's model() raised {type(exc).__name__}: {_first_line(str(exc))}") from None
+        if not isinstance(model, nn.Cell):
+            raise TaskError(f"the task's model() returned {type(model).__name__}, not a mindspore.nn.Cell")
+        self.model = model
+        self.model.set_train(True)
+        params = self.model.trainable_params()
+        if not params:
+            raise TaskError("the task's model has no trainable parameters")
+        with _quiet_deprecations(), _clear_errors(device):
+            self.optimizer = _OPTIMIZERS[optimizer["name"]](params, optimizer)
+        named = isinstance(task.loss, str)
+        self.loss_fn = _named_loss(task.loss) if named else task.loss
+        integer_targets = (task.loss == "cross_entropy") if named else None
+        self.x_train, self.y_train = _host_arrays(data.x_train, data.y_train, integer_targets)
+        self.x_val, self.y_val = _host_arrays(data.x_val, data.y_val, integer_targets)
+        self._last: Any = None
+        self._steps = 0
+        self._first_step_seconds = 0.0
+
+        model_, loss_fn, optimizer_ = self.model, self.loss_fn, self.optimizer
+
+        def forward(inputs: Any, targets: Any) -> Any:
+            return loss_fn(model_(inputs), targets)
+
+        grad_fn = ms.value_and_grad(forward, None, optimizer_.parameters)
+
+        def train_step(inputs: Any, targets: Any) -> Any:
+            loss, grads = grad_fn(inputs, targets)
+            return ops.depend(loss, optimizer_(grads))
+
+        self._train = ms.jit(train_step) if mode == "graph" else train_step
+        self._eval = ms.jit(forward) if mode == "graph" else forward
+
+    def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        with _clear_errors(self._device):
+            return function(*args)
+
+    def train_step(self, indices: np.ndarray) -> None:
+        index = np.asarray(indices, dtype=np.int64)
+        inputs, targets = ms.Tensor(self.x_train[index]), ms.Tensor(self.y_train[index])
+        if self._steps >= 2:
+            self._last = self._run(self._train, inputs, targets)
+            return
+        # The first step compiles (graph mode) or builds and caches kernels (PyNative); the second is steady.
+        # Both are timed to completion: compile_seconds is what the first cost beyond a steady step.
+        tick = time.perf_counter()
+        self._last = self._run(self._train, inputs, targets)
+        self.synchronize()
+        elapsed = time.perf_counter() - tick
+        self._steps += 1
+        if self._steps == 1:
+            self._first_step_seconds = elapsed
+        else:
+            self.compile_seconds = max(0.0, self._first_step_seconds - elapsed)
+
+    def last_loss(self) -> float:
+        if self._last is None:
+            return float("nan")
+        with _clear_errors(self._device):
+            return float(self._last.asnumpy())
+
+    def evaluate(self, max_batches: int | None = None) -> float:
+        self.model.set_train(False)
+        total, count = 0.0, 0
+        n_val = len(self.x_val)
+        stop = n_val if max_batches is None else min(n_val, max_batches * self.batch_size)
+        try:
+            with _clear_errors(self._device):
+                for start in range(0, stop, self.batch_size):
+                    end = min(start + self.batch_size, stop)
+                    loss = self._eval(ms.Tensor(self.x_val[start:end]), ms.Tensor(self.y_val[start:end]))
+                    total += float(loss.asnumpy()) * (end - start)
+                    count += end - start
+        finally:
+            self.model.set_train(True)
+        return total / max(count, 1)
+
+    def synchronize(self) -> None:
+        with _clear_errors(self._device):
+            if self._device.kind != "cpu":
+                ms.runtime.synchronize()  # Ascend and GPU only: on the CPU it logs an error and returns
+            if self._last is not None:
+                # The step returns ops.depend(loss, optimizer(grads)): once it is ready, so is the whole step.
+                self._last.asnumpy()
+
+    def reset_peak_memory(self) -> None:
+        if self._device.kind != "cpu":
+            ms.runtime.reset_peak_memory_stats()
+
+    def peak_memory(self) -> int | None:
+        # Tensors' peak in MindSpore's pool. The pool itself reserves in 1 GiB blocks (memory_stats'
+        # block_unit_size), far too coarse to fit a batch size against; on the CPU MindSpore reports 0.
+        if self._device.kind != "cpu":
+            return int(ms.runtime.max_memory_allocated())
+        return None
+
+    def close(self) -> None:
+        for name in ("model", "optimizer", "loss_fn", "x_train", "y_train", "x_val", "y_val", "_last",
+                     "_train", "_eval"):
+            setattr(self, name, None)
+
+
+# --- the backend -------------------------------------------------------------------------------------------------
+
+class MindSporeBackend(Backend):
+    """MindSpore 2.x: CPU, NVIDIA GPU and Ascend NPU; PyNative by default, graph mode as a task option."""
+
+    name = "mindspore"
+    optimizer_names = tuple(sorted(_OPTIMIZERS))
+
+    def __init__(self) -> None:
+        self._materialised: tuple[Any, ArrayData] | None = None
+        self._memory_limit: str | None = None
+
+    def version(self) -> str:
+        return ms.__version__
+
+    def devices(self) -> list[Device]:
+        devices = [cpu_device("mindspore")]
+        gpus = _accelerator_count("gpu")
+        if gpus:
+            nvml, _note = nvidia_gpus()
+            for index in range(gpus):
+                info = _nvml_info(nvml, index)
+                devices.append(Device(
+                    id=f"GPU:{index}", kind="gpu", index=index, name=info.get("name", "NVIDIA GPU"),
+                    backend="mindspore", memory_total=info.get("memory_total"), memory_free=info.get("memory_free"),
+                ))
+        for index in range(_accelerator_count("ascend")):
+            # MindSpore 2.10 has no query for an NPU's memory before its pool starts: pass --memory-limit.
+            devices.append(Device(id=f"Ascend:{index}", kind="npu", index=index, name="Ascend NPU",
+                                  backend="mindspore"))
+        return devices
+
+    def session(self, task: Task, data: Any, device: Device, *, batch_size: int,
+                optimizer: Mapping[str, Any], seed: int = 0) -> MindSporeSession:
+        spec = self.validate_optimizer(optimizer)
+        mode = task_mode(task)
+        return MindSporeSession(task, self._arrays(data), device, batch_size, spec, seed, mode)
+
+    def data_size(self, data: Any) -> tuple[int, int]:
+        arrays = self._arrays(data)
+        return arrays.n_train, arrays.n_val
+
+    def _arrays(self, data: Any) -> ArrayData:
+        """`ArrayData` for ``data``; a native pipeline is read once per data object (the last one is kept)."""
+        if isinstance(data, ArrayData):
+            return data
+        if self._materialised is not None and self._materialised[0] is data:
+            return self._materialised[1]
+        arrays = _as_arrays(data)
+        self._materialised = (data, arrays)
+        return arrays
+
+    def is_oom(self, exc: BaseException) -> bool:
+        if isinstance(exc, MemoryError):
+            return True
+        return _is_oom_text(exc)
+
+    def release_memory(self, device: Device) -> None:
+        self._materialised = None
+        gc.collect()
+        if device.kind == "npu":
+            ms.runtime.empty_cache()  # documented for Ascend only
+        if device.kind != "cpu":
+            ms.runtime.reset_peak_memory_stats()
+
+    def limit_memory(self, device: Device, limit_bytes: int) -> None:
+        # mindspore.runtime.set_memory(max_size=...) caps the device pool (Ascend, GPU); it can be set once per
+        # process, before the pool starts: a worker does that first. The CPU pool ignores it (measured).
+        if device.kind == "cpu":
+            return
+        size = f"{max(limit_bytes / 2**30, 0.01):.2f}GB"
+        if self._memory_limit == size:
+            return
+        if self._memory_limit is not None:
+            raise DeviceError(f"MindSpore's device memory limit is already {self._memory_limit} in this process; "
+                              "it can be set once: run with isolation='process'")
+        init = f"{min(2.0, float(size[:-2])):.2f}GB"
+        try:
+            ms.runtime.set_memory(init_size=init, increase_size=init, max_size=size)
+        except (RuntimeError, ValueError) as exc:  # set already (by the task), or a size MindSpore refuses
+            raise DeviceError(f"cannot cap MindSpore's memory on {device.id} at {size}: {_first_line(str(exc))}"
+                              ) from None
+        self._memory_limit = size
+
+    def free_memory(self, device: Device) -> int | None:
+        if device.kind == "gpu":
+            nvml, _note = nvidia_gpus()
+            return _nvml_info(nvml, device.index).get("memory_free")
+        return device.memory_free
+
+    def preload_modules(self) -> Sequence[str]:
+        return ("mindspore", "mindspore.dataset", "autotune.backends.mindspore", "autotune.memory")

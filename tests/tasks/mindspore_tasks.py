@@ -1,0 +1,91 @@
+"""Small real MindSpore tasks for the tests: the same four as torch_tasks.py, as mindspore.nn.Cell models."""
+
+import numpy as np
+from mindspore import nn, ops
+
+import autotune
+
+
+def _blobs(n=600, features=16, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, features))
+    y = rng.integers(0, classes, n)
+    x = (centers[y] + rng.normal(0, 1, (n, features))).astype(np.float32)
+    split = int(0.8 * n)
+    return (x[:split], y[:split].astype(np.int64)), (x[split:], y[split:].astype(np.int64))
+
+
+def small_model():
+    return nn.SequentialCell(nn.Dense(16, 32), nn.ReLU(), nn.Dense(32, 4))
+
+
+small = autotune.Task(backend="mindspore", model=small_model, data=_blobs, loss="cross_entropy")
+
+
+class Hungry(nn.Cell):
+    """A wide layer followed by element-wise ops: about 0.4 MiB per sample (measured), little compute."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Dense(16, 8192)
+        self.down = nn.Dense(8192, 4)
+
+    def construct(self, x):
+        h = self.up(x)
+        for _ in range(6):
+            h = ops.tanh(h) * 1.01
+        return self.down(h)
+
+
+def hungry_data():
+    return _blobs(n=3000)
+
+
+hungry = autotune.Task(backend="mindspore", model=Hungry, data=hungry_data, loss="cross_entropy")
+
+
+def broken_model():
+    return nn.SequentialCell(nn.Dense(17, 4))  # wrong input width: fails at every size
+
+
+broken = autotune.Task(backend="mindspore", model=broken_model, data=_blobs, loss="cross_entropy")
+
+
+def mse_model():
+    return nn.Dense(16, 1)
+
+
+def _regression():
+    (x, _), (xv, _) = _blobs()
+    w = np.linspace(-1, 1, 16).astype(np.float32)
+    return (x, (x @ w)[:, None]), (xv, (xv @ w)[:, None])
+
+
+regression = autotune.Task(backend="mindspore", model=mse_model, data=_regression, loss="mse")
+
+
+# --- MindSpore-specific variants (tests/test_mindspore_backend.py) -------------------------------------------
+
+small_graph = autotune.Task(backend="mindspore", model=small_model, data=_blobs, loss="cross_entropy",
+                            options={"mode": "graph"})
+
+
+class Huge(nn.Cell):
+    """Like Hungry, eight times wider: about 2.5 MiB per sample, so that a batch of a thousand needs more than
+    the one 1 GiB block of MindSpore's CPU memory pool that a 3 GiB cap leaves room for."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Dense(16, 65536)
+        self.down = nn.Dense(65536, 4)
+
+    def construct(self, x):
+        h = self.up(x)
+        for _ in range(6):
+            h = ops.tanh(h) * 1.01
+        return self.down(h)
+
+
+huge = autotune.Task(backend="mindspore", model=Huge, data=hungry_data, loss="cross_entropy")
+huge_graph = autotune.Task(backend="mindspore", model=Huge, data=hungry_data, loss="cross_entropy",
+                           options={"mode": "graph"})
