@@ -55,8 +55,8 @@ class ProgressDisplay:
         elif event.get("failure"):
             outcome = f"{outcome} ({event['failure'][:80]})"
         left = ""
-        if event.get("timeout"):
-            left = f", {max(0.0, event['timeout'] - event['elapsed']):.0f} s left"
+        if event.get("time_left") is not None:
+            left = f", {event['time_left']:.0f} s left"
         elif event["done"]:
             per = event["elapsed"] / max(event["done"], 1)
             left = f", ~{per * max(event['total'] - event['done'], 0):.0f} s left"

@@ -248,7 +248,7 @@ def fit_batch_size(
                       seed=seed, device_memory_limit=device_cap)
         if isolation == "process":
             outcome = run_in_worker(_probe_run, kwargs, memory_limit=cpu_cap, timeout=probe_timeout,
-                                    preload=backend.preload_modules())
+                                    preload=(*backend.preload_modules(), *task.imports))
             ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
             crashed_under_cap = outcome.killed_by_signal and cpu_cap is not None
         else:

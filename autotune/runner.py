@@ -103,7 +103,10 @@ def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memo
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     try:
         for module in preload:  # already there when the fork server preloaded them; else imported before the cap
-            importlib.import_module(module)
+            try:
+                importlib.import_module(module)
+            except ImportError:  # a task's sibling module, importable only once the task is loaded
+                pass
         return_freed_memory_at_once()
         if memory_limit:
             mapped = process_memory()["address_space"]

@@ -105,8 +105,10 @@ class SearchSpace:
             else:
                 params[param] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
         scale = lr_scale(name, batch_size, self.reference_batch)
+        # lr.high bounds the scaled rate too: linear scaling to a large batch must not leave the tested range
         return {
-            "batch_size": batch_size, "optimizer": name, "lr": base_lr * scale, "lr_reference": base_lr,
+            "batch_size": batch_size, "optimizer": name, "lr": min(base_lr * scale, self.lr_high),
+            "lr_reference": base_lr,
             "lr_scale": scale, "optimizer_params": params,
         }
 

@@ -109,7 +109,7 @@ def _sampler(objective: str, seed: int, n_trials: int) -> optuna.samplers.BaseSa
 
 def _pruner(objective: str) -> optuna.pruners.BasePruner:
     if objective == "convergence":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=REPORTS, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=REPORTS, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
@@ -191,12 +191,14 @@ def tune(
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
-    ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
+    ``timeout`` bounds the whole call (ceiling fit and range test included; the range test is skipped when
+    they would take more than half of it). ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
     """
     say = progress or (lambda _event: None)
+    deadline = None if timeout is None else time.monotonic() + timeout
     if objective not in OBJECTIVES:
         raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     if trial_steps is not None:
@@ -253,9 +255,9 @@ def tune(
     say({"event": "ceiling", "batch_size": ceiling, "limited_by": ceiling_info.get("limited_by")})
 
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
-    preload = backend.preload_modules()
+    preload = (*backend.preload_modules(), *task.imports)
     reference_batch = min(space.reference_batch, ceiling)
-    if range_test and not space.lr_ranges:
+    if range_test and not space.lr_ranges and (deadline is None or deadline - time.monotonic() > 0.5 * timeout):
         say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
         kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=reference_batch, device=target.id,
                       low=space.lr_low, high=space.lr_high, seed=seed)
@@ -342,7 +344,7 @@ def tune(
              "config": frozen.user_attrs.get("config"),
              "best": best.values[0] if best is not None else None,
              "done": _finished(study_), "total": n_trials, "elapsed": time.monotonic() - started,
-             "timeout": timeout})
+             "time_left": None if deadline is None else max(0.0, deadline - time.monotonic())})
 
     # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
     # (a traceback for an interrupted trial) would only repeat them
@@ -352,7 +354,8 @@ def tune(
         enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                   optuna.trial.TrialState.PRUNED))
         with interrupts.installed():
-            study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=timeout,
+            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)  # at least one trial
+            study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=left,
                            callbacks=[after_trial, enough], catch=(TrialError,))
         if interrupts.requested:
             raise KeyboardInterrupt

@@ -63,6 +63,9 @@ class Task:
     name: str | None = None
     reference: str | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    imports: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
+    """Modules the task's file uses (set by `load_task`): worker servers preload them, so that a worker does
+    not spend a second importing, say, scikit-learn before every trial."""
 
     def __post_init__(self) -> None:
         from autotune.backends import canonical_backend_name
@@ -164,11 +167,26 @@ def load_task(reference: str | Task) -> Task:
             f"{where}:{attr} is a {type(task).__name__}, not an autotune.Task: "
             f"set {attr} = autotune.Task(backend=..., model=..., data=...)"
         )
+    if not task.imports:
+        task.imports = _imported_by(module)
     if task.reference is None:
         task.reference = f"{_absolute(target)}:{attr}" if target.endswith(".py") else f"{target}:{attr}"
         if task.name in (None, getattr(task.model, "__name__", None)):
             task.name = reference
     return task
+
+
+def _imported_by(module: Any) -> tuple[str, ...]:
+    """Importable modules a task module refers to (``import x``, ``from x import f``), itself excluded."""
+    names = set()
+    for key, value in vars(module).items():
+        if key.startswith("__"):
+            continue
+        name = value.__name__ if isinstance(value, type(sys)) else getattr(value, "__module__", None)
+        if isinstance(name, str) and name in sys.modules and name not in ("__main__", "builtins", module.__name__) \
+                and not name.startswith(("autotune_task_", "_")):
+            names.add(name)
+    return tuple(sorted(names))
 
 
 def _absolute(path: str) -> str:

@@ -41,7 +41,7 @@ MIB = 1024 ** 2
 
 MODELS = {
     "hungry": {"task": "tests/tasks/torch_tasks.py:hungry", "cap": "1GiB",
-               "about": "tests/tasks/torch_tasks.py:hungry (Linear 16→8192, 6× tanh; cheap, memory-hungry)"},
+               "about": "tests/tasks/torch_tasks.py:hungry (Linear 16→8192, 6× tanh; cheap, memory-hungry)", "cheap": True},
     "wide": {"task": "examples/torch_wide_images.py", "cap": "2.5GiB",
              "about": "examples/torch_wide_images.py (3 convs on 32×32 images, oneDNN convolutions)"},
 }
@@ -124,6 +124,9 @@ def _peer_autotune(rec: Recorder, task_ref: str, cap: int) -> None:
     probes = [{"batch": p.batch_size, "fits": p.fits, "oom": p.oom, "seconds": round(p.seconds, 2),
                "peak_mib": None if p.peak_memory_bytes is None else round(p.peak_memory_bytes / MIB, 1),
                "reason": p.reason[:120]} for p in fit.probes]
+    for index, probe in enumerate(probes):  # what the memory model predicted after each probe
+        model = autotune.MemoryModel.local(fit.probes[:index + 1])
+        probe["predicted_after"] = None if model is None else round(model.largest_under(cap))
     rec.update(status="ok", batch=fit.batch_size, seconds=seconds, ooms=fit.ooms, probes=probes,
                train_steps=2 * len(probes), eval_batches=len(probes), granularity=fit.granularity,
                model=None if fit.model is None else fit.model.describe())
@@ -278,7 +281,7 @@ def peer_main(args: argparse.Namespace) -> None:
         import autotune.procmem  # noqa: F401
         import autotune.task  # noqa: F401
 
-        _cap_this_process(rec, args.cap_bytes, args.equal_headroom)
+        _cap_this_process(rec, args.cap_bytes, args.headroom_base)
         if args.peer == "lightning-power":
             _peer_lightning(rec, args.task, "power")
         elif args.peer == "lightning-binsearch":
@@ -337,12 +340,26 @@ def _worker_baseline() -> int:
     return int(outcome.value["address_space"])
 
 
-def true_largest(ref: str, cap: int, recompute: bool) -> dict[str, Any]:
-    """Largest batch that runs under ``cap``: doubling from 8, then bisection to one sample, then a re-check."""
+def _search(fits: Any, low: int, high: int) -> int:
+    """Bisection between a size seen to fit (``low``) and one seen to fail (``high``), to one sample."""
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def true_largest(ref: str, cap: int, recompute: bool, verify: bool) -> dict[str, Any]:
+    """Largest batch that runs under ``cap``: doubling from 8, then bisection to one sample, then a re-check.
+
+    Cached per model, cap, task file and torch version. A cached answer is re-verified (it fits, one more does
+    not: two capped runs) unless ``verify`` is off, and searched again near the old answer if either run
+    disagrees: under an address-space cap the boundary moves between sessions (see the report).
+    """
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     key = _cache_key(ref, cap)
-    if key in cache and not recompute:
-        return cache[key]
     from autotune.task import load_task
 
     n_train = load_task(_absolute_ref(ref)).load_data().n_train
@@ -350,36 +367,56 @@ def true_largest(ref: str, cap: int, recompute: bool) -> dict[str, Any]:
     probes: list[dict[str, Any]] = []
 
     def fits(batch: int) -> bool:
+        if batch > n_train:
+            return False
         tick = time.perf_counter()
         ok, why = _probe_once(ref, batch, cap)
         probes.append({"batch": batch, "fits": ok, "seconds": round(time.perf_counter() - tick, 2), "why": why})
         _say(f"  truth {ref} @ {cap / GIB:g} GiB: batch {batch} {'fits' if ok else 'fails (' + why + ')'}")
         return ok
 
-    low, high = 0, n_train + 1
-    batch = 8
-    while batch < high:
-        if fits(batch):
-            low = batch
-            batch = min(batch * 2, n_train) if batch < n_train else high
+    cached = cache.get(key)
+    if cached and not recompute:
+        if not verify:
+            return {**cached, "verified": "not re-verified (--no-verify)"}
+        old = cached["true_largest"]
+        if fits(old):
+            if not fits(old + 1):
+                result = {**cached, "verified": f"re-verified this run: {old} fits, {old + 1} fails"}
+                return result
+            step = 8
+            while fits(old + step):
+                step *= 2
+            low = _search(fits, old + step // 2 if step > 8 else old + 1, old + step)
         else:
-            high = batch
-            break
-    if low == 0:
-        raise SystemExit(f"{ref}: batch 8 does not fit under {cap / GIB:g} GiB; raise --cap")
-    while high - low > 1:
-        middle = (low + high) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle
-    recheck = fits(low) and (high > n_train or not fits(high))
-    result = {"task": ref, "cap": cap, "true_largest": low, "n_train": n_train, "rechecked": recheck,
-              "seconds": round(time.perf_counter() - started, 1), "probes": probes,
-              "worker_mapped_at_start": _worker_baseline()}
+            step = 8
+            while old - step > 0 and not fits(old - step):
+                step *= 2
+            if old - step <= 0:
+                raise SystemExit(f"{ref}: nothing near the cached true largest {old} fits now; run with --recompute")
+            low = _search(fits, old - step, old - step // 2 if step > 8 else old)
+        result = {**cached, "true_largest": low, "verified": f"moved this run: cached {old}, now {low}",
+                  "history": cached.get("history", []) + [old], "probes": cached["probes"] + probes}
+    else:
+        low, high = 0, n_train + 1
+        batch = 8
+        while batch < high:
+            if fits(batch):
+                low = batch
+                batch = min(batch * 2, n_train) if batch < n_train else high
+            else:
+                high = batch
+                break
+        if low == 0:
+            raise SystemExit(f"{ref}: batch 8 does not fit under {cap / GIB:g} GiB; raise --cap")
+        low = _search(fits, low, high)
+        recheck = fits(low) and not fits(low + 1)
+        result = {"task": ref, "cap": cap, "true_largest": low, "n_train": n_train, "rechecked": recheck,
+                  "seconds": round(time.perf_counter() - started, 1), "probes": probes,
+                  "worker_mapped_at_start": _worker_baseline(), "verified": "searched this run"}
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-    cache[key] = result
+    cache[key] = {k: v for k, v in result.items() if k != "verified"}
     CACHE.write_text(json.dumps(cache, indent=1))
     return result
 
@@ -393,7 +430,7 @@ def run_finder(name: str, ref: str, cap: int, *, equal_headroom: int | None = No
         command = [sys.executable, str(Path(__file__).resolve()), "--peer", name, "--task", _absolute_ref(ref),
                    "--cap-bytes", str(cap), "--result", result_path]
         if equal_headroom:
-            command += ["--equal-headroom", str(equal_headroom)]
+            command += ["--headroom-base", str(equal_headroom)]
         if accelerate_start:
             command += ["--accelerate-start", str(accelerate_start)]
         tick = time.perf_counter()
@@ -421,12 +458,17 @@ def _last_success(data: dict[str, Any], steps: int) -> int | None:
     return max(sizes) if sizes else None
 
 
+def _looks_like_oom(error: str) -> bool:
+    return any(text in error for text in ("could not create a primitive", "can't allocate", "MemoryError",
+                                          "out of memory", "killed by signal"))
+
+
 def _label_error(name: str, data: dict[str, Any]) -> str:
     error = data.get("error", "")
     known = LIGHTNING_OOM if name.startswith("lightning") else ACCELERATE_OOM if name == "accelerate" else ()
     if any(text in error for text in known):
         return f"stopped: {error}"
-    if "could not create a primitive" in error or "can't allocate" in error or "MemoryError" in error:
+    if _looks_like_oom(error):
         return f"stopped on a CPU OOM it does not recognise: {error}"
     return f"stopped: {error}"
 
@@ -459,7 +501,9 @@ def table(model: str, cap: int, truth: dict[str, Any], rows: list[tuple[str, str
         ratio = f"{seconds / base_seconds:.2f}" if seconds and base_seconds else "–"
         percent = f"{100 * batch / true:.1f} %" if batch else "–"
         steps = f"{data.get('train_steps', 0)} (+ {data.get('eval_batches', 0)})"
-        ooms = data.get("ooms", "?") if name != "autotune" else data.get("ooms", "?")
+        ooms = data.get("ooms", 0)
+        if data.get("status") != "ok" and _looks_like_oom(data.get("error", "")):
+            ooms += 1  # the OOM that stopped it
         shown_batch = batch if batch is not None else "–"
         time_text = f"{seconds:.1f}" if seconds is not None else "–"
         if data.get("cap_extra"):
@@ -467,11 +511,34 @@ def table(model: str, cap: int, truth: dict[str, Any], rows: list[tuple[str, str
         lines.append(f"| {label} | {shown_batch} | {percent} | {time_text} | {steps} | {ooms} | {ratio} | {result} |")
         notes.append(_details(name, label, data))
     worker_base = truth.get("worker_mapped_at_start")
-    lines += ["", f"True largest: {true} (exhaustive search, {len(truth['probes'])} capped autotune worker runs, "
-                  f"re-checked: {truth.get('rechecked')}); an autotune worker maps "
-                  f"{(worker_base or 0) / MIB:.0f} MiB before its first step."]
+    lines += ["", f"True largest: {true} (exhaustive search by doubling and bisection, one fresh capped autotune "
+                  f"worker per size, {len(truth['probes'])} runs; {truth.get('verified')}). An autotune worker maps "
+                  f"{(worker_base or 0) / MIB:.0f} MiB before its first step. Wall time: the finder's call in its "
+                  "own fresh process, frameworks already imported (autotune's includes starting its worker server)."]
+    goal = _goal(rows, true, base_seconds)
+    fair = next((d for n, _, d in rows if n == "lightning-power" and d.get("cap_extra")), None)
+    if goal and fair and fair.get("status") == "ok" and base_seconds:
+        autotune_seconds = next(d["seconds"] for n, _, d in rows if n == "autotune")
+        goal += (f". Against Lightning power with equal headroom ({fair['seconds']:.1f} s, batch {fair['batch']}): "
+                 f"{autotune_seconds / fair['seconds']:.2f}× its wall time")
+    if goal:
+        lines += ["", goal]
     lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines)
+
+
+def _goal(rows: list[tuple[str, str, dict[str, Any]]], true: int, base_seconds: float | None) -> str:
+    data = next((d for n, _, d in rows if n == "autotune"), None)
+    if data is None or data.get("status") != "ok":
+        return ""
+    checks = [(100 * data["batch"] / true >= 95, f"{100 * data['batch'] / true:.1f} % of the true largest (goal ≥ 95 %)"),
+              (data.get("ooms", 0) <= 1, f"{data.get('ooms')} OOM (goal ≤ 1)")]
+    if base_seconds:
+        checks.append((data["seconds"] <= base_seconds,
+                       f"{data['seconds']:.1f} s vs Lightning power's {base_seconds:.1f} s (goal: no more)"))
+    met = all(ok for ok, _ in checks)
+    return (f"autotune against its goal: {'MET' if met else 'MISSED'} — "
+            + "; ".join(f"{text} {'✓' if ok else '✗'}" for ok, text in checks))
 
 
 def _details(name: str, label: str, data: dict[str, Any]) -> str:
@@ -481,8 +548,10 @@ def _details(name: str, label: str, data: dict[str, Any]) -> str:
     if name == "autotune" and data.get("probes"):
         probes = ", ".join(
             f"{p['batch']}: {p['seconds']:.1f} s {'fits' if p['fits'] else ('OOM' if p['oom'] else 'over')}"
+            + (f" → predicts {p['predicted_after']}" if p.get("predicted_after") else "")
             for p in data["probes"])
-        parts.append(f"probes [{probes}]; model {data.get('model')}; granularity {data.get('granularity')}")
+        parts.append(f"probes [batch: seconds, outcome → largest batch the local memory model predicts after it: "
+                     f"{probes}]; final model {data.get('model')}; granularity {data.get('granularity')}")
     elif data.get("trials"):
         trials = ", ".join(f"{t['batch']}×{t['train']}" + (f"+{t['eval']}e" if t["eval"] else "")
                            for t in data["trials"])
@@ -502,8 +571,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recompute", action="store_true", help="search the true largest again, ignoring the cache")
     parser.add_argument("--finders", default="autotune,lightning-power,lightning-binsearch,accelerate",
                         help="comma-separated subset of " + ",".join(FINDERS))
-    parser.add_argument("--no-equal-headroom", action="store_true",
-                        help="skip the extra Lightning rows whose cap is raised by Lightning's larger import footprint")
+    headroom = parser.add_mutually_exclusive_group()
+    headroom.add_argument("--equal-headroom", dest="headroom", action="store_const", const="on",
+                          help="add Lightning rows whose cap is raised by Lightning's larger import footprint, for "
+                               "every model (default: only for the cheap model)")
+    headroom.add_argument("--no-equal-headroom", dest="headroom", action="store_const", const="off",
+                          help="no equal-headroom Lightning rows")
+    parser.add_argument("--no-verify", action="store_true", help="trust the cached true largest without re-checking it")
     parser.add_argument("--accelerate-start", type=int, help="accelerate's starting_batch_size "
                                                              "(default: largest power of two <= training samples)")
     # worker mode
@@ -511,7 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--cap-bytes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    parser.add_argument("--equal-headroom", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--headroom-base", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer:
         peer_main(args)
@@ -530,11 +604,12 @@ def main(argv: list[str] | None = None) -> None:
         ref = MODELS[model]["task"]
         cap = autotune.parse_size(args.cap or MODELS[model]["cap"])
         _say(f"[{model}] true largest under {cap / GIB:g} GiB ...")
-        truth = true_largest(ref, cap, args.recompute)
+        truth = true_largest(ref, cap, args.recompute, not args.no_verify)
         _say(f"[{model}] true largest: {truth['true_largest']}")
         rows = []
+        load_before = os.getloadavg()[0]
         plan = [(name, None) for name in finders]
-        if not args.no_equal_headroom:
+        if args.headroom == "on" or (args.headroom is None and MODELS[model].get("cheap")):
             plan += [(name, truth["worker_mapped_at_start"]) for name in finders if name.startswith("lightning")]
         for name, headroom in plan:
             _say(f"[{model}] {FINDERS[name]}{' (equal headroom)' if headroom else ''} ...")
@@ -542,7 +617,9 @@ def main(argv: list[str] | None = None) -> None:
             _say(f"[{model}]   -> {data.get('status')} batch {data.get('batch')} in {data.get('seconds') or 0:.1f} s"
                  f"{'; ' + data['error'] if data.get('error') else ''}")
             rows.append((name, FINDERS[name], data))
-        outputs.append(table(model, cap, truth, rows))
+        load_after = os.getloadavg()[0]
+        outputs.append(table(model, cap, truth, rows) + f"\n\nLoad average (1 min) on this {os.cpu_count()}-CPU "
+                       f"machine: {load_before:.1f} before the finders, {load_after:.1f} after.")
         print(outputs[-1] + "\n", flush=True)
     _say(f"benchmark done in {time.perf_counter() - started:.0f} s")
 

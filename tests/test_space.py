@@ -23,7 +23,7 @@ def test_default_space_loads_and_samples_conditionally():
     config = space.suggest(trial, ceiling=200)
     assert config["batch_size"] <= 200 and config["optimizer"] in space.optimizers
     assert all(key.startswith(config["optimizer"] + ".") for key in trial.params if "." in key)
-    assert config["lr"] == pytest.approx(config["lr_reference"] * config["lr_scale"])
+    assert config["lr"] == pytest.approx(min(config["lr_reference"] * config["lr_scale"], space.lr_high))
 
 
 def test_lr_scaling_rules():

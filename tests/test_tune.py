@@ -24,16 +24,20 @@ def _states(study):
     return [t.state for t in study.get_trials(deepcopy=False)]
 
 
-def _rescore(config, seconds, seeds=(0, 1, 2)):
-    """Median validation loss of ``config`` trained from scratch for ``seconds``, in this process."""
+def _rescore(config, steps, seeds=(0, 1, 2)):
+    """Median validation loss of ``config`` trained from scratch for ``steps`` steps, in this process.
+
+    A step budget, not seconds: on a shared machine the steps done in a second vary tenfold with the load,
+    which would make the comparison a measure of the load, not of the configurations.
+    """
     task = autotune.load_task(str(EXAMPLES / "torch_digits.py"))
-    losses = [run_trial(task, config, "cpu", seconds=seconds, seed=seed)["val_loss"] for seed in seeds]
+    losses = [run_trial(task, config, "cpu", steps=steps, seed=seed)["val_loss"] for seed in seeds]
     return float(np.median(losses))
 
 
 def test_tuned_configuration_beats_the_default_on_digits(tmp_path):
-    budget = 1.0
-    result = autotune.tune(str(EXAMPLES / "torch_digits.py"), n_trials=14, trial_time=budget,
+    budget = 60
+    result = autotune.tune(str(EXAMPLES / "torch_digits.py"), n_trials=14, trial_steps=budget,
                            storage=f"sqlite:///{tmp_path / 's.db'}", study_name="digits", seed=0)
     assert result.backend == "torch" and result.device == "cpu"
     tuned = {"batch_size": result.batch_size, "optimizer": result.optimizer, "lr": result.lr,

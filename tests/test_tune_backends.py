@@ -20,17 +20,17 @@ def _example(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tuned_beats_the_default_and_resumes(tmp_path, backend):
-    budget, storage = 1.0, f"sqlite:///{tmp_path / 's.db'}"
-    first = autotune.tune(_example(backend), n_trials=8, trial_time=budget, storage=storage, study_name="d", seed=0)
+    budget, storage = 60, f"sqlite:///{tmp_path / 's.db'}"  # steps: independent of the machine's load
+    first = autotune.tune(_example(backend), n_trials=8, trial_steps=budget, storage=storage, study_name="d", seed=0)
     assert first.backend == backend
-    result = autotune.tune(_example(backend), n_trials=12, trial_time=budget, storage=storage, study_name="d", seed=0)
+    result = autotune.tune(_example(backend), n_trials=12, trial_steps=budget, storage=storage, study_name="d", seed=0)
     study = result.study
     finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished) == 12, "the resumed study keeps and counts the first run's trials"
     task = autotune.load_task(_example(backend))
 
     def rescore(config):
-        return float(np.median([run_trial(task, config, "cpu", seconds=budget, seed=s)["val_loss"] for s in (0, 1, 2)]))
+        return float(np.median([run_trial(task, config, "cpu", steps=budget, seed=s)["val_loss"] for s in (0, 1, 2)]))
 
     tuned = rescore({"batch_size": result.batch_size, "optimizer": result.optimizer, "lr": result.lr,
                      "optimizer_params": result.optimizer_params})
