@@ -285,6 +285,7 @@ def fit_batch_size(
 
     effective = budget * (1 - margin) if budget else 0.0
     step = granularity if granularity_given else 1
+    previous_prediction: float | None = None
     first = probe_at = min(max(step, _round_down(8, step)), ceiling)
     while True:
         probe = run(probe_at)
@@ -304,10 +305,13 @@ def fit_batch_size(
         predicted = model.largest_under(effective) if model else math.inf
         if not granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
             step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
-        noise = (MemoryModel.fit(_points(probes)) or model).max_residual_bytes if model else 0.0
-        if model is not None and model.predict(fits_at + step) - max(noise, 0.002 * budget) > effective:
+        noise = model.max_residual_bytes if model else 0.0
+        if model is not None and model.predict(fits_at + step) - max(noise, 0.001 * budget) > effective:
             break  # the model is sure the next size up does not fit: no OOM spent to prove it
-        if math.isfinite(predicted) and predicted > 1.5 * fits_at:
+        agrees = previous_prediction is not None and math.isfinite(predicted) \
+            and abs(predicted - previous_prediction) <= 0.02 * predicted
+        previous_prediction = predicted if math.isfinite(predicted) else None
+        if math.isfinite(predicted) and predicted > 1.5 * fits_at and not agrees:
             predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
         candidate = min(predicted, fits_at * GROWTH, ceiling)
         candidate = max(_round_down(int(candidate), step), fits_at + step)

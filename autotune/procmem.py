@@ -50,3 +50,21 @@ def return_freed_memory_at_once() -> bool:
         return bool(libc.mallopt(m_mmap_threshold, 128 * 1024))
     except (OSError, AttributeError):  # not glibc
         return False
+
+
+def single_malloc_arena() -> bool:
+    """Make glibc use one malloc arena (for address-space-capped workers).
+
+    Each thread's arena reserves 64 MiB of address space at a moment that depends on thread timing, and under
+    a cap glibc silently falls back when it cannot: the same batch then fits in one run and fails in the next
+    (seen here: 944 failed while 948 to 960 fitted). With one arena the capped peak is reproducible.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_arena_max = -8
+        return bool(libc.mallopt(m_arena_max, 1))
+    except (OSError, AttributeError):
+        return False

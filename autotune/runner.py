@@ -22,7 +22,7 @@ import traceback
 from typing import Any, Callable, Iterator, Sequence
 
 from autotune.errors import AutotuneError, TrialError
-from autotune.procmem import process_memory, return_freed_memory_at_once
+from autotune.procmem import process_memory, return_freed_memory_at_once, single_malloc_arena
 from autotune.units import format_size
 
 
@@ -113,6 +113,7 @@ def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memo
             if mapped >= memory_limit:
                 raise TrialError("oom", f"the worker alone (framework loaded) maps {format_size(mapped)} of address "
                                         f"space, more than the cap of {format_size(memory_limit)}")
+            single_malloc_arena()
             _limit_address_space(memory_limit)
         if with_channel:
             kwargs = {**kwargs, "channel": Channel(conn)}

@@ -5,7 +5,7 @@ Every finder runs in its own fresh process. The peers (Lightning's ``Tuner.scale
 with ``RLIMIT_AS`` at its start (after the frameworks are imported, as autotune's workers do): an
 out-of-memory is a real allocation failure, and they keep running in that process after it. autotune is called
 from a normal, uncapped process; its probes run in capped workers of their own. Every capped process pins
-glibc's mmap threshold first (`autotune.procmem.return_freed_memory_at_once`), as autotune's workers do.
+glibc's mmap threshold and a single malloc arena first (`autotune.procmem`), as autotune's capped workers do.
 
 The true largest batch is found once per model and cap by exhaustive search (doubling, then bisection over
 every integer) with a fresh capped autotune worker per size, and cached in ``benchmarks/.cache/``.
@@ -104,9 +104,10 @@ def _cap_this_process(rec: Recorder, cap: int, equal_headroom_base: int | None) 
     """Pin glibc's mmap threshold (as autotune's workers do), then cap the address space."""
     import resource
 
-    from autotune.procmem import process_memory, return_freed_memory_at_once
+    from autotune.procmem import process_memory, return_freed_memory_at_once, single_malloc_arena
 
     pinned = return_freed_memory_at_once()
+    single_malloc_arena()  # as autotune's capped workers do: one malloc arena, reproducible peaks
     mapped = process_memory()["address_space"]
     extra = max(0, mapped - equal_headroom_base) if equal_headroom_base else 0
     rec.update(mapped_at_start=mapped, cap=cap + extra, cap_extra=extra, mmap_threshold_pinned=pinned)
