@@ -35,7 +35,18 @@ within 10 % of the grid's best re-scored loss in under a third of the grid's wal
     .venv/bin/python benchmarks/search.py --quick              # smoke run (~2 min)
     .venv/bin/python benchmarks/search.py --trial-time 1.0 --trials 30 --repeats 2 --seed 0
 
-Scratch (Optuna SQLite files) goes to a temporary directory that is removed at the end; the raw results are
+``--backend tensorflow`` runs another comparison on ``examples/tensorflow_digits.py`` at a STEP budget
+(``--trial-steps``, default 60; 12 trials, 1 tuning seed unless ``--repeats``): ``autotune.tune(trial_steps=N)`` against
+Keras Tuner (``--keras-tuner bayesian``: ``BayesianOptimization``, the default, or ``random``: ``RandomSearch``) over
+the same batch sizes, optimizers (at autotune's default parameters) and log-uniform lr range, each trial training the
+task's model for N (+2, like run_trial's warm-up) steps with ``model.fit(steps_per_epoch=N + 2, epochs=1)``; both
+choices are re-scored with ``run_trial(..., steps=N)`` for ``--rescore-seeds`` seeds. About 1 min per tuning seed
+on 2 loaded cores; ``--quick``: 4 trials of 30 steps, 2 re-score seeds. Its JSON goes to
+``benchmarks/.cache/search_results_tensorflow.json`` by default.
+
+    .venv/bin/python benchmarks/search.py --backend tensorflow [--repeats 3] [--keras-tuner random] [--quick]
+
+Scratch (Optuna SQLite files, Keras Tuner's directory) goes to a temporary directory that is removed at the end; the raw results are
 written as JSON to ``benchmarks/.cache/search_results.json`` (``--json``) for later analysis.
 """
 
@@ -455,16 +466,204 @@ def _lr_pair(test: dict[str, Any] | None) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# --backend tensorflow: autotune.tune vs Keras Tuner on examples/tensorflow_digits.py
+# --------------------------------------------------------------------------------------------------------------
+
+TF_TASK = "examples/tensorflow_digits.py"
+WARMUP_STEPS = 2  # autotune.training.train_for_budget's warm-up steps: they train the model too
+
+
+def keras_tuner_run(task: autotune.Task, space: PlainSpace, kind: str, n_trials: int, steps: int, seed: int,
+                    scratch: Path) -> dict[str, Any]:
+    """Keras Tuner over batch size × optimizer (Keras defaults, as autotune's neutral defaults) × log-uniform lr.
+
+    Each trial builds the task's model, compiles it with the chosen optimizer and trains ``steps`` (+ the
+    warm-up steps that ``run_trial`` also takes) optimizer steps with ``model.fit(steps_per_epoch=…, epochs=1)``
+    on a shuffled, repeated ``tf.data`` pipeline; the objective is the validation loss after that epoch.
+    """
+    import keras_tuner
+    import tensorflow as tf
+    from autotune.backends.tensorflow import _OPTIMIZERS as TF_OPTIMIZERS, _named_loss, keras
+
+    data = task.load_data()  # autotune's validated ArrayData
+    x_train, y_train, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
+    x_train, x_val = np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)
+    y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
+    lr_low, lr_high = space.space.lr_low, space.space.lr_high
+    optimizers = space.optimizers
+    trials: list[dict[str, Any]] = []
+
+    def config_of(hp: Any) -> dict[str, Any]:
+        name = hp.get("optimizer")
+        return {"batch_size": int(hp.get("batch_size")), "optimizer": name, "lr": float(hp.get("lr")),
+                "optimizer_params": space.default_params(name)}
+
+    class DigitsHyperModel(keras_tuner.HyperModel):
+        def build(self, hp: Any) -> Any:
+            hp.Choice("batch_size", space.batch_sizes)
+            name = hp.Choice("optimizer", optimizers)
+            hp.Float("lr", lr_low, lr_high, sampling="log")
+            keras.utils.set_random_seed(seed)
+            model = task.model()
+            config = config_of(hp)
+            spec = get_backend("tensorflow").validate_optimizer(
+                {"name": name, "lr": config["lr"], **config["optimizer_params"]})  # fills autotune's defaults
+            optimizer = TF_OPTIMIZERS[name](spec)
+            model.compile(optimizer=optimizer, loss=_named_loss(task.loss))
+            return model
+
+        def fit(self, hp: Any, model: Any, *args: Any, callbacks: Any = None, **kwargs: Any) -> float:
+            config = config_of(hp)
+            tick = time.perf_counter()
+            data = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+                    .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+                    .batch(config["batch_size"]).repeat())
+            history = model.fit(data, steps_per_epoch=steps + WARMUP_STEPS, epochs=1, verbose=0, shuffle=False,
+                                validation_data=(x_val, y_val), callbacks=callbacks)
+            value = float(history.history["val_loss"][-1])
+            ok = math.isfinite(value)
+            trials.append({"config": config, "val_loss": value if ok else WORST, "ok": ok,
+                           "wall": time.perf_counter() - tick, "steps": int(model.optimizer.iterations.numpy())})
+            # a diverged trial: a large finite loss (the Bayesian oracle's Gaussian process cannot take NaN / inf)
+            return value if ok else 1e3
+
+    base = {"bayesian": keras_tuner.BayesianOptimization, "random": keras_tuner.RandomSearch}[kind]
+
+    class tuner_class(base):  # type: ignore[misc, valid-type]
+        # Keras Tuner imports tensorboard (not installed here, and not needed: no TensorBoard callback is used)
+        # on every trial under the TensorFlow backend just to patch TensorBoard callbacks; skip that step.
+        def _configure_tensorboard_dir(self, callbacks: Any, trial: Any, execution: int = 0) -> None:
+            return None
+
+    started = time.perf_counter()
+    tuner = tuner_class(DigitsHyperModel(), objective="val_loss", max_trials=n_trials, seed=seed,
+                        directory=str(scratch), project_name=f"keras-tuner-{kind}-{seed}", overwrite=True)
+    tuner.search(x_train, y_train, verbose=0)  # the arrays are ignored by fit above (it builds its own pipeline)
+    wall = time.perf_counter() - started
+    best_hp = tuner.get_best_hyperparameters(1)[0]
+    chosen = config_of(best_hp)
+    best_loss = min((t["val_loss"] for t in trials), default=WORST)
+    diverged = sum(1 for t in trials if not t["ok"])
+    log(f"keras-tuner ({kind}) s{seed}: {len(trials)} trials ({diverged} diverged) in {wall:.1f} s, best "
+        f"{best_loss:.4f} [{config_key(chosen)}]; optimizer steps per trial {sorted({t['steps'] for t in trials})}")
+    return {"wall": wall, "trials": len(trials), "complete": len(trials) - diverged, "pruned": 0,
+            "diverged": diverged, "failed": 0, "tuning_loss": best_loss, "config": clean_config(chosen),
+            "per_trial": trials}
+
+
+def tensorflow_report(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    peer_by_seed = {r["seed"]: r for r in runs if r["method"].startswith("keras-tuner")}
+    lines = [f"### TensorFlow runs (task {meta['task']}, {meta['budget_text']} per trial (+{WARMUP_STEPS} warm-up "
+             f"steps, both methods), {meta['trials']} trials, re-scored with run_trial at the same budget, seeds "
+             f"{meta['rescore_seeds']}, median [min–max])", "",
+             "| method | seed | wall (s) | trials (pruned / diverged) | chosen config | tuning loss | re-scored loss | "
+             "time / keras-tuner | loss / keras-tuner |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|"]
+    for run in runs:
+        peer = peer_by_seed.get(run["seed"])
+        losses = run["rescore_losses"]
+        spread = f"{fmt(run['rescore_median'])} [{fmt(min(losses))}–{fmt(max(losses))}]"
+        trials = f"{run['trials']} ({run['pruned']} / {run['diverged']})" + (f", {run['failed']} failed" if run["failed"] else "")
+        lines.append(f"| {run['method']} | {run['seed']} | {run['wall']:.1f} | {trials} | {config_key(run['config'])} | "
+                     f"{fmt(run['tuning_loss'])} | {spread} | {ratio(run['wall'], peer['wall']) if peer else '—'} | "
+                     f"{ratio(run['rescore_median'], peer['rescore_median']) if peer else '—'} |")
+    if len(peer_by_seed) > 1:
+        peer_wall = median_of([r["wall"] for r in peer_by_seed.values()])
+        peer_loss = median_of([r["rescore_median"] for r in peer_by_seed.values()])
+        lines += ["", f"### Summary: median over the {len(peer_by_seed)} tuning seeds", "",
+                  "| method | wall (s) | trials | re-scored loss | time / keras-tuner | loss / keras-tuner |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for method in dict.fromkeys(r["method"] for r in runs):
+            mine = [r for r in runs if r["method"] == method]
+            wall = median_of([r["wall"] for r in mine])
+            loss = median_of([r["rescore_median"] for r in mine])
+            lines.append(f"| {method} | {wall:.1f} | {median_of([r['trials'] for r in mine]):g} | {fmt(loss)} | "
+                         f"{ratio(wall, peer_wall)} | {ratio(loss, peer_loss)} |")
+    autotune_runs = [r for r in runs if r["method"] == "autotune"]
+    if autotune_runs:
+        lines += ["", "| autotune run | wall (s) | set-up | ceiling fit | range test | trials | complete / pruned "
+                  "(hyperband, diverged) |", "|---|---:|---:|---:|---:|---:|---|"]
+        for run in autotune_runs:
+            a, p = run["analysis"], run["analysis"]["phases"]
+            lines.append(f"| s{run['seed']} | {run['wall']:.1f} | {p['setup']:.1f} | {p['ceiling_fit']:.1f} | "
+                         f"{p['range_test']:.1f} | {p['trials']:.1f} | {a['counts']['COMPLETE']} / "
+                         f"{a['counts']['PRUNED']} ({a['hyperband_pruned']}, {a['diverged']}) |")
+    lines += ["", f"Keras Tuner: {meta['peer']} over batch sizes {meta['batch_sizes']}, optimizers "
+              f"{', '.join(meta['optimizers'])} (at autotune's default parameters), lr log-uniform over "
+              f"[{meta['lr_range'][0]:g}, {meta['lr_range'][1]:g}]; autotune.tune also tunes the optimizers' own "
+              f"parameters from search_spaces/tensorflow.yaml.",
+              f"Load average (1/5/15 min) at start: {meta['load_start']}; at end: {meta['load_end']}; "
+              f"{meta['cpus']} CPUs. Total benchmark time {meta['total_seconds']:.0f} s."]
+    return "\n".join(lines)
+
+
+def main_tensorflow(args: argparse.Namespace) -> int:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.chdir(ROOT)
+    total_start = time.perf_counter()
+    load_start = load_average()
+    budget = {"seconds": None, "steps": args.trial_steps}
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    log(f"load average {load_start}; {os.cpu_count()} CPUs; tensorflow: {describe(budget)} per trial, {args.trials} "
+        f"trials, {args.repeats} repeat(s), methods {methods}, Keras Tuner {args.keras_tuner}")
+    task = autotune.load_task(args.task)
+    space = PlainSpace(task)
+    seeds = list(range(args.seed, args.seed + args.repeats))
+    rescore_seeds = [1000 + args.seed + i for i in range(args.rescore_seeds)]
+    scratch = Path(tempfile.mkdtemp(prefix="autotune-search-tf-"))
+    runs: list[dict[str, Any]] = []
+    try:
+        # warm-up in this process (TensorFlow import, first trace), so Keras Tuner does not pay for it alone
+        train(task, {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "optimizer_params": space.default_params("adam")},
+              {"seconds": None, "steps": 5}, args.seed)
+        for seed in seeds:
+            for method in methods:
+                log(f"--- {method}, seed {seed} (load {load_average()})")
+                if method == "autotune":
+                    run = autotune_run(args.task, args.trials, budget, seed, scratch, "autotune", None)
+                elif method == "keras-tuner":
+                    run = keras_tuner_run(task, space, args.keras_tuner, args.trials, args.trial_steps, seed, scratch)
+                else:
+                    raise SystemExit(f"unknown method {method!r} for --backend tensorflow (autotune, keras-tuner)")
+                runs.append({"method": method if method != "keras-tuner" else f"keras-tuner ({args.keras_tuner})",
+                             "seed": seed, **run})
+        log(f"--- re-scoring (load {load_average()})")
+        rescore(task, runs, budget, rescore_seeds)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    meta = {"task": args.task, "backend": "tensorflow", "budget": budget, "budget_text": describe(budget),
+            "trials": args.trials, "rescore_seeds": rescore_seeds, "batch_sizes": space.batch_sizes,
+            "optimizers": space.optimizers, "lr_range": [space.space.lr_low, space.space.lr_high],
+            "peer": f"keras_tuner.{'BayesianOptimization' if args.keras_tuner == 'bayesian' else 'RandomSearch'}",
+            "load_start": load_start, "load_end": load_average(), "cpus": os.cpu_count(),
+            "total_seconds": time.perf_counter() - total_start, "argv": sys.argv[1:]}
+    print(tensorflow_report(runs, meta), flush=True)
+    if args.json:
+        # not over the torch section's results: the default file gets a _tensorflow twin
+        path = CACHE.with_name("search_results_tensorflow.json") if args.json == str(CACHE) else Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1, default=str))
+        log(f"raw results in {path}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default=DEFAULT_TASK, help="task reference (default: %(default)s)")
+    parser.add_argument("--backend", choices=("torch", "tensorflow"), default="torch",
+                        help="torch: the searches above on --task; tensorflow: autotune.tune vs Keras Tuner on "
+                             f"{TF_TASK} at a step budget (default: %(default)s)")
+    parser.add_argument("--task", default=None, help=f"task reference (default: {DEFAULT_TASK}; {TF_TASK} "
+                        "with --backend tensorflow)")
     parser.add_argument("--trial-time", type=float, default=1.0, help="training seconds per trial (default: 1.0)")
     parser.add_argument("--trial-steps", type=int, default=None,
                         help="train each trial for this many steps instead of --trial-time seconds (a budget that "
                              "machine load does not change; wall times are still measured)")
-    parser.add_argument("--trials", type=int, default=30, help="trials per search (default: 30)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="trials per search (default: 30; 12 with --backend tensorflow)")
     parser.add_argument("--seed", type=int, default=0, help="first tuning seed (default: 0)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="tuning seeds per search method, seed .. seed+repeats-1 (default: 2; the grid runs once)")
@@ -477,12 +676,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total-budget", type=float, default=1500.0,
                         help="seconds the whole benchmark should take: the auto grid also fits in what is left "
                              "of it after the searches and before the re-scoring (default: 1500)")
-    parser.add_argument("--methods", default="optuna-tpe,random,autotune,autotune-half",
-                        help="comma-separated searches to run (optuna-tpe is needed for autotune-half)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated searches to run (optuna-tpe is needed for autotune-half; default: "
+                             "optuna-tpe,random,autotune,autotune-half; with --backend tensorflow: autotune,keras-tuner)")
+    parser.add_argument("--keras-tuner", choices=("bayesian", "random"), default="bayesian",
+                        help="--backend tensorflow: keras_tuner.BayesianOptimization (the model-based peer of "
+                             "autotune's TPE) or RandomSearch (default: %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 0.3 s trials, 6 trials, 1 repeat, 2 re-score seeds, a tiny grid")
     parser.add_argument("--json", default=str(CACHE), help="raw results as JSON (default: %(default)s; '' for none)")
     args = parser.parse_args(argv)
+    if args.backend == "tensorflow":
+        # a step budget: on a loaded machine seconds of training vary tenfold, steps do not
+        args.task = args.task or TF_TASK
+        args.methods = args.methods or "autotune,keras-tuner"
+        if args.quick:
+            args.trials, args.repeats, args.rescore_seeds = args.trials or 4, 1, 2
+            args.trial_steps = args.trial_steps or 30
+        args.trials = args.trials or 12
+        args.trial_steps = args.trial_steps or 60
+        if args.repeats == parser.get_default("repeats"):
+            args.repeats = 1
+        return main_tensorflow(args)
+    args.task = args.task or DEFAULT_TASK
+    args.trials = args.trials or 30
+    args.methods = args.methods or "optuna-tpe,random,autotune,autotune-half"
     if args.quick:
         args.trial_time, args.trials, args.repeats, args.rescore_seeds = 0.3, 6, 1, 2
         if args.grid == "auto":
