@@ -20,7 +20,7 @@ import numpy as np
 from autotune.backends import get_backend
 from autotune.errors import FitError, TrialError
 from autotune.procmem import process_memory, reset_resident_peak
-from autotune.runner import run_in_worker
+from autotune.runner import run_here, run_in_worker
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, measure_probe
 from autotune.units import format_size
@@ -252,7 +252,8 @@ def fit_batch_size(
             ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
             crashed_under_cap = outcome.killed_by_signal and cpu_cap is not None
         else:
-            ok, value, kind, message = _run_here(kwargs)
+            outcome = run_here(_probe_run, kwargs)
+            ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
             crashed_under_cap = False
         elapsed = time.perf_counter() - tick
         if kind == "fatal":
@@ -286,7 +287,7 @@ def fit_batch_size(
     effective = budget * (1 - margin) if budget else 0.0
     step = granularity if granularity_given else 1
     previous_prediction: float | None = None
-    first = probe_at = min(max(step, _round_down(8, step)), ceiling)
+    probe_at = min(max(step, _round_down(8, step)), ceiling)
     while True:
         probe = run(probe_at)
         if probe.fits:
@@ -335,21 +336,6 @@ def fit_batch_size(
         memory_metric=metric, limited_by=limited_by, granularity=granularity, model=model, probes=probes,
         device=target.id, backend=backend.name, seconds=time.perf_counter() - started, notes=notes,
     )
-
-
-def _run_here(kwargs: dict[str, Any]) -> tuple[bool, Any, str | None, str]:
-    from autotune.errors import AutotuneError
-
-    try:
-        return True, _probe_run(**kwargs), None, ""
-    except TrialError as exc:
-        return False, None, exc.kind, exc.message
-    except AutotuneError as exc:
-        return False, None, "fatal", str(exc)
-    except MemoryError as exc:
-        return False, None, "oom", f"MemoryError: {exc}"
-    except Exception as exc:
-        return False, None, "error", _short(exc)
 
 
 def _peak_of(value: Mapping[str, Any], metric: str) -> int:

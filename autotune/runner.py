@@ -14,7 +14,6 @@ import dataclasses
 import importlib
 import multiprocessing
 import multiprocessing.connection
-import os
 import signal
 import sys
 import time
@@ -237,3 +236,30 @@ def _death(exitcode: int | None, memory_limit: int | None) -> str:
     return f"worker exited with code {exitcode} without a result"
 
 
+
+
+class _DirectChannel:
+    """`Channel` for work run in this process: ``ask`` calls the handler directly."""
+
+    def __init__(self, handler: Callable[[Any], Any]) -> None:
+        self._handler = handler
+
+    def ask(self, message: Any) -> Any:
+        return self._handler(message)
+
+
+def run_here(function: Callable[..., Any], kwargs: dict[str, Any],
+             on_message: Callable[[Any], Any] | None = None) -> WorkerOutcome:
+    """`run_in_worker`'s in-process twin: the same outcome kinds, no isolation (``isolation='none'``)."""
+    if on_message is not None:
+        kwargs = {**kwargs, "channel": _DirectChannel(on_message)}
+    try:
+        return WorkerOutcome(True, value=function(**kwargs))
+    except TrialError as exc:
+        return WorkerOutcome(False, kind=exc.kind, message=exc.message)
+    except AutotuneError as exc:
+        return WorkerOutcome(False, kind="fatal", message=str(exc))
+    except MemoryError as exc:
+        return WorkerOutcome(False, kind="oom", message=f"MemoryError: {exc}")
+    except Exception as exc:
+        return WorkerOutcome(False, kind="error", message=f"{type(exc).__name__}: {exc}"[:300])

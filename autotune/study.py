@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import platform
 import signal
 import threading
@@ -24,7 +23,7 @@ from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError, TrialError
 from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
-from autotune.runner import run_in_worker
+from autotune.runner import run_here, run_in_worker
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
@@ -305,7 +304,8 @@ def tune(
                                         on_message=on_report)
                 ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
             else:
-                ok, value, kind, message = _run_here(kwargs, on_report)
+                outcome = run_here(run_trial, kwargs, on_message=on_report)
+                ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
         except KeyboardInterrupt:
             trial.set_user_attr("failure", "interrupted: Ctrl-C")
             raise
@@ -418,21 +418,3 @@ def _run(function: Callable[..., Any], kwargs: dict[str, Any], isolation: str, c
         return function(**kwargs)
     except TrialError:
         return None
-
-
-def _run_here(kwargs: dict[str, Any], on_report: Callable[[Any], bool]) -> tuple[bool, Any, str | None, str]:
-    class _Direct:
-        @staticmethod
-        def ask(message: Any) -> Any:
-            return on_report(message)
-
-    try:
-        return True, run_trial(**kwargs, channel=_Direct()), None, ""
-    except TrialError as exc:
-        return False, None, exc.kind, exc.message
-    except AutotuneError as exc:
-        return False, None, "fatal", str(exc)
-    except MemoryError as exc:
-        return False, None, "oom", f"MemoryError: {exc}"
-    except Exception as exc:
-        return False, None, "error", f"{type(exc).__name__}: {exc}"[:300]

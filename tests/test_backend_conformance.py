@@ -7,7 +7,6 @@ per sample), ``broken`` (fails at every batch size) and ``regression`` (mse loss
 
 import math
 
-import numpy as np
 import pytest
 
 from autotune import AutotuneError, DeviceError, fit_batch_size, load_task, parse_size

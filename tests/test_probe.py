@@ -3,7 +3,6 @@
 import json
 
 import psutil
-import pytest
 
 from autotune import probe
 from autotune.backends import _BUILTIN, BackendEntry
