@@ -18,11 +18,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from autotune.backends import get_backend
-from autotune.errors import FitError, TrialError
+from autotune.errors import FitError
 from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import run_here, run_in_worker
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, measure_probe
+from autotune.trial import fresh_session
 from autotune.units import format_size
 
 DEFAULT_MARGIN = 0.05
@@ -147,33 +148,19 @@ def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mappin
     data = task.load_data()
     free_at_start = backend.free_memory(target) if target.kind != "cpu" else None
     reset_resident_peak()
-    session = None
-    try:
-        session = backend.session(task, data, target, batch_size=batch_size, optimizer=optimizer, seed=seed)
+    build = lambda: backend.session(task, data, target, batch_size=batch_size, optimizer=optimizer,  # noqa: E731
+                                    seed=seed)
+    with fresh_session(backend, target, build) as session:
         session.reset_peak_memory()
         n_train, _ = backend.data_size(data)
         figures = measure_probe(session, BatchSampler(n_train, batch_size, seed), steps=steps)
         device_peak = session.peak_memory()
-    except Exception as exc:
-        if backend.is_oom(exc):
-            raise TrialError("oom", _short(exc)) from None
-        raise
-    finally:
-        if session is not None:
-            session.close()
-        session = None
-        backend.release_memory(target)
     memory = process_memory()
     return {**figures, "device_peak": device_peak, "free_at_start": free_at_start, **memory}
 
 
 def _points(probes: list[Probe]) -> list[tuple[int, int]]:
     return [(p.batch_size, p.peak_memory_bytes) for p in probes if p.peak_memory_bytes]
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
-    return text[:300]
 
 
 def fit_batch_size(

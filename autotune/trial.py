@@ -6,9 +6,11 @@ Both rebuild the task from its handle, train a fresh seeded model, and turn fram
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
 
 from autotune.backends import get_backend
+from autotune.backends.base import TrainingSession
 from autotune.devices import nvml_energy_reader
 from autotune.errors import TrialError
 from autotune.procmem import process_memory, reset_resident_peak
@@ -18,6 +20,24 @@ from autotune.training import BatchSampler, Diverged, Pruned, lr_range_test, tra
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+
+
+@contextlib.contextmanager
+def fresh_session(backend: Any, device: Any, build: Callable[[], TrainingSession]) -> Iterator[TrainingSession]:
+    """A session built by ``build``, closed and its memory released afterwards; the framework's OOM becomes
+    ``TrialError('oom')``, any other failure passes through."""
+    session = None
+    try:
+        session = build()
+        yield session
+    except Exception as exc:
+        if backend.is_oom(exc):
+            raise TrialError("oom", _short(exc)) from None
+        raise
+    finally:
+        if session is not None:
+            session.close()
+        backend.release_memory(device)
 
 
 def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, seconds: float | None = None,
@@ -32,32 +52,24 @@ def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, secon
     data = task.load_data()
     optimizer = {"name": config["optimizer"], "lr": config["lr"], **config.get("optimizer_params", {})}
     reset_resident_peak()
-    session = None
 
     def report(index: int, value: float) -> bool:
         return bool(channel.ask(("report", index, value))) if channel is not None else False
 
+    build = lambda: backend.session(task, data, target, batch_size=int(config["batch_size"]),  # noqa: E731
+                                    optimizer=optimizer, seed=seed)
     try:
-        session = backend.session(task, data, target, batch_size=int(config["batch_size"]), optimizer=optimizer,
-                                  seed=seed)
-        session.reset_peak_memory()
-        n_train, _ = backend.data_size(data)
-        sampler = BatchSampler(n_train, int(config["batch_size"]), seed)
-        figures = train_for_budget(session, sampler, seconds=seconds, steps=steps, reports=reports, report=report,
-                                   energy=nvml_energy_reader(target))
-        device_peak = session.peak_memory()
+        with fresh_session(backend, target, build) as session:
+            session.reset_peak_memory()
+            n_train, _ = backend.data_size(data)
+            sampler = BatchSampler(n_train, int(config["batch_size"]), seed)
+            figures = train_for_budget(session, sampler, seconds=seconds, steps=steps, reports=reports,
+                                       report=report, energy=nvml_energy_reader(target))
+            device_peak = session.peak_memory()
     except Diverged as exc:
         raise TrialError("diverged", str(exc)) from None
     except Pruned as exc:
         raise TrialError("pruned", str(exc)) from None
-    except Exception as exc:
-        if backend.is_oom(exc):
-            raise TrialError("oom", _short(exc)) from None
-        raise
-    finally:
-        if session is not None:
-            session.close()
-        backend.release_memory(target)
     memory = process_memory()
     figures["peak_memory_bytes"] = device_peak if device_peak is not None else memory["resident_peak"]
     figures["device"] = target.id
@@ -71,19 +83,11 @@ def run_range_test(task: Any, optimizer: Mapping[str, Any], batch_size: int, dev
     backend = get_backend(task.backend)
     target = backend.resolve_device(device)
     data = task.load_data()
-    session = backend.session(task, data, target, batch_size=batch_size, optimizer={**optimizer, "lr": low}, seed=seed)
-    try:
+    build = lambda: backend.session(task, data, target, batch_size=batch_size,  # noqa: E731
+                                    optimizer={**optimizer, "lr": low}, seed=seed)
+    with fresh_session(backend, target, build) as session:
         n_train, _ = backend.data_size(data)
         return lr_range_test(session, BatchSampler(n_train, batch_size, seed), low, high, steps=steps)
-    except Exception as exc:
-        if backend.is_oom(exc):
-            raise TrialError("oom", _short(exc)) from None
-        raise
-    finally:
-        session.close()
-        backend.release_memory(target)
-
-
 
 
 def run_range_tests(task: Any, optimizers: list[str], batch_size: int, device: str | None, low: float, high: float,
