@@ -276,9 +276,9 @@ def tune(
     started = time.monotonic()
 
     def objective_fn(trial: optuna.Trial) -> Any:
+        trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial we can tell is orphaned
         config = space.suggest(trial, ceiling)
         trial.set_user_attr("config", config)
-        trial.set_user_attr("owner", owner())
         key = f"{config['batch_size']}:{config['optimizer']}"
         budget_seconds, budget_steps = trial_time, trial_steps
         if objective == "throughput" and key in throughput_seen:

@@ -108,6 +108,7 @@ def test_resume_after_kill_keeps_trials_and_fails_the_orphan(tmp_path):
     assert _wait_for(lambda: _finished(storage, "killed") >= 2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    time.sleep(3)  # past the 2 s heartbeat grace, so even a trial killed before it named its owner is stale
     before = optuna.load_study(study_name="killed", storage=storage)
     kept = [t.number for t in before.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
     again = run_cli("tune", SMALL_TASK, "--trials", str(len(kept) + 2), "--trial-time", "1", "--search-space",
