@@ -87,6 +87,17 @@ class SearchSpace:
     def lr_range(self, optimizer: str) -> tuple[float, float]:
         return self.lr_ranges.get(optimizer, (self.lr_low, self.lr_high))
 
+    def suggest_optimizer_params(self, trial: Any, name: str) -> dict[str, Any]:
+        """Sample optimizer ``name``'s own parameters, named ``name.param`` so they are conditional on it."""
+        params: dict[str, Any] = {}
+        for param, spec in self.optimizers[name].items():
+            key = f"{name}.{param}"
+            if spec.choices is not None:
+                params[param] = trial.suggest_categorical(key, spec.choices)
+            else:
+                params[param] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
+        return params
+
     def suggest(self, trial: Any, ceiling: int) -> dict[str, Any]:
         """Sample one configuration: batch size, optimizer, its parameters and a batch-scaled learning rate.
 
@@ -97,13 +108,7 @@ class SearchSpace:
         name = trial.suggest_categorical("optimizer", sorted(self.optimizers))
         low, high = self.lr_range(name)
         base_lr = trial.suggest_float(f"{name}.lr", low, high, log=self.lr_log)
-        params: dict[str, Any] = {}
-        for param, spec in self.optimizers[name].items():
-            key = f"{name}.{param}"
-            if spec.choices is not None:
-                params[param] = trial.suggest_categorical(key, spec.choices)
-            else:
-                params[param] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
+        params = self.suggest_optimizer_params(trial, name)
         scale = lr_scale(name, batch_size, self.reference_batch)
         # lr.high bounds the scaled rate too: linear scaling to a large batch must not leave the tested range
         return {

@@ -131,13 +131,7 @@ class PlainSpace:
         batch_size = trial.suggest_categorical("batch_size", self.batch_sizes)
         name = trial.suggest_categorical("optimizer", self.optimizers)
         lr = trial.suggest_float(f"{name}.lr", space.lr_low, space.lr_high, log=space.lr_log)
-        params: dict[str, Any] = {}
-        for param, spec in space.optimizers[name].items():
-            key = f"{name}.{param}"
-            if spec.choices is not None:
-                params[param] = trial.suggest_categorical(key, spec.choices)
-            else:
-                params[param] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
+        params = space.suggest_optimizer_params(trial, name)
         return {"batch_size": batch_size, "optimizer": name, "lr": lr, "optimizer_params": params}
 
     def default_params(self, name: str) -> dict[str, Any]:
