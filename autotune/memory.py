@@ -18,9 +18,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from autotune.backends import get_backend
-from autotune.errors import FitError
+from autotune.errors import FitError, TrialError
 from autotune.procmem import process_memory, reset_resident_peak
-from autotune.runner import run_here, run_in_worker
+from autotune.runner import run_here, run_in_worker, warm_up_server
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, measure_probe
 from autotune.trial import fresh_session
@@ -137,15 +137,17 @@ class BatchFit:
         return data
 
 
-def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mapping[str, Any], steps: int,
-               seed: int, device_memory_limit: int | None) -> dict[str, Any]:
-    """Build a fresh session at ``batch_size``, run `measure_probe`, return the peak; OOM → TrialError('oom')."""
+def _probe_setup(task: Any, device: str | None, device_memory_limit: int | None) -> tuple[Any, Any, Any, Any]:
     task = resolve_task(task)
     backend = get_backend(task.backend)
     target = backend.resolve_device(device)
     if device_memory_limit and target.kind != "cpu":
         backend.limit_memory(target, device_memory_limit)
-    data = task.load_data()
+    return task, backend, target, task.load_data()
+
+
+def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, optimizer: Mapping[str, Any],
+             steps: int, seed: int) -> dict[str, Any]:
     free_at_start = backend.free_memory(target) if target.kind != "cpu" else None
     reset_resident_peak()
     build = lambda: backend.session(task, data, target, batch_size=batch_size, optimizer=optimizer,  # noqa: E731
@@ -155,8 +157,42 @@ def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mappin
         n_train, _ = backend.data_size(data)
         figures = measure_probe(session, BatchSampler(n_train, batch_size, seed), steps=steps)
         device_peak = session.peak_memory()
-    memory = process_memory()
-    return {**figures, "device_peak": device_peak, "free_at_start": free_at_start, **memory}
+    return {**figures, "device_peak": device_peak, "free_at_start": free_at_start, **process_memory()}
+
+
+def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mapping[str, Any], steps: int,
+               seed: int, device_memory_limit: int | None) -> dict[str, Any]:
+    """Build a fresh session at ``batch_size``, run `measure_probe`, return the peak; OOM → TrialError('oom')."""
+    task, backend, target, data = _probe_setup(task, device, device_memory_limit)
+    return _measure(task, backend, target, data, batch_size, optimizer, steps, seed)
+
+
+def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], steps: int, seed: int,
+                  device_memory_limit: int | None, channel: Any) -> int:
+    """Probe the sizes the parent asks for, one after another in this worker, until it answers None.
+
+    Saves a worker start (and a device context) per probe. The parent only asks for a size here when the
+    figures stay exact: on a device whose allocator peak resets, any size; on the CPU, where the process's
+    peak address space never goes down, only sizes larger than the last. An OOM on a device is answered
+    in-band and the series goes on; any other failure ends the worker with its kind, as `_probe_run` would.
+    """
+    task, backend, target, data = _probe_setup(task, device, device_memory_limit)
+    reply = channel.ask(("ready", None))
+    count = 0
+    while reply is not None:
+        batch_size, limit = reply
+        if limit and target.kind != "cpu" and limit != device_memory_limit:
+            backend.limit_memory(target, limit)
+            device_memory_limit = limit
+        try:
+            result: Any = ("ok", _measure(task, backend, target, data, batch_size, optimizer, steps, seed))
+        except TrialError as exc:
+            if exc.kind != "oom" or target.kind == "cpu":
+                raise
+            result = ("oom", exc.message)
+        count += 1
+        reply = channel.ask(result)
+    return count
 
 
 def _points(probes: list[Probe]) -> list[tuple[int, int]]:
@@ -200,6 +236,9 @@ def fit_batch_size(
         raise FitError(f"granularity must be a positive integer, got {granularity}")
     if isolation not in ("process", "none"):
         raise FitError(f"isolation must be 'process' or 'none', got {isolation!r}")
+    preload = (*backend.preload_modules(), *task.imports)
+    if isolation == "process":
+        warm_up_server(preload)  # the server imports the framework while this process reads the data
     n_train, _ = backend.data_size(task.load_data())
     if max_batch is not None and max_batch > n_train:
         raise FitError(
@@ -219,30 +258,24 @@ def fit_batch_size(
         if memory_limit:
             notes.append("in-process on the CPU the limit is measured against, not enforced")
     else:
-        metric, budget = "device_reserved", memory_limit or 0
+        metric, budget = "device_peak", memory_limit or 0
     handle = task_handle(task) if isolation == "process" else task
     cpu_cap = memory_limit if (on_cpu and isolation == "process") else None
-    device_cap = memory_limit if not on_cpu else None
 
     probes: list[Probe] = []
     fits_at, fails_at = 0, ceiling + 1
+    step = granularity if granularity_given else 1
+    growing = True  # the next probe only grows the batch to learn the slope; it does not test the answer
 
-    def run(batch_size: int) -> Probe:
+    def device_cap() -> int | None:
+        """On a device, every probe runs under the budget less margin: a probe that runs is a probe that fits."""
+        if on_cpu or not budget:
+            return None
+        return int(budget * (1 - margin))
+
+    def to_probe(batch_size: int, ok: bool, value: Any, kind: str | None, message: str, elapsed: float,
+                 killed_by_signal: bool = False) -> Probe:
         nonlocal budget
-        say(f"probe batch {batch_size} ...")
-        tick = time.perf_counter()
-        kwargs = dict(task=handle, batch_size=batch_size, device=target.id, optimizer=spec, steps=steps,
-                      seed=seed, device_memory_limit=device_cap)
-        if isolation == "process":
-            outcome = run_in_worker(_probe_run, kwargs, memory_limit=cpu_cap, timeout=probe_timeout,
-                                    preload=(*backend.preload_modules(), *task.imports))
-            ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-            crashed_under_cap = outcome.killed_by_signal and cpu_cap is not None
-        else:
-            outcome = run_here(_probe_run, kwargs)
-            ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-            crashed_under_cap = False
-        elapsed = time.perf_counter() - tick
         if kind == "fatal":
             raise FitError(message)
         if kind == "oom" and message.startswith("the worker alone"):
@@ -250,6 +283,7 @@ def fit_batch_size(
         if not ok:
             # Under an enforced cap, a size larger than one that ran can fail in other ways than the
             # framework's OOM error (oneDNN: "could not create a primitive"; a C++ abort): that is memory too.
+            crashed_under_cap = killed_by_signal and cpu_cap is not None
             failed_above_a_fit = cpu_cap is not None and kind in ("error", "crash") and 0 < fits_at < batch_size
             if kind == "oom" or crashed_under_cap or failed_above_a_fit:
                 probe = Probe(batch_size, fits=False, oom=True, seconds=elapsed, reason=message)
@@ -260,7 +294,7 @@ def fit_batch_size(
                 )
         else:
             peak = _peak_of(value, metric)
-            if metric == "device_reserved" and not budget:
+            if not on_cpu and not budget:
                 budget = int(value.get("free_at_start") or 0)
             fits = peak <= budget * (1 - margin)
             probe = Probe(batch_size, fits=fits, peak_memory_bytes=peak,
@@ -271,45 +305,95 @@ def fit_batch_size(
         say(f"  batch {batch_size}: {state}, peak {format_size(probe.peak_memory_bytes)}, {elapsed:.1f} s")
         return probe
 
-    effective = budget * (1 - margin) if budget else 0.0
-    step = granularity if granularity_given else 1
-    previous_prediction: float | None = None
-    probe_at = min(max(step, _round_down(8, step)), ceiling)
-    while True:
-        probe = run(probe_at)
-        if probe.fits:
-            fits_at = probe_at
-        else:
-            fails_at = probe_at
-        effective = budget * (1 - margin)
-        if fits_at == 0:
-            if probe_at <= step:
-                raise FitError(_too_small_message(probe, budget, margin, metric))
-            probe_at = max(step, _round_down(probe_at // 2, step))  # even the first size failed: halve
+    def plan() -> Any:
+        """The search, as a generator: yields the next batch size to probe, is sent its `Probe`."""
+        nonlocal fits_at, fails_at, step, growing
+        previous_prediction: float | None = None
+        probe_at = min(max(step, _round_down(8, step)), ceiling)
+        while True:
+            probe = yield probe_at
+            if probe.fits:
+                fits_at = probe_at
+            else:
+                fails_at = probe_at
+            effective = budget * (1 - margin)
+            if fits_at == 0:
+                if probe_at <= step:
+                    raise FitError(_too_small_message(probe, budget, margin, metric))
+                probe_at = max(step, _round_down(probe_at // 2, step))  # even the first size failed: halve
+                continue
+            if fits_at >= ceiling or fails_at - fits_at <= step or len(probes) >= MAX_PROBES:
+                return
+            model = MemoryModel.local(probes, resident_slope=on_cpu)
+            predicted = model.largest_under(effective) if model else math.inf
+            if not granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
+                step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
+            noise = model.max_residual_bytes if model else 0.0
+            if model is not None and model.predict(fits_at + step) - max(noise, 0.001 * budget) > effective:
+                return  # the model is sure the next size up does not fit: no OOM spent to prove it
+            agrees = previous_prediction is not None and math.isfinite(predicted) \
+                and abs(predicted - previous_prediction) <= 0.02 * predicted
+            previous_prediction = predicted if math.isfinite(predicted) else None
+            if math.isfinite(predicted) and predicted > 1.5 * fits_at and not agrees:
+                predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
+            candidate = min(predicted, fits_at * GROWTH, ceiling)
+            growing = candidate == fits_at * GROWTH < predicted
+            candidate = max(_round_down(int(candidate), step), fits_at + step)
+            if candidate >= ceiling - step and ceiling < fails_at:
+                candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
+            if candidate >= fails_at:  # the model overshot a size already seen to fail: bisect
+                candidate = fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
+            if candidate >= fails_at:
+                return
+            probe_at = candidate
+
+    planner = plan()
+    next_size: int | None = next(planner)
+
+    def advance(probe: Probe) -> int | None:
+        try:
+            return planner.send(probe)
+        except StopIteration:
+            return None
+
+    kwargs = dict(task=handle, device=target.id, optimizer=spec, steps=steps, seed=seed)
+    while next_size is not None:
+        if isolation == "none":
+            say(f"probe batch {next_size} ...")
+            tick = time.perf_counter()
+            outcome = run_here(_probe_run, {**kwargs, "batch_size": next_size, "device_memory_limit": device_cap()})
+            next_size = advance(to_probe(next_size, outcome.ok, outcome.value, outcome.kind, outcome.message,
+                                         time.perf_counter() - tick))
             continue
-        if fits_at >= ceiling or fails_at - fits_at <= step or len(probes) >= MAX_PROBES:
-            break
-        model = MemoryModel.local(probes, resident_slope=on_cpu)
-        predicted = model.largest_under(effective) if model else math.inf
-        if not granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
-            step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
-        noise = model.max_residual_bytes if model else 0.0
-        if model is not None and model.predict(fits_at + step) - max(noise, 0.001 * budget) > effective:
-            break  # the model is sure the next size up does not fit: no OOM spent to prove it
-        agrees = previous_prediction is not None and math.isfinite(predicted) \
-            and abs(predicted - previous_prediction) <= 0.02 * predicted
-        previous_prediction = predicted if math.isfinite(predicted) else None
-        if math.isfinite(predicted) and predicted > 1.5 * fits_at and not agrees:
-            predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
-        candidate = min(predicted, fits_at * GROWTH, ceiling)
-        candidate = max(_round_down(int(candidate), step), fits_at + step)
-        if candidate >= ceiling - step and ceiling < fails_at:
-            candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
-        if candidate >= fails_at:  # the model overshot a size already seen to fail: bisect
-            candidate = fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
-        if candidate >= fails_at:
-            break
-        probe_at = candidate
+        # One worker runs probes for as long as its figures stay exact (see _probe_series); then a fresh one.
+        in_flight: dict[str, Any] = {"size": next_size, "since": time.perf_counter(), "last": 0}
+
+        def serve(message: tuple[str, Any]) -> tuple[int, int | None] | None:
+            nonlocal next_size
+            kind, value = message
+            if kind != "ready":
+                size = in_flight["size"]
+                probe = to_probe(size, kind == "ok", value if kind == "ok" else None, None if kind == "ok" else kind,
+                                 "" if kind == "ok" else value, time.perf_counter() - in_flight["since"])
+                next_size = advance(probe)
+                in_flight["last"], in_flight["size"] = size, None
+                # On the CPU the peak address space only grows over a worker's life, and earlier probes leave
+                # some behind (measured: 6 to 12 MiB each): only growth probes, whose figures feed the slope
+                # and not the answer, share a worker; a size that may be the answer gets a fresh one.
+                same_worker = next_size is not None and (
+                    not on_cpu or (probe.fits and next_size > size and growing))
+                if not same_worker:
+                    return None
+                in_flight["size"], in_flight["since"] = next_size, time.perf_counter()
+            say(f"probe batch {in_flight['size']} ...")
+            return in_flight["size"], device_cap()
+
+        outcome = run_in_worker(_probe_series, {**kwargs, "device_memory_limit": device_cap()},
+                                memory_limit=cpu_cap, timeout=probe_timeout, preload=preload, on_message=serve)
+        if in_flight["size"] is not None:  # the worker ended during a probe: that probe failed
+            next_size = advance(to_probe(in_flight["size"], False, None, outcome.kind or "crash",
+                                         outcome.message or "the worker ended without a result",
+                                         time.perf_counter() - in_flight["since"], outcome.killed_by_signal))
     granularity = step
     model = MemoryModel.local(probes, resident_slope=on_cpu) or MemoryModel.fit(_points(probes))
     best = next(p for p in probes if p.batch_size == fits_at and p.fits)
@@ -328,7 +412,7 @@ def fit_batch_size(
 def _peak_of(value: Mapping[str, Any], metric: str) -> int:
     if metric == "address_space":
         return int(value["address_space_peak"])
-    if metric == "device_reserved":
+    if metric == "device_peak":
         return int(value["device_peak"] or 0)
     return int(value["resident_peak"])
 

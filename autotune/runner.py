@@ -79,6 +79,17 @@ def _fork_server(preload: Sequence[str]) -> Iterator[None]:
         forkserver.connect_to_new_process = saved
 
 
+def warm_up_server(preload: Sequence[str]) -> None:
+    """Start the fork server for ``preload`` now: it imports the framework while the caller does other work,
+    and the first worker starts without waiting for it (the server's start does not block)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with _main_module_hidden(), _fork_server(preload):
+        server = _servers.get(tuple(preload))
+        if server is not None and hasattr(server, "ensure_running"):
+            server.ensure_running()
+
+
 def _limit_address_space(limit_bytes: int) -> None:
     import resource
 

@@ -19,6 +19,12 @@ function; an OOM'd step counts) and the evaluation batches; autotune runs, per p
 one evaluation batch and one timed train step (`autotune.training.measure_probe`, ``steps=1``), so it counts
 probes × (2 train + 1 eval), an OOM'd probe included.
 
+On an NVIDIA GPU (``--device cuda:0``) the cap is the caching allocator's limit
+(``torch.cuda.set_per_process_memory_fraction``) in every process, the finders' and the truth search's alike: an
+out-of-memory is CUDA's own. Data stays on the host and moves per batch in every finder.
+
+    python benchmarks/fit_batch.py --device cuda:0 --model wide --cap 2GiB --recompute
+
 This file is also a worker: ``--peer NAME`` runs one finder and writes its result as JSON (used internally).
 """
 
@@ -54,7 +60,7 @@ FINDERS = {
 }
 # The peers' own OOM recognisers, copied from their sources only to label results (nothing in them is patched):
 # lightning.pytorch.utilities.memory.is_oom_error, accelerate.utils.memory.should_reduce_batch_size.
-LIGHTNING_OOM = ("DefaultCPUAllocator: can't allocate memory",)
+LIGHTNING_OOM = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory.")
 ACCELERATE_OOM = (" out of memory.", "DefaultCPUAllocator: can't allocate memory")
 
 
@@ -114,13 +120,23 @@ def _cap_this_process(rec: Recorder, cap: int, equal_headroom_base: int | None) 
     resource.setrlimit(resource.RLIMIT_AS, (cap + extra, cap + extra))
 
 
-def _peer_autotune(rec: Recorder, task_ref: str, cap: int) -> None:
+def _cap_gpu(rec: Recorder, cap: int, device: str) -> None:
+    """Cap torch's caching allocator on ``device`` at ``cap`` bytes, as autotune's GPU probes do."""
+    import torch
+
+    index = torch.device(device).index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), index)
+    rec.update(cap=cap, device_total=total)
+
+
+def _peer_autotune(rec: Recorder, task_ref: str, cap: int, device: str) -> None:
     import torch  # noqa: F401 - a user calling autotune from a training script has torch imported
 
     import autotune
 
     started = time.perf_counter()
-    fit = autotune.fit_batch_size(task_ref, memory_limit=cap, margin=0.0)
+    fit = autotune.fit_batch_size(task_ref, device=device, memory_limit=cap, margin=0.0)
     seconds = time.perf_counter() - started
     probes = [{"batch": p.batch_size, "fits": p.fits, "oom": p.oom, "seconds": round(p.seconds, 2),
                "peak_mib": None if p.peak_memory_bytes is None else round(p.peak_memory_bytes / MIB, 1),
@@ -146,7 +162,7 @@ def _task_and_data(task_ref: str) -> tuple[Any, Any]:
     return task, tensors
 
 
-def _peer_lightning(rec: Recorder, task_ref: str, mode: str) -> None:
+def _peer_lightning(rec: Recorder, task_ref: str, mode: str, device: str) -> None:
     import logging
     import tempfile
 
@@ -205,7 +221,9 @@ def _peer_lightning(rec: Recorder, task_ref: str, mode: str) -> None:
 
     model = Wrapped()
     with tempfile.TemporaryDirectory() as root:
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        on_gpu = device.startswith("cuda")
+        trainer = L.Trainer(accelerator="gpu" if on_gpu else "cpu",
+                            devices=[torch.device(device).index or 0] if on_gpu else 1, max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
         # margin=0.0: the same as autotune's margin=0.0 here (binsearch's default 0.05 would cut its answer 5 %)
         extra = {"margin": 0.0} if mode == "binsearch" else {}
@@ -216,7 +234,7 @@ def _peer_lightning(rec: Recorder, task_ref: str, mode: str) -> None:
     rec.update(status="ok", batch=found, seconds=time.perf_counter() - started)
 
 
-def _peer_accelerate(rec: Recorder, task_ref: str, start: int | None) -> None:
+def _peer_accelerate(rec: Recorder, task_ref: str, start: int | None, device: str) -> None:
     import torch
     import torch.nn.functional as F
     from accelerate.utils import find_executable_batch_size
@@ -235,13 +253,13 @@ def _peer_accelerate(rec: Recorder, task_ref: str, start: int | None) -> None:
         rec.close_trial()
         rec.update(ooms=len(attempts) - 1)
         torch.manual_seed(0)
-        net = task.model()
+        net = task.model().to(device)
         optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
         batches = iter(DataLoader(TensorDataset(x_train, y_train), batch_size=batch_size, shuffle=True))
 
         def train_step() -> None:
             rec.step(batch_size, "train")
-            x, y = next(batches)
+            x, y = (t.to(device) for t in next(batches))
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(net(x), y).backward()
             optimizer.step()
@@ -250,7 +268,7 @@ def _peer_accelerate(rec: Recorder, task_ref: str, start: int | None) -> None:
         net.eval()
         with torch.no_grad():
             rec.step(batch_size, "eval")
-            F.cross_entropy(net(x_val[:batch_size]), y_val[:batch_size])
+            F.cross_entropy(net(x_val[:batch_size].to(device)), y_val[:batch_size].to(device))
         net.train()
         train_step()
         return batch_size
@@ -270,7 +288,7 @@ def peer_main(args: argparse.Namespace) -> None:
     rec.update(finder=args.peer)
     try:
         if args.peer == "autotune":
-            _peer_autotune(rec, args.task, args.cap_bytes)
+            _peer_autotune(rec, args.task, args.cap_bytes, args.device)
             return
         import torch  # noqa: F401
         import torch._dynamo  # noqa: F401 - Adam imports it on first use; autotune's workers preload it too
@@ -282,13 +300,16 @@ def peer_main(args: argparse.Namespace) -> None:
         import autotune.procmem  # noqa: F401
         import autotune.task  # noqa: F401
 
-        _cap_this_process(rec, args.cap_bytes, args.headroom_base)
+        if args.device.startswith("cuda"):
+            _cap_gpu(rec, args.cap_bytes, args.device)
+        else:
+            _cap_this_process(rec, args.cap_bytes, args.headroom_base)
         if args.peer == "lightning-power":
-            _peer_lightning(rec, args.task, "power")
+            _peer_lightning(rec, args.task, "power", args.device)
         elif args.peer == "lightning-binsearch":
-            _peer_lightning(rec, args.task, "binsearch")
+            _peer_lightning(rec, args.task, "binsearch", args.device)
         elif args.peer == "accelerate":
-            _peer_accelerate(rec, args.task, args.accelerate_start)
+            _peer_accelerate(rec, args.task, args.accelerate_start, args.device)
         else:
             raise SystemExit(f"unknown peer {args.peer}")
     except BaseException as exc:  # noqa: BLE001 - the error is the finding: record it
@@ -311,23 +332,27 @@ def _absolute_ref(ref: str) -> str:
     return f"{full}:{attr}" if attr else full
 
 
-def _cache_key(ref: str, cap: int) -> str:
+def _cache_key(ref: str, cap: int, device: str) -> str:
     import torch
 
     path = ROOT / ref.partition(":")[0]
     digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
-    return f"{ref}|cap={cap}|file={digest}|torch={torch.__version__}|adam,steps=1,seed=0"
+    where = "" if device == "cpu" else f"|device={device}:{torch.cuda.get_device_name(torch.device(device))}"
+    return f"{ref}|cap={cap}|file={digest}|torch={torch.__version__}|adam,steps=1,seed=0{where}"
 
 
-def _probe_once(ref: str, batch: int, cap: int) -> tuple[bool, str]:
+def _probe_once(ref: str, batch: int, cap: int, device: str = "cpu") -> tuple[bool, str]:
     from autotune.backends import get_backend
     from autotune.memory import _probe_run
     from autotune.runner import run_in_worker
 
     backend = get_backend("torch")
-    kwargs = dict(task=_absolute_ref(ref), batch_size=batch, device="cpu",
-                  optimizer=backend.validate_optimizer({"name": "adam"}), steps=1, seed=0, device_memory_limit=None)
-    outcome = run_in_worker(_probe_run, kwargs, memory_limit=cap, timeout=600, preload=backend.preload_modules())
+    on_gpu = device != "cpu"
+    kwargs = dict(task=_absolute_ref(ref), batch_size=batch, device=device,
+                  optimizer=backend.validate_optimizer({"name": "adam"}), steps=1, seed=0,
+                  device_memory_limit=cap if on_gpu else None)
+    outcome = run_in_worker(_probe_run, kwargs, memory_limit=None if on_gpu else cap, timeout=600,
+                            preload=backend.preload_modules())
     return outcome.ok, "" if outcome.ok else f"{outcome.kind}: {outcome.message[:120]}"
 
 
@@ -352,7 +377,7 @@ def _search(fits: Any, low: int, high: int) -> int:
     return low
 
 
-def true_largest(ref: str, cap: int, recompute: bool, verify: bool) -> dict[str, Any]:
+def true_largest(ref: str, cap: int, recompute: bool, verify: bool, device: str = "cpu") -> dict[str, Any]:
     """Largest batch that runs under ``cap``: doubling from 8, then bisection to one sample, then a re-check.
 
     Cached per model, cap, task file and torch version. A cached answer is re-verified (it fits, one more does
@@ -360,7 +385,7 @@ def true_largest(ref: str, cap: int, recompute: bool, verify: bool) -> dict[str,
     disagrees: under an address-space cap the boundary moves between sessions (see the report).
     """
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
-    key = _cache_key(ref, cap)
+    key = _cache_key(ref, cap, device)
     from autotune.task import load_task
 
     n_train = load_task(_absolute_ref(ref)).load_data().n_train
@@ -371,7 +396,7 @@ def true_largest(ref: str, cap: int, recompute: bool, verify: bool) -> dict[str,
         if batch > n_train:
             return False
         tick = time.perf_counter()
-        ok, why = _probe_once(ref, batch, cap)
+        ok, why = _probe_once(ref, batch, cap, device)
         probes.append({"batch": batch, "fits": ok, "seconds": round(time.perf_counter() - tick, 2), "why": why})
         _say(f"  truth {ref} @ {cap / GIB:g} GiB: batch {batch} {'fits' if ok else 'fails (' + why + ')'}")
         return ok
@@ -414,7 +439,8 @@ def true_largest(ref: str, cap: int, recompute: bool, verify: bool) -> dict[str,
         recheck = fits(low) and not fits(low + 1)
         result = {"task": ref, "cap": cap, "true_largest": low, "n_train": n_train, "rechecked": recheck,
                   "seconds": round(time.perf_counter() - started, 1), "probes": probes,
-                  "worker_mapped_at_start": _worker_baseline(), "verified": "searched this run"}
+                  "worker_mapped_at_start": _worker_baseline() if device == "cpu" else None,
+                  "device": device, "verified": "searched this run"}
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     cache = json.loads(CACHE.read_text()) if CACHE.exists() else {}
     cache[key] = {k: v for k, v in result.items() if k != "verified"}
@@ -423,13 +449,13 @@ def true_largest(ref: str, cap: int, recompute: bool, verify: bool) -> dict[str,
 
 
 def run_finder(name: str, ref: str, cap: int, *, equal_headroom: int | None = None,
-               accelerate_start: int | None = None, timeout: float = 900) -> dict[str, Any]:
+               accelerate_start: int | None = None, device: str = "cpu", timeout: float = 900) -> dict[str, Any]:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         result_path = os.path.join(tmp, "result.json")
         command = [sys.executable, str(Path(__file__).resolve()), "--peer", name, "--task", _absolute_ref(ref),
-                   "--cap-bytes", str(cap), "--result", result_path]
+                   "--cap-bytes", str(cap), "--result", result_path, "--device", device]
         if equal_headroom:
             command += ["--headroom-base", str(equal_headroom)]
         if accelerate_start:
@@ -474,12 +500,14 @@ def _label_error(name: str, data: dict[str, Any]) -> str:
     return f"stopped: {error}"
 
 
-def table(model: str, cap: int, truth: dict[str, Any], rows: list[tuple[str, str, dict[str, Any]]]) -> str:
+def table(model: str, cap: int, truth: dict[str, Any], rows: list[tuple[str, str, dict[str, Any]]],
+          device: str = "cpu") -> str:
     true = truth["true_largest"]
     base = next((d for n, _, d in rows if n == "lightning-power" and not d.get("cap_extra")), None)
     base_seconds = base.get("seconds") if base and base.get("status") == "ok" else None
     lines = [
-        f"### {MODELS.get(model, {}).get('about', model)} — cap {cap / GIB:g} GiB, true largest {true}",
+        f"### {MODELS.get(model, {}).get('about', model)} — {_where(device)}cap {cap / GIB:g} GiB, "
+        f"true largest {true}",
         "",
         "| finder | batch found | % of true largest | wall time (s) | train steps (+ eval batches) | OOMs hit "
         "| wall / Lightning power | result |",
@@ -513,9 +541,11 @@ def table(model: str, cap: int, truth: dict[str, Any], rows: list[tuple[str, str
         notes.append(_details(name, label, data))
     worker_base = truth.get("worker_mapped_at_start")
     lines += ["", f"True largest: {true} (exhaustive search by doubling and bisection, one fresh capped autotune "
-                  f"worker per size, {len(truth['probes'])} runs; {truth.get('verified')}). An autotune worker maps "
-                  f"{(worker_base or 0) / MIB:.0f} MiB before its first step. Wall time: the finder's call in its "
-                  "own fresh process, frameworks already imported (autotune's includes starting its worker server)."]
+                  f"worker per size, {len(truth['probes'])} runs; {truth.get('verified')})."
+                  + (f" An autotune worker maps {worker_base / MIB:.0f} MiB before its first step." if worker_base
+                     else "")
+                  + " Wall time: the finder's call in its own fresh process, frameworks already imported "
+                  "(autotune's includes starting its worker server)."]
     goal = _goal(rows, true, base_seconds)
     fair = next((d for n, _, d in rows if n == "lightning-power" and d.get("cap_extra")), None)
     if goal and fair and fair.get("status") == "ok" and base_seconds:
@@ -526,6 +556,14 @@ def table(model: str, cap: int, truth: dict[str, Any], rows: list[tuple[str, str
         lines += ["", goal]
     lines += [""] + [f"- {note}" for note in notes]
     return "\n".join(lines)
+
+
+def _where(device: str) -> str:
+    if device == "cpu":
+        return ""
+    import torch
+
+    return f"{torch.cuda.get_device_name(torch.device(device))} ({device}), "
 
 
 def _goal(rows: list[tuple[str, str, dict[str, Any]]], true: int, base_seconds: float | None) -> str:
@@ -566,6 +604,8 @@ def _details(name: str, label: str, data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (capped address space) or cuda:N (capped caching "
+                                                       "allocator)")
     parser.add_argument("--quick", action="store_true", help="the cheap model only (hungry)")
     parser.add_argument("--model", action="append", choices=sorted(MODELS), help="model(s) to run (default: all)")
     parser.add_argument("--cap", help="memory cap, e.g. 1GiB (default: per model)")
@@ -605,21 +645,23 @@ def main(argv: list[str] | None = None) -> None:
         ref = MODELS[model]["task"]
         cap = autotune.parse_size(args.cap or MODELS[model]["cap"])
         _say(f"[{model}] true largest under {cap / GIB:g} GiB ...")
-        truth = true_largest(ref, cap, args.recompute, not args.no_verify)
+        truth = true_largest(ref, cap, args.recompute, not args.no_verify, args.device)
         _say(f"[{model}] true largest: {truth['true_largest']}")
         rows = []
         load_before = os.getloadavg()[0]
         plan = [(name, None) for name in finders]
-        if args.headroom == "on" or (args.headroom is None and MODELS[model].get("cheap")):
+        cheap_on_cpu = MODELS[model].get("cheap") and args.device == "cpu"
+        if args.device == "cpu" and (args.headroom == "on" or (args.headroom is None and cheap_on_cpu)):
             plan += [(name, truth["worker_mapped_at_start"]) for name in finders if name.startswith("lightning")]
         for name, headroom in plan:
             _say(f"[{model}] {FINDERS[name]}{' (equal headroom)' if headroom else ''} ...")
-            data = run_finder(name, ref, cap, equal_headroom=headroom, accelerate_start=args.accelerate_start)
+            data = run_finder(name, ref, cap, equal_headroom=headroom, accelerate_start=args.accelerate_start,
+                              device=args.device)
             _say(f"[{model}]   -> {data.get('status')} batch {data.get('batch')} in {data.get('seconds') or 0:.1f} s"
                  f"{'; ' + data['error'] if data.get('error') else ''}")
             rows.append((name, FINDERS[name], data))
         load_after = os.getloadavg()[0]
-        outputs.append(table(model, cap, truth, rows) + f"\n\nLoad average (1 min) on this {os.cpu_count()}-CPU "
+        outputs.append(table(model, cap, truth, rows, args.device) + f"\n\nLoad average (1 min) on this {os.cpu_count()}-CPU "
                        f"machine: {load_before:.1f} before the finders, {load_after:.1f} after.")
         print(outputs[-1] + "\n", flush=True)
     _say(f"benchmark done in {time.perf_counter() - started:.0f} s")

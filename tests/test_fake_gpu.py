@@ -85,9 +85,12 @@ def _expected(budget, margin):
 def test_gpu_budget_is_the_free_device_memory(fake_gpu):
     backend, task = fake_gpu
     fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.05, granularity=1)
-    assert fit.memory_metric == "device_reserved" and fit.budget_bytes == 12 * GIB
+    assert fit.memory_metric == "device_peak" and fit.budget_bytes == 12 * GIB
     assert fit.batch_size == _expected(12 * GIB, 0.05)
-    assert fit.ooms == 0 and fit.model.bytes_per_sample == pytest.approx(PER_SAMPLE)
+    assert fit.model.bytes_per_sample == pytest.approx(PER_SAMPLE)
+    # once the budget is known, probes run capped at it less the margin: a size that runs is a size that fits
+    assert backend.capacity == int(12 * GIB * 0.95)
+    assert fit.ooms <= 1 and all(p.fits for p in fit.probes if p.batch_size <= fit.batch_size)
 
 
 def test_gpu_memory_limit_is_enforced_through_the_backend(fake_gpu):

@@ -128,8 +128,12 @@ class TorchSession(TrainingSession):
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def peak_memory(self) -> int | None:
+        # Allocated, not reserved: under a cap (set_per_process_memory_fraction) the caching allocator frees its
+        # cache and retries before it fails, so what must fit is the tensors' peak. Measured on an H100: the
+        # reserved peak grew 3.2 MiB per sample against 1.2 allocated, and fitting it stopped at 45 % of the
+        # largest batch that ran under the cap.
         if self._cuda:
-            return int(torch.cuda.max_memory_reserved(self.device))
+            return int(torch.cuda.max_memory_allocated(self.device))
         return None
 
     def close(self) -> None:
