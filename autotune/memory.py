@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from autotune.backends import get_backend
-from autotune.errors import FitError, TrialError
+from autotune.errors import FitError
 from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import run_here, run_in_worker, warm_up_server
 from autotune.task import Task, load_task, resolve_task, task_handle
@@ -171,10 +171,10 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
                   device_memory_limit: int | None, channel: Any) -> int:
     """Probe the sizes the parent asks for, one after another in this worker, until it answers None.
 
-    Saves a worker start (and a device context) per probe. The parent only asks for a size here when the
-    figures stay exact: on a device whose allocator peak resets, any size; on the CPU, where the process's
-    peak address space never goes down, only sizes larger than the last. An OOM on a device is answered
-    in-band and the series goes on; any other failure ends the worker with its kind, as `_probe_run` would.
+    Saves a worker start (and a device context) per probe. The parent asks for a size here only while the
+    figures need not be exact (growth probes, which feed the slope, not the answer): a process that has run
+    other sizes is not a fresh one, and a training run is. A failure (an OOM included) ends the worker with
+    its kind, as `_probe_run` would.
     """
     task, backend, target, data = _probe_setup(task, device, device_memory_limit)
     reply = channel.ask(("ready", None))
@@ -184,14 +184,9 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
         if limit and target.kind != "cpu" and limit != device_memory_limit:
             backend.limit_memory(target, limit)
             device_memory_limit = limit
-        try:
-            result: Any = ("ok", _measure(task, backend, target, data, batch_size, optimizer, steps, seed))
-        except TrialError as exc:
-            if exc.kind != "oom" or target.kind == "cpu":
-                raise
-            result = ("oom", exc.message)
+        result = _measure(task, backend, target, data, batch_size, optimizer, steps, seed)
         count += 1
-        reply = channel.ask(result)
+        reply = channel.ask(("ok", result))
     return count
 
 
@@ -337,7 +332,6 @@ def fit_batch_size(
             if math.isfinite(predicted) and predicted > 1.5 * fits_at and not agrees:
                 predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
             candidate = min(predicted, fits_at * GROWTH, ceiling)
-            growing = candidate == fits_at * GROWTH < predicted
             candidate = max(_round_down(int(candidate), step), fits_at + step)
             if candidate >= ceiling - step and ceiling < fails_at:
                 candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
@@ -345,6 +339,7 @@ def fit_batch_size(
                 candidate = fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
             if candidate >= fails_at:
                 return
+            growing = candidate == fits_at * GROWTH < predicted
             probe_at = candidate
 
     planner = plan()
@@ -377,11 +372,12 @@ def fit_batch_size(
                                  "" if kind == "ok" else value, time.perf_counter() - in_flight["since"])
                 next_size = advance(probe)
                 in_flight["last"], in_flight["size"] = size, None
-                # On the CPU the peak address space only grows over a worker's life, and earlier probes leave
-                # some behind (measured: 6 to 12 MiB each): only growth probes, whose figures feed the slope
-                # and not the answer, share a worker; a size that may be the answer gets a fresh one.
-                same_worker = next_size is not None and (
-                    not on_cpu or (probe.fits and next_size > size and growing))
+                # Only growth probes, whose figures feed the slope and not the answer, share a worker; a size
+                # that may be the answer gets a fresh one. On the CPU the peak address space only grows over a
+                # worker's life and earlier probes leave some behind (measured: 6 to 12 MiB each); on an H100
+                # the caching allocator, warmed by a probe at 1600 (or by an OOM), then ran 1616 (or 1728),
+                # which a fresh process could not.
+                same_worker = next_size is not None and probe.fits and next_size > size and growing
                 if not same_worker:
                     return None
                 in_flight["size"], in_flight["since"] = next_size, time.perf_counter()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import importlib
 import multiprocessing
 import multiprocessing.connection
@@ -267,10 +268,14 @@ def run_here(function: Callable[..., Any], kwargs: dict[str, Any],
     try:
         return WorkerOutcome(True, value=function(**kwargs))
     except TrialError as exc:
-        return WorkerOutcome(False, kind=exc.kind, message=exc.message)
+        outcome = WorkerOutcome(False, kind=exc.kind, message=exc.message)
     except AutotuneError as exc:
-        return WorkerOutcome(False, kind="fatal", message=str(exc))
+        outcome = WorkerOutcome(False, kind="fatal", message=str(exc))
     except MemoryError as exc:
-        return WorkerOutcome(False, kind="oom", message=f"MemoryError: {exc}")
+        outcome = WorkerOutcome(False, kind="oom", message=f"MemoryError: {exc}")
     except Exception as exc:
-        return WorkerOutcome(False, kind="error", message=f"{type(exc).__name__}: {exc}"[:300])
+        outcome = WorkerOutcome(False, kind="error", message=f"{type(exc).__name__}: {exc}"[:300])
+    # The failure's traceback held the failed step's frames (and their tensors) in reference cycles until the
+    # handler ended: collect them now, so that the next unit of work in this process finds the memory free.
+    gc.collect()
+    return outcome
