@@ -68,3 +68,29 @@ def single_malloc_arena() -> bool:
         return bool(libc.mallopt(m_arena_max, 1))
     except (OSError, AttributeError):
         return False
+
+
+def pool_blocks(block_bytes: int) -> dict[str, int]:
+    """The anonymous mappings of ``block_bytes`` (a framework's CPU memory-pool blocks): how many, and
+    how much of them has been touched (their resident pages; a pool reuses its pages and never gives them back,
+    so this is the high-water mark of its use). Empty where /proc/self/smaps cannot be read."""
+    blocks = touched = 0
+    size = 0
+    try:
+        with open("/proc/self/smaps", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):
+                    low, high = (int(part, 16) for part in head.split("-"))
+                    size = high - low
+                    fields = line.split()
+                    # MindSpore 2.10 maps a block plus one page; no path: anonymous memory
+                    if block_bytes <= size <= block_bytes + (2 << 20) and len(fields) == 5:
+                        blocks += 1
+                    else:
+                        size = 0
+                elif head == "Rss:" and size:
+                    touched += int(line.split()[1]) * 1024
+    except OSError:
+        return {}
+    return {"blocks": blocks, "touched": touched}

@@ -71,6 +71,9 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     optimizer_names: ClassVar[tuple[str, ...]]
     """Neutral optimizer names (see `autotune.optimizers.OPTIMIZERS`) this backend can build."""
+    cpu_pool_block_bytes: ClassVar[int | None] = None
+    """Where the framework's CPU memory pool takes address space in fixed blocks (MindSpore: 1 GiB), their size:
+    a capped worker's address space is then flat inside a block, and fit-batch reckons with whole blocks."""
 
     @abc.abstractmethod
     def version(self) -> str:

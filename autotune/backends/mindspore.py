@@ -6,7 +6,9 @@ arrays or a pair of finite ``mindspore.dataset`` pipelines (read into arrays onc
 
 CPU memory: MindSpore's CPU memory pool takes address space in 1 GiB blocks (the growth unit is fixed on the
 CPU; ``set_memory``'s increase_size and max_size are ignored there, measured), so under an address-space cap
-a worker's peak is flat inside a block and jumps by a GiB at its edge.
+a worker's peak is flat inside a block and jumps by a GiB at its edge. The backend declares the block size
+(``cpu_pool_block_bytes``); fit-batch then reads how much of the blocks a run touched (their resident pages,
+`autotune.procmem.pool_blocks`) and fits that against the blocks the cap leaves room for.
 
 NumPy 2 and MindSpore 2.10 (measured; see tests/test_mindspore_backend.py). MindSpore's operator-argument
 parser (``py_parse.cc``) uses the NumPy 1.x C API, whose import fails under NumPy 2 once per process: that
@@ -558,6 +560,7 @@ class MindSporeBackend(Backend):
 
     name = "mindspore"
     optimizer_names = tuple(sorted(_OPTIMIZERS))
+    cpu_pool_block_bytes = 1 << 30  # measured: 1 GiB, whatever set_memory says (ignored on the CPU)
 
     def __init__(self) -> None:
         self._materialised: tuple[Any, ArrayData] | None = None
