@@ -109,35 +109,47 @@ class Channel:
         return self._conn.recv()
 
 
-def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memory_limit: int | None,
-           preload: Sequence[str], with_channel: bool) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+def _prepare_worker(memory_limit: int | None, preload: Sequence[str]) -> None:
+    """A new worker's set-up: its modules, the allocator settings, and the address-space cap."""
+    for module in preload:  # already there when the fork server preloaded them; else imported before the cap
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a task's sibling module, importable only once the task is loaded
+            pass
+    # Everything imported so far lives as long as the worker: keep it out of the cycle collector, whose full
+    # passes (a session's release runs one) would otherwise walk all of torch's objects (0.2 s a trial).
+    gc.freeze()
+    return_freed_memory_at_once()
+    if memory_limit:
+        mapped = process_memory()["address_space"]
+        if mapped >= memory_limit:
+            raise TrialError("oom", f"the worker alone (framework loaded) maps {format_size(mapped)} of address "
+                                    f"space, more than the cap of {format_size(memory_limit)}")
+        single_malloc_arena()
+        _limit_address_space(memory_limit)
+
+
+def _execute(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], with_channel: bool,
+             prepare: Callable[[], None] | None = None) -> tuple[Any, ...]:
+    """Run one unit of work; whatever happens becomes a ``(kind, value)`` result (``kind`` 'ok' on success)."""
     try:
-        for module in preload:  # already there when the fork server preloaded them; else imported before the cap
-            try:
-                importlib.import_module(module)
-            except ImportError:  # a task's sibling module, importable only once the task is loaded
-                pass
-        return_freed_memory_at_once()
-        if memory_limit:
-            mapped = process_memory()["address_space"]
-            if mapped >= memory_limit:
-                raise TrialError("oom", f"the worker alone (framework loaded) maps {format_size(mapped)} of address "
-                                        f"space, more than the cap of {format_size(memory_limit)}")
-            single_malloc_arena()
-            _limit_address_space(memory_limit)
+        if prepare is not None:
+            prepare()
         if with_channel:
             kwargs = {**kwargs, "channel": Channel(conn)}
-        result: tuple[Any, ...] = ("ok", function(**kwargs))
+        return ("ok", function(**kwargs))
     except TrialError as exc:
-        result = (exc.kind, exc.message)
+        return (exc.kind, exc.message)
     except AutotuneError as exc:
-        result = ("fatal", str(exc))
+        return ("fatal", str(exc))
     except MemoryError as exc:
-        result = ("oom", f"MemoryError: {exc}")
+        return ("oom", f"MemoryError: {exc}")
     except BaseException as exc:  # noqa: BLE001 - everything is reported, nothing escapes the worker
         tail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        result = ("error", tail[-2000:])
+        return ("error", tail[-2000:])
+
+
+def _send_result(conn: Any, result: tuple[Any, ...]) -> None:
     try:
         conn.send(result)
     except Exception:
@@ -145,8 +157,79 @@ def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memo
             conn.send(("error", "the worker's result could not be sent back (not picklable or out of memory)"))
         except Exception:
             pass
+
+
+def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memory_limit: int | None,
+           preload: Sequence[str], with_channel: bool) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
+    try:
+        _send_result(conn, _execute(conn, function, kwargs, with_channel,
+                                    prepare=lambda: _prepare_worker(memory_limit, preload)))
     finally:
         conn.close()
+
+
+def _serve(conn: Any, memory_limit: int | None, preload: Sequence[str]) -> None:
+    """A `Worker`'s loop: run each unit of work the parent sends, until it sends None or hangs up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ready = _execute(conn, lambda: None, {}, False, prepare=lambda: _prepare_worker(memory_limit, preload))
+        _send_result(conn, ready)
+        if ready[0] != "ok":
+            return
+        while True:
+            try:
+                request = conn.recv()
+            except EOFError:
+                return
+            if request is None:
+                return
+            function, kwargs, with_channel = request
+            _send_result(conn, _execute(conn, function, kwargs, with_channel))
+    finally:
+        conn.close()
+
+
+def _start(target: Callable[..., Any], args: tuple[Any, ...], preload: Sequence[str]) -> tuple[Any, Any]:
+    ctx = _context(preload)
+    parent_end, child_end = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=target, daemon=True, args=(child_end, *args))
+    with _main_module_hidden(), _fork_server(preload):
+        process.start()
+    child_end.close()
+    return process, parent_end
+
+
+def _await(process: Any, conn: Any, timeout: float | None, on_message: Callable[[Any], Any] | None,
+           memory_limit: int | None) -> WorkerOutcome | None:
+    """Wait for the worker's result, answering its questions; None when it ended without one.
+
+    A hang past ``timeout`` kills the worker. Ctrl-C (or any error here) kills it and re-raises.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = multiprocessing.connection.wait([conn, process.sentinel], timeout=remaining)
+            if not ready:
+                _kill(process)
+                return WorkerOutcome(False, kind="timeout",
+                                     message=f"no result after {timeout:g} s: the worker was stopped")
+            if conn in ready or conn.poll():
+                try:
+                    received = conn.recv()
+                except EOFError:
+                    return None
+                if received[0] == "ask" and on_message is not None:
+                    conn.send(on_message(received[1]))
+                    continue
+                if received[0] == "ok":
+                    return WorkerOutcome(True, value=received[1])
+                return WorkerOutcome(False, kind=received[0], message=received[1])
+            return None
+    except BaseException:
+        _kill(process)
+        raise
 
 
 def run_in_worker(
@@ -165,46 +248,103 @@ def run_in_worker(
     ``channel`` whose ``ask(message)`` returns ``on_message(message)`` computed here. Ctrl-C kills the worker
     and re-raises.
     """
-    ctx = _context(preload)
-    parent_end, child_end = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=_child, daemon=True,
-                          args=(child_end, function, kwargs, memory_limit, tuple(preload), on_message is not None))
-    with _main_module_hidden(), _fork_server(preload):
-        process.start()
-    child_end.close()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    message = None
+    process, conn = _start(_child, (function, kwargs, memory_limit, tuple(preload), on_message is not None),
+                           preload)
     try:
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready = multiprocessing.connection.wait([parent_end, process.sentinel], timeout=remaining)
-            if not ready:
-                _kill(process)
-                return WorkerOutcome(False, kind="timeout",
-                                     message=f"no result after {timeout:g} s: the worker was stopped")
-            if parent_end in ready or parent_end.poll():
-                try:
-                    received = parent_end.recv()
-                except EOFError:
-                    break
-                if received[0] == "ask" and on_message is not None:
-                    parent_end.send(on_message(received[1]))
-                    continue
-                message = received
-            break
+        outcome = _await(process, conn, timeout, on_message, memory_limit)
         process.join(timeout=30)
         if process.is_alive():
             _kill(process)
-    except BaseException:
-        _kill(process)
-        raise
     finally:
-        parent_end.close()
-    if message is not None:
-        if message[0] == "ok":
-            return WorkerOutcome(True, value=message[1], exitcode=process.exitcode)
-        return WorkerOutcome(False, kind=message[0], message=message[1], exitcode=process.exitcode)
-    return WorkerOutcome(False, kind="crash", message=_death(process.exitcode, memory_limit), exitcode=process.exitcode)
+        conn.close()
+    if outcome is None:
+        return WorkerOutcome(False, kind="crash", message=_death(process.exitcode, memory_limit),
+                             exitcode=process.exitcode)
+    outcome.exitcode = process.exitcode
+    return outcome
+
+
+class Worker:
+    """One worker process that runs unit after unit of work (the trials of a study), keeping its imports, data
+    caches and warmed-up framework, until a unit fails: then it is retired and the next unit gets a new one.
+
+    The isolation is that of `run_in_worker` (a crash, a hang or an OOM fails that unit only), at a fraction of
+    the start-up cost per unit: measured on a digits MLP, a 100-step trial took 0.27 s as the first unit of a
+    worker and 0.08 to 0.1 s after it (the framework's first-step set-up is paid once). Use as a context
+    manager, or call `close`.
+    """
+
+    def __init__(self, *, memory_limit: int | None = None, preload: Sequence[str] = ()) -> None:
+        self.memory_limit = memory_limit
+        self.preload = tuple(preload)
+        self._process: Any = None
+        self._conn: Any = None
+        self.units = 0
+        self.started = 0
+
+    def _ensure(self) -> WorkerOutcome | None:
+        if self._process is not None and self._process.is_alive():
+            return None
+        self.close()
+        self._process, self._conn = _start(_serve, (self.memory_limit, self.preload), self.preload)
+        self.started += 1
+        ready = _await(self._process, self._conn, None, None, self.memory_limit)
+        if ready is None or not ready.ok:
+            failed = ready or WorkerOutcome(False, kind="crash", message=_death(self._process.exitcode,
+                                                                                self.memory_limit))
+            self.close()
+            return failed
+        return None
+
+    def run(self, function: Callable[..., Any], kwargs: dict[str, Any], *, timeout: float | None = None,
+            on_message: Callable[[Any], Any] | None = None) -> WorkerOutcome:
+        """`run_in_worker`'s contract, in this worker (started, or restarted, as needed)."""
+        failed = self._ensure()
+        if failed is not None:
+            return failed
+        try:
+            self._conn.send((function, kwargs, on_message is not None))
+        except (OSError, EOFError):
+            self.close()
+            return WorkerOutcome(False, kind="crash", message="the worker was gone before the work could start")
+        outcome = _await(self._process, self._conn, timeout, on_message, self.memory_limit)
+        self.units += 1
+        if outcome is None:
+            self._process.join(timeout=30)
+            exitcode = self._process.exitcode
+            self.close()
+            return WorkerOutcome(False, kind="crash", message=_death(exitcode, self.memory_limit), exitcode=exitcode)
+        if not outcome.ok and outcome.kind not in RETAINING_KINDS:
+            self.close()  # a unit that failed may have left the process in any state: the next gets a new one
+        return outcome
+
+    def close(self) -> None:
+        """Stop the worker (politely, then by force)."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if process is None:
+            return
+        try:
+            if process.is_alive():
+                conn.send(None)
+                process.join(timeout=5)
+        except (OSError, EOFError, ValueError):
+            pass
+        _kill(process)
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+RETAINING_KINDS = frozenset({"pruned", "diverged"})
+"""Failures that leave a worker as it was (the work stopped itself, nothing broke): it stays for the next unit."""
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError, TrialError
 from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
-from autotune.runner import run_here, run_in_worker
+from autotune.runner import Worker, run_here
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
@@ -255,115 +255,120 @@ def tune(
 
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     preload = (*backend.preload_modules(), *task.imports)
-    reference_batch = min(space.reference_batch, ceiling)
-    if range_test and not space.lr_ranges and (deadline is None or deadline - time.monotonic() > 0.5 * timeout):
-        say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
-        kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=reference_batch, device=target.id,
-                      low=space.lr_low, high=space.lr_high, seed=seed)
-        tests = _run(run_range_tests, kwargs, isolation, cpu_cap, 600.0, preload) or {}
-        for optimizer, value in tests.items():
-            if value is not None and value.get("best_lr"):
-                space.lr_ranges[optimizer] = _narrowed(space, value)
-        stored = dict(study.user_attrs.get("search_space", {}))
-        stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
-        stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr")}
-                                 for k, v in tests.items() if v}
-        study.set_user_attr("search_space", stored)
+    # one worker runs the range test and trial after trial; a failed trial's worker is replaced
+    worker = Worker(memory_limit=cpu_cap, preload=preload) if isolation == "process" else None
+    try:
+        reference_batch = min(space.reference_batch, ceiling)
+        if range_test and not space.lr_ranges and (deadline is None or deadline - time.monotonic() > 0.5 * timeout):
+            say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
+            kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=reference_batch, device=target.id,
+                          low=space.lr_low, high=space.lr_high, seed=seed)
+            tests = _run(run_range_tests, kwargs, worker, 600.0) or {}
+            for optimizer, value in tests.items():
+                if value is not None and value.get("best_lr"):
+                    space.lr_ranges[optimizer] = _narrowed(space, value)
+            stored = dict(study.user_attrs.get("search_space", {}))
+            stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
+            stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr")}
+                                     for k, v in tests.items() if v}
+            study.set_user_attr("search_space", stored)
 
-    interrupts = _Interrupts()
-    throughput_seen: dict[str, float] = {}
-    limit = trial_timeout or ((trial_time or 0) * 3 + 120 if trial_time else 600)
-    started = time.monotonic()
+        interrupts = _Interrupts()
+        throughput_seen: dict[str, float] = {}
+        limit = trial_timeout or ((trial_time or 0) * 3 + 120 if trial_time else 600)
+        started = time.monotonic()
 
-    def objective_fn(trial: optuna.Trial) -> Any:
-        trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial we can tell is orphaned
-        config = space.suggest(trial, ceiling)
-        trial.set_user_attr("config", config)
-        key = f"{config['batch_size']}:{config['optimizer']}"
-        budget_seconds, budget_steps = trial_time, trial_steps
-        if objective == "throughput" and key in throughput_seen:
-            # throughput of this batch size and optimizer is known: a quarter budget checks divergence only
-            budget_seconds = trial_time / 4 if trial_time else None
-            budget_steps = max(1, trial_steps // 4) if trial_steps else None
+        def objective_fn(trial: optuna.Trial) -> Any:
+            trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial we can tell is orphaned
+            config = space.suggest(trial, ceiling)
+            trial.set_user_attr("config", config)
+            key = f"{config['batch_size']}:{config['optimizer']}"
+            budget_seconds, budget_steps = trial_time, trial_steps
+            if objective == "throughput" and key in throughput_seen:
+                # throughput of this batch size and optimizer is known: a quarter budget checks divergence only
+                budget_seconds = trial_time / 4 if trial_time else None
+                budget_steps = max(1, trial_steps // 4) if trial_steps else None
 
-        def on_report(message: Any) -> bool:
-            _, index, value = message
+            def on_report(message: Any) -> bool:
+                _, index, value = message
+                if objective == "pareto":
+                    return False
+                trial.report(value, index)
+                return bool(pruning and trial.should_prune())
+
+            kwargs = dict(task=handle, config=config, device=target.id, seconds=budget_seconds, steps=budget_steps,
+                          reports=REPORTS, seed=seed)
+            try:
+                interrupts.waiting = True
+                if interrupts.requested:
+                    raise KeyboardInterrupt
+                if isolation == "process":
+                    outcome = worker.run(run_trial, kwargs, timeout=limit, on_message=on_report)
+                    ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
+                else:
+                    outcome = run_here(run_trial, kwargs, on_message=on_report)
+                    ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
+            except KeyboardInterrupt:
+                trial.set_user_attr("failure", "interrupted: Ctrl-C")
+                raise
+            finally:
+                interrupts.waiting = False
+            if kind == "fatal":
+                raise AutotuneError(message)
+            if not ok:
+                trial.set_user_attr("failure", f"{kind}: {message}")
+                if kind in PRUNED_KINDS:
+                    raise optuna.TrialPruned(f"{kind}: {message}")
+                return float("nan") if objective != "pareto" else (float("nan"), float("nan"))
+            history = value.pop("history", [])
+            trial.set_user_attr("measured", value)
+            trial.set_user_attr("history", history)
+            if objective == "throughput":
+                if key in throughput_seen:
+                    value["throughput"] = throughput_seen[key]
+                    trial.set_user_attr("measured", value)
+                else:
+                    throughput_seen[key] = value["throughput"]
+                return value["throughput"]
             if objective == "pareto":
-                return False
-            trial.report(value, index)
-            return bool(pruning and trial.should_prune())
+                return value["val_loss"], value["throughput"]
+            return value["val_loss"]
 
-        kwargs = dict(task=handle, config=config, device=target.id, seconds=budget_seconds, steps=budget_steps,
-                      reports=REPORTS, seed=seed)
-        try:
-            interrupts.waiting = True
+        remaining = max(0, n_trials - _finished(study))
+
+        def after_trial(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+            if interrupts.requested:
+                study_.stop()
+            best = best_trial(study_, objective)
+            say({"event": "trial", "number": frozen.number, "state": frozen.state.name,
+                 "value": frozen.values[0] if frozen.values else None,
+                 "failure": frozen.user_attrs.get("failure"),
+                 "config": frozen.user_attrs.get("config"),
+                 "best": best.values[0] if best is not None else None,
+                 "done": _finished(study_), "total": n_trials, "elapsed": time.monotonic() - started,
+                 "time_left": None if deadline is None else max(0.0, deadline - time.monotonic())})
+
+        # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
+        # (a traceback for an interrupted trial) would only repeat them
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        if remaining:
+            # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
+            enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
+                                                                      optuna.trial.TrialState.PRUNED))
+            with interrupts.installed():
+                left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)  # at least one trial
+                study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=left,
+                               callbacks=[after_trial, enough], catch=(TrialError,))
             if interrupts.requested:
                 raise KeyboardInterrupt
-            if isolation == "process":
-                outcome = run_in_worker(run_trial, kwargs, memory_limit=cpu_cap, timeout=limit, preload=preload,
-                                        on_message=on_report)
-                ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-            else:
-                outcome = run_here(run_trial, kwargs, on_message=on_report)
-                ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-        except KeyboardInterrupt:
-            trial.set_user_attr("failure", "interrupted: Ctrl-C")
-            raise
-        finally:
-            interrupts.waiting = False
-        if kind == "fatal":
-            raise AutotuneError(message)
-        if not ok:
-            trial.set_user_attr("failure", f"{kind}: {message}")
-            if kind in PRUNED_KINDS:
-                raise optuna.TrialPruned(f"{kind}: {message}")
-            return float("nan") if objective != "pareto" else (float("nan"), float("nan"))
-        history = value.pop("history", [])
-        trial.set_user_attr("measured", value)
-        trial.set_user_attr("history", history)
-        if objective == "throughput":
-            if key in throughput_seen:
-                value["throughput"] = throughput_seen[key]
-                trial.set_user_attr("measured", value)
-            else:
-                throughput_seen[key] = value["throughput"]
-            return value["throughput"]
-        if objective == "pareto":
-            return value["val_loss"], value["throughput"]
-        return value["val_loss"]
-
-    remaining = max(0, n_trials - _finished(study))
-
-    def after_trial(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        if interrupts.requested:
-            study_.stop()
-        best = best_trial(study_, objective)
-        say({"event": "trial", "number": frozen.number, "state": frozen.state.name,
-             "value": frozen.values[0] if frozen.values else None,
-             "failure": frozen.user_attrs.get("failure"),
-             "config": frozen.user_attrs.get("config"),
-             "best": best.values[0] if best is not None else None,
-             "done": _finished(study_), "total": n_trials, "elapsed": time.monotonic() - started,
-             "time_left": None if deadline is None else max(0.0, deadline - time.monotonic())})
-
-    # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
-    # (a traceback for an interrupted trial) would only repeat them
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if remaining:
-        # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
-        enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                  optuna.trial.TrialState.PRUNED))
-        with interrupts.installed():
-            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)  # at least one trial
-            study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=left,
-                           callbacks=[after_trial, enough], catch=(TrialError,))
-        if interrupts.requested:
-            raise KeyboardInterrupt
-    trial = best_trial(study, objective)
-    if trial is None:
-        raise AutotuneError(f"no trial of study {name!r} finished: `autotune studies` counts them; each failed "
-                            "trial's reason is stored in its 'failure' attribute")
-    return result_from_trial(study, trial)
+        trial = best_trial(study, objective)
+        if trial is None:
+            raise AutotuneError(f"no trial of study {name!r} finished: `autotune studies` counts them; each failed "
+                                "trial's reason is stored in its 'failure' attribute")
+        return result_from_trial(study, trial)
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 class _Interrupts:
@@ -407,10 +412,9 @@ def _narrowed(space: SearchSpace, test: Mapping[str, Any]) -> tuple[float, float
     return low, high
 
 
-def _run(function: Callable[..., Any], kwargs: dict[str, Any], isolation: str, cap: int | None, timeout: float,
-         preload: Any) -> Any:
-    if isolation == "process":
-        outcome = run_in_worker(function, kwargs, memory_limit=cap, timeout=timeout, preload=preload)
+def _run(function: Callable[..., Any], kwargs: dict[str, Any], worker: Worker | None, timeout: float) -> Any:
+    if worker is not None:
+        outcome = worker.run(function, kwargs, timeout=timeout)
         if outcome.kind == "fatal":
             raise AutotuneError(outcome.message)
         return outcome.value if outcome.ok else None

@@ -1,0 +1,30 @@
+"""The reusable worker behind a study's trials: one process for unit after unit, replaced after a failure."""
+
+import os
+import signal
+
+from autotune.runner import Worker
+
+
+def test_worker_reuses_its_process_and_replaces_it_after_a_failure():
+    with Worker() as worker:
+        first, second = worker.run(os.getpid, {}), worker.run(os.getpid, {})
+        assert first.ok and second.ok and first.value == second.value != os.getpid()
+
+        crashed = worker.run(os.abort, {})
+        assert not crashed.ok and crashed.kind == "crash" and "SIGABRT" in crashed.message
+
+        after_crash = worker.run(os.getpid, {})
+        assert after_crash.ok and after_crash.value != first.value
+
+        hung = worker.run(signal.pause, {}, timeout=1)
+        assert not hung.ok and hung.kind == "timeout"
+
+        assert worker.run(os.getpid, {}).ok
+        assert worker.started == 3 and worker.units == 6
+
+
+def test_worker_under_a_cap_too_small_for_the_framework_fails_the_unit_not_the_caller():
+    with Worker(memory_limit=16 * 1024**2, preload=("numpy",)) as worker:
+        outcome = worker.run(os.getpid, {})
+    assert not outcome.ok and outcome.kind == "oom" and "the worker alone" in outcome.message
