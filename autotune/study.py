@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import platform
 import signal
+import statistics
 import threading
 import time
 from importlib import metadata
@@ -191,7 +192,8 @@ def tune(
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
     ``timeout`` bounds the whole call (ceiling fit and range test included; the range test is skipped when
-    they would take more than half of it). ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
+    they would take more than half of it; no trial starts that would end after it, judged by the median
+    duration of this call's full-budget trials). ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
@@ -336,9 +338,15 @@ def tune(
 
         remaining = max(0, n_trials - _finished(study))
 
+        full_runs: list[float] = []
+
         def after_trial(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
             if interrupts.requested:
                 study_.stop()
+            if frozen.state == optuna.trial.TrialState.COMPLETE and frozen.datetime_start and frozen.datetime_complete:
+                full_runs.append((frozen.datetime_complete - frozen.datetime_start).total_seconds())
+            if deadline is not None and full_runs and deadline - time.monotonic() < statistics.median(full_runs):
+                study_.stop()  # a trial started now would end after the deadline: --timeout bounds the whole call
             best = best_trial(study_, objective)
             say({"event": "trial", "number": frozen.number, "state": frozen.state.name,
                  "value": frozen.values[0] if frozen.values else None,
