@@ -1,7 +1,8 @@
 """Fit the batch size to memory: measure, model, predict, verify, correct.
 
 Peak memory is measured for the whole of a short training run at a few batch sizes (first optimizer step,
-an evaluation pass, steady steps), each in a fresh worker so that no allocator leftovers distort the next.
+an evaluation pass, steady steps). The first, growth probes share one worker; every size that may be the
+answer runs in a fresh one, so that no allocator leftovers distort it (a training run starts fresh too).
 A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the measurements, the largest batch under
 the budget (less a margin) is predicted and verified with a real run; the model is refitted with every new
 point and the answer corrected by bisection when a run fails or leaves room. On the CPU a memory limit is
@@ -382,7 +383,7 @@ def fit_batch_size(
                                          time.perf_counter() - tick))
             continue
         # One worker runs probes for as long as its figures stay exact (see _probe_series); then a fresh one.
-        in_flight: dict[str, Any] = {"size": next_size, "since": time.perf_counter(), "last": 0}
+        in_flight: dict[str, Any] = {"size": next_size, "since": time.perf_counter()}
 
         def serve(message: tuple[str, Any]) -> tuple[int, int | None] | None:
             nonlocal next_size
@@ -392,7 +393,7 @@ def fit_batch_size(
                 probe = to_probe(size, kind == "ok", value if kind == "ok" else None, None if kind == "ok" else kind,
                                  "" if kind == "ok" else value, time.perf_counter() - in_flight["since"])
                 next_size = advance(probe)
-                in_flight["last"], in_flight["size"] = size, None
+                in_flight["size"] = None
                 # Only growth probes, whose figures feed the slope and not the answer, share a worker; a size
                 # that may be the answer gets a fresh one. On the CPU the peak address space only grows over a
                 # worker's life and earlier probes leave some behind (measured: 6 to 12 MiB each); on an H100

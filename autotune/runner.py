@@ -288,7 +288,7 @@ class Worker:
         self.close()
         self._process, self._conn = _start(_serve, (self.memory_limit, self.preload), self.preload)
         self.started += 1
-        ready = _await(self._process, self._conn, None, None, self.memory_limit)
+        ready = _await(self._process, self._conn, START_TIMEOUT, None, self.memory_limit)
         if ready is None or not ready.ok:
             failed = ready or WorkerOutcome(False, kind="crash", message=_death(self._process.exitcode,
                                                                                 self.memory_limit))
@@ -342,6 +342,9 @@ class Worker:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+
+START_TIMEOUT = 600.0
+"""Seconds a new `Worker` may take to import its modules before it counts as hung."""
 
 RETAINING_KINDS = frozenset({"pruned", "diverged"})
 """Failures that leave a worker as it was (the work stopped itself, nothing broke): it stays for the next unit."""
