@@ -344,7 +344,10 @@ def fit_batch_size(
                     explore = 0
             if not granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
                 step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
-            noise = model.max_residual_bytes if model else 0.0
+            # Peaks grow in chunks (pages, arenas, allocator segments) about as large as one step's worth of
+            # memory: TensorFlow's hungry task peaked at 1433 MiB at both 848 and 856. Within that, only a real
+            # run can tell whether the next size up fits.
+            noise = max(model.max_residual_bytes, model.bytes_per_sample * step) if model else 0.0
             if not block and model is not None \
                     and model.predict(fits_at + step) - max(noise, 0.001 * budget) > effective:
                 return  # the model is sure the next size up does not fit: no OOM spent to prove it
