@@ -270,8 +270,9 @@ def fit_batch_size(
     growing = True  # the next probe only grows the batch to learn the slope; it does not test the answer
 
     def device_cap() -> int | None:
-        """On a device, every probe runs under the budget less margin: a probe that runs is a probe that fits."""
-        if on_cpu or not budget:
+        """On a device, probes run under the budget less margin: a probe that runs is a probe that fits. In this
+        process (``isolation='none'``) only a limit the caller gave is applied: the cap would outlive the fit."""
+        if on_cpu or not budget or (isolation == "none" and not memory_limit):
             return None
         return int(budget * (1 - margin))
 
@@ -326,7 +327,11 @@ def fit_batch_size(
                     raise FitError(_too_small_message(probe, budget, margin, metric))
                 probe_at = max(step, _round_down(probe_at // 2, step))  # even the first size failed: halve
                 continue
-            if fits_at >= ceiling or fails_at - fits_at <= step or len(probes) >= MAX_PROBES:
+            if fits_at >= ceiling or fails_at - fits_at <= step:
+                return
+            if len(probes) >= MAX_PROBES:
+                notes.append(f"stopped after {MAX_PROBES} probes: sizes between {fits_at} and "
+                             f"{min(fails_at, ceiling + 1) - 1} were not tried")
                 return
             model = MemoryModel.local(probes, resident_slope=on_cpu)
             predicted = model.largest_under(effective) if model else math.inf
@@ -344,13 +349,9 @@ def fit_batch_size(
                     explore = 0
             if not granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
                 step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
-            # Peaks grow in chunks (pages, arenas, allocator segments) about as large as one step's worth of
-            # memory: TensorFlow's hungry task peaked at 1433 MiB at both 848 and 856. Within that, only a real
-            # run can tell whether the next size up fits.
-            noise = max(model.max_residual_bytes, model.bytes_per_sample * step) if model else 0.0
-            if not block and model is not None \
-                    and model.predict(fits_at + step) - max(noise, 0.001 * budget) > effective:
-                return  # the model is sure the next size up does not fit: no OOM spent to prove it
+            # No stop on the model's word alone: peaks grow in chunks (pages, arenas, allocator segments) about
+            # as large as one step's worth of memory (TensorFlow's hungry task peaked at 1433 MiB at both 848
+            # and 856, and a stop that trusted the line flaked), so the edge is always proven by a real run.
             agrees = previous_prediction is not None and math.isfinite(predicted) \
                 and abs(predicted - previous_prediction) <= 0.02 * predicted
             previous_prediction = predicted if math.isfinite(predicted) else None
@@ -364,7 +365,7 @@ def fit_batch_size(
                 candidate = fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
             if candidate >= fails_at:
                 return
-            growing = candidate == fits_at * GROWTH < predicted
+            growing = candidate < ceiling and candidate == fits_at * GROWTH < predicted
             probe_at = candidate
 
     planner = plan()
@@ -410,7 +411,8 @@ def fit_batch_size(
             return in_flight["size"], device_cap()
 
         outcome = run_in_worker(_probe_series, {**kwargs, "device_memory_limit": device_cap()},
-                                memory_limit=cpu_cap, timeout=probe_timeout, preload=preload, on_message=serve)
+                                memory_limit=cpu_cap, timeout=probe_timeout, preload=preload, on_message=serve,
+                                timeout_per_message=True)
         if in_flight["size"] is not None:  # the worker ended during a probe: that probe failed
             next_size = advance(to_probe(in_flight["size"], False, None, outcome.kind or "crash",
                                          outcome.message or "the worker ended without a result",

@@ -15,6 +15,7 @@ import gc
 import importlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import time
@@ -53,6 +54,54 @@ def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
 
 
+def _process_environment() -> dict[str, str]:
+    """The C library's environment, which child processes inherit: a framework's native code can change it
+    without ``os.environ`` seeing (MindSpore sets OMP_NUM_THREADS=1 that way)."""
+    try:
+        import ctypes
+
+        entries = ctypes.POINTER(ctypes.c_char_p).in_dll(ctypes.CDLL(None), "environ")
+        result: dict[str, str] = {}
+        index = 0
+        while entries[index]:
+            key, _, value = os.fsdecode(entries[index]).partition("=")
+            result[key] = value
+            index += 1
+        return result
+    except (OSError, ValueError, AttributeError):
+        return dict(os.environ)
+
+
+_ENVIRONMENT = _process_environment()
+"""The environment as it was when autotune was imported, before a framework's import changed it. MindSpore's
+sets OMP_NUM_THREADS=1 (in native code), LD_LIBRARY_PATH and others; torch workers from a server started after
+it mapped 40 MiB less (one OpenMP thread), and their capped fits disagreed with those of servers started before
+(1360 against 1184). Every worker server starts in this environment."""
+
+
+@contextlib.contextmanager
+def _environment(environment: dict[str, str]) -> Iterator[None]:
+    """Run the body with the process environment (the C library's, which children inherit) set to ``environment``."""
+    current = _process_environment()
+    if current == environment:
+        yield
+        return
+
+    def apply(target: dict[str, str], present: dict[str, str]) -> None:
+        for key in present.keys() - target.keys():
+            os.environ.pop(key, None)
+            os.unsetenv(key)
+        for key, value in target.items():
+            if present.get(key) != value:
+                os.environ[key] = value
+
+    apply(environment, current)
+    try:
+        yield
+    finally:
+        apply(current, _process_environment())
+
+
 @contextlib.contextmanager
 def _fork_server(preload: Sequence[str]) -> Iterator[None]:
     """Start the next worker from a fork server that preloaded ``preload`` (one server per set of modules).
@@ -72,6 +121,9 @@ def _fork_server(preload: Sequence[str]) -> Iterator[None]:
     if server is None:
         server = _servers[key] = forkserver.ForkServer()
         server.set_forkserver_preload(list(key))
+        if hasattr(server, "ensure_running"):
+            with _environment(_ENVIRONMENT):
+                server.ensure_running()
     saved = forkserver.connect_to_new_process
     forkserver.connect_to_new_process = server.connect_to_new_process
     try:
@@ -194,17 +246,25 @@ def _start(target: Callable[..., Any], args: tuple[Any, ...], preload: Sequence[
     ctx = _context(preload)
     parent_end, child_end = ctx.Pipe(duplex=True)
     process = ctx.Process(target=target, daemon=True, args=(child_end, *args))
-    with _main_module_hidden(), _fork_server(preload):
-        process.start()
-    child_end.close()
+    try:
+        with _main_module_hidden(), _fork_server(preload):
+            process.start()
+    except BaseException:  # Ctrl-C while it starts: leave nothing behind
+        parent_end.close()
+        if process.pid is not None:
+            _kill(process)
+        raise
+    finally:
+        child_end.close()
     return process, parent_end
 
 
 def _await(process: Any, conn: Any, timeout: float | None, on_message: Callable[[Any], Any] | None,
-           memory_limit: int | None) -> WorkerOutcome | None:
+           memory_limit: int | None, timeout_per_message: bool = False) -> WorkerOutcome | None:
     """Wait for the worker's result, answering its questions; None when it ended without one.
 
-    A hang past ``timeout`` kills the worker. Ctrl-C (or any error here) kills it and re-raises.
+    A hang past ``timeout`` (since the start, or with ``timeout_per_message`` since the worker's last message)
+    kills the worker. Ctrl-C (or any error here) kills it and re-raises.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -222,6 +282,8 @@ def _await(process: Any, conn: Any, timeout: float | None, on_message: Callable[
                     return None
                 if received[0] == "ask" and on_message is not None:
                     conn.send(on_message(received[1]))
+                    if timeout_per_message and timeout is not None:
+                        deadline = time.monotonic() + timeout
                     continue
                 if received[0] == "ok":
                     return WorkerOutcome(True, value=received[1])
@@ -240,18 +302,19 @@ def run_in_worker(
     timeout: float | None = None,
     preload: Sequence[str] = (),
     on_message: Callable[[Any], Any] | None = None,
+    timeout_per_message: bool = False,
 ) -> WorkerOutcome:
     """Run ``function(**kwargs)`` in a fresh worker and report how it ended; never raises for the work's sake.
 
     ``function`` must be importable by name and ``kwargs`` picklable. ``memory_limit`` caps the worker's address
-    space; ``timeout`` (seconds) kills a worker that hangs. With ``on_message``, the function also gets a
-    ``channel`` whose ``ask(message)`` returns ``on_message(message)`` computed here. Ctrl-C kills the worker
-    and re-raises.
+    space; ``timeout`` (seconds) kills a worker that hangs (``timeout_per_message``: that long without a message,
+    for work made of several units). With ``on_message``, the function also gets a ``channel`` whose
+    ``ask(message)`` returns ``on_message(message)`` computed here. Ctrl-C kills the worker and re-raises.
     """
     process, conn = _start(_child, (function, kwargs, memory_limit, tuple(preload), on_message is not None),
                            preload)
     try:
-        outcome = _await(process, conn, timeout, on_message, memory_limit)
+        outcome = _await(process, conn, timeout, on_message, memory_limit, timeout_per_message)
         process.join(timeout=30)
         if process.is_alive():
             _kill(process)
@@ -265,8 +328,11 @@ def run_in_worker(
 
 
 class Worker:
-    """One worker process that runs unit after unit of work (the trials of a study), keeping its imports, data
-    caches and warmed-up framework, until a unit fails: then it is retired and the next unit gets a new one.
+    """One worker process that runs unit after unit of work (the trials of a study), keeping its imports and
+    warmed-up framework, until a unit fails in a way that may have left it in any state (an OOM, an error, a
+    crash, a hang; not a pruned or diverged unit): then it is retired and the next unit gets a new one. An OOM
+    in a worker that had run other units is run again once in a fresh worker, so that what earlier units left
+    behind never decides it.
 
     The isolation is that of `run_in_worker` (a crash, a hang or an OOM fails that unit only), at a fraction of
     the start-up cost per unit: measured on a digits MLP, a 100-step trial took 0.27 s as the first unit of a
@@ -281,6 +347,7 @@ class Worker:
         self._conn: Any = None
         self.units = 0
         self.started = 0
+        self._units_here = 0
 
     def _ensure(self) -> WorkerOutcome | None:
         if self._process is not None and self._process.is_alive():
@@ -288,6 +355,7 @@ class Worker:
         self.close()
         self._process, self._conn = _start(_serve, (self.memory_limit, self.preload), self.preload)
         self.started += 1
+        self._units_here = 0
         ready = _await(self._process, self._conn, START_TIMEOUT, None, self.memory_limit)
         if ready is None or not ready.ok:
             failed = ready or WorkerOutcome(False, kind="crash", message=_death(self._process.exitcode,
@@ -309,13 +377,17 @@ class Worker:
             return WorkerOutcome(False, kind="crash", message="the worker was gone before the work could start")
         outcome = _await(self._process, self._conn, timeout, on_message, self.memory_limit)
         self.units += 1
+        self._units_here += 1
         if outcome is None:
             self._process.join(timeout=30)
             exitcode = self._process.exitcode
             self.close()
             return WorkerOutcome(False, kind="crash", message=_death(exitcode, self.memory_limit), exitcode=exitcode)
         if not outcome.ok and outcome.kind not in RETAINING_KINDS:
+            used = self._units_here
             self.close()  # a unit that failed may have left the process in any state: the next gets a new one
+            if outcome.kind == "oom" and used > 1:
+                return self.run(function, kwargs, timeout=timeout, on_message=on_message)
         return outcome
 
     def close(self) -> None:

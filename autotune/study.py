@@ -290,6 +290,7 @@ def tune(
                 # throughput of this batch size and optimizer is known: a quarter budget checks divergence only
                 budget_seconds = trial_time / 4 if trial_time else None
                 budget_steps = max(1, trial_steps // 4) if trial_steps else None
+                trial.set_user_attr("reduced_budget", True)
 
             def on_report(message: Any) -> bool:
                 _, index, value = message
@@ -343,7 +344,8 @@ def tune(
         def after_trial(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
             if interrupts.requested:
                 study_.stop()
-            if frozen.state == optuna.trial.TrialState.COMPLETE and frozen.datetime_start and frozen.datetime_complete:
+            if frozen.state == optuna.trial.TrialState.COMPLETE and frozen.datetime_start \
+                    and frozen.datetime_complete and not frozen.user_attrs.get("reduced_budget"):
                 full_runs.append((frozen.datetime_complete - frozen.datetime_start).total_seconds())
             if deadline is not None and full_runs and deadline - time.monotonic() < statistics.median(full_runs):
                 study_.stop()  # a trial started now would end after the deadline: --timeout bounds the whole call
