@@ -28,3 +28,20 @@ def test_worker_under_a_cap_too_small_for_the_framework_fails_the_unit_not_the_c
     with Worker(memory_limit=16 * 1024**2, preload=("numpy",)) as worker:
         outcome = worker.run(os.getpid, {})
     assert not outcome.ok and outcome.kind == "oom" and "the worker alone" in outcome.message
+
+
+def test_worker_servers_start_in_the_environment_autotune_was_imported_in():
+    """A framework's native code can change the process environment behind os.environ (MindSpore sets
+    OMP_NUM_THREADS=1): servers started afterwards must not hand that to their workers."""
+    import ctypes
+
+    from autotune.runner import run_in_worker
+
+    libc = ctypes.CDLL(None)
+    libc.setenv(b"AUTOTUNE_TEST_NATIVE", b"set behind os.environ", 1)
+    try:
+        assert "AUTOTUNE_TEST_NATIVE" not in os.environ
+        outcome = run_in_worker(os.getenv, {"key": "AUTOTUNE_TEST_NATIVE"}, preload=("json", "string"))
+    finally:
+        libc.unsetenv(b"AUTOTUNE_TEST_NATIVE")
+    assert outcome.ok and outcome.value is None
