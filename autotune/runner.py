@@ -138,9 +138,7 @@ def warm_up_server(preload: Sequence[str]) -> None:
     if not sys.platform.startswith("linux"):
         return
     with _main_module_hidden(), _fork_server(preload):
-        server = _servers.get(tuple(preload))
-        if server is not None and hasattr(server, "ensure_running"):
-            server.ensure_running()
+        pass  # a new server is started as it is set up
 
 
 def _limit_address_space(limit_bytes: int) -> None:
@@ -260,7 +258,7 @@ def _start(target: Callable[..., Any], args: tuple[Any, ...], preload: Sequence[
 
 
 def _await(process: Any, conn: Any, timeout: float | None, on_message: Callable[[Any], Any] | None,
-           memory_limit: int | None, timeout_per_message: bool = False) -> WorkerOutcome | None:
+           timeout_per_message: bool = False) -> WorkerOutcome | None:
     """Wait for the worker's result, answering its questions; None when it ended without one.
 
     A hang past ``timeout`` (since the start, or with ``timeout_per_message`` since the worker's last message)
@@ -314,7 +312,7 @@ def run_in_worker(
     process, conn = _start(_child, (function, kwargs, memory_limit, tuple(preload), on_message is not None),
                            preload)
     try:
-        outcome = _await(process, conn, timeout, on_message, memory_limit, timeout_per_message)
+        outcome = _await(process, conn, timeout, on_message, timeout_per_message)
         process.join(timeout=30)
         if process.is_alive():
             _kill(process)
@@ -356,7 +354,7 @@ class Worker:
         self._process, self._conn = _start(_serve, (self.memory_limit, self.preload), self.preload)
         self.started += 1
         self._units_here = 0
-        ready = _await(self._process, self._conn, START_TIMEOUT, None, self.memory_limit)
+        ready = _await(self._process, self._conn, START_TIMEOUT, None)
         if ready is None or not ready.ok:
             failed = ready or WorkerOutcome(False, kind="crash", message=_death(self._process.exitcode,
                                                                                 self.memory_limit))
@@ -375,7 +373,7 @@ class Worker:
         except (OSError, EOFError):
             self.close()
             return WorkerOutcome(False, kind="crash", message="the worker was gone before the work could start")
-        outcome = _await(self._process, self._conn, timeout, on_message, self.memory_limit)
+        outcome = _await(self._process, self._conn, timeout, on_message)
         self.units += 1
         self._units_here += 1
         if outcome is None:

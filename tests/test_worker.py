@@ -45,3 +45,52 @@ def test_worker_servers_start_in_the_environment_autotune_was_imported_in():
     finally:
         libc.unsetenv(b"AUTOTUNE_TEST_NATIVE")
     assert outcome.ok and outcome.value is None
+
+
+_HELD: list = []
+
+
+def hold(mib: int) -> int:
+    """Leave ``mib`` MiB behind in this worker, as a trial's leftovers would."""
+    _HELD.append(bytearray(mib << 20))
+    return len(_HELD)
+
+
+def allocate(mib: int) -> int:
+    return len(bytearray(mib << 20))
+
+
+def paced(channel, pauses: int, seconds: float) -> int:
+    import time
+
+    for index in range(pauses):
+        time.sleep(seconds)
+        channel.ask(index)
+    return pauses
+
+
+def test_an_oom_after_other_units_is_run_again_in_a_fresh_worker():
+    """What earlier units left behind must not decide an OOM: the unit is retried once, fresh."""
+    from autotune.procmem import process_memory
+    from autotune.runner import run_in_worker
+
+    preload = ("test_worker",)
+    baseline = run_in_worker(process_memory, {}, preload=preload).value["address_space"]
+    with Worker(memory_limit=baseline + (200 << 20), preload=preload) as worker:
+        assert worker.run(hold, {"mib": 120}).ok
+        outcome = worker.run(allocate, {"mib": 120})  # 240 MiB with the leftover: only a fresh worker fits it
+        assert outcome.ok and outcome.value == 120 << 20
+        assert worker.started == 2
+        alone = worker.run(allocate, {"mib": 400})  # too large even fresh: an OOM, after one retry
+        assert not alone.ok and alone.kind == "oom"
+
+
+def test_timeout_per_message_bounds_each_step_not_the_whole_series():
+    from autotune.runner import run_in_worker
+
+    kwargs = {"pauses": 4, "seconds": 0.5}
+    paced_ok = run_in_worker(paced, kwargs, timeout=2, on_message=lambda _m: None, timeout_per_message=True,
+                             preload=("test_worker",))
+    assert paced_ok.ok and paced_ok.value == 4
+    whole = run_in_worker(paced, kwargs, timeout=1, on_message=lambda _m: None, preload=("test_worker",))
+    assert not whole.ok and whole.kind == "timeout"

@@ -21,14 +21,14 @@ small = autotune.Task(backend="mindspore", model=small_model, data=_blobs, loss=
 
 
 class Hungry(nn.Cell):
-    """A wide layer followed by element-wise ops, little compute. Wider than the other backends' hungry task,
-    so that the one 1 GiB block of MindSpore's CPU pool that a 2.5 GiB cap leaves room for holds fewer samples
-    than the training set (about 2000 at width 16384, measured)."""
+    """A wide layer followed by element-wise ops, little compute. Wider than the other backends' hungry task
+    (width 24576, about 0.75 MiB per sample), so that the one 1 GiB block of MindSpore's CPU pool that a 2.5 GiB
+    cap leaves room for holds fewer samples than the training set (about 1370, measured)."""
 
-    def __init__(self):
+    def __init__(self, width=24576):
         super().__init__()
-        self.up = nn.Dense(16, 24576)
-        self.down = nn.Dense(24576, 4)
+        self.up = nn.Dense(16, width)
+        self.down = nn.Dense(width, 4)
 
     def construct(self, x):
         h = self.up(x)
@@ -70,22 +70,12 @@ small_graph = autotune.Task(backend="mindspore", model=small_model, data=_blobs,
                             options={"mode": "graph"})
 
 
-class Huge(nn.Cell):
-    """Like Hungry, eight times wider: about 2.5 MiB per sample, so that a batch of a thousand needs more than
-    the one 1 GiB block of MindSpore's CPU memory pool that a 3 GiB cap leaves room for."""
-
-    def __init__(self):
-        super().__init__()
-        self.up = nn.Dense(16, 65536)
-        self.down = nn.Dense(65536, 4)
-
-    def construct(self, x):
-        h = self.up(x)
-        for _ in range(6):
-            h = ops.tanh(h) * 1.01
-        return self.down(h)
+def huge_model():
+    """Hungry at width 65536 (about 2 MiB per sample): a batch of a thousand outgrows the one 1 GiB CPU pool
+    block that a 2.8 GiB cap leaves room for, in PyNative and graph mode alike."""
+    return Hungry(width=65536)
 
 
-huge = autotune.Task(backend="mindspore", model=Huge, data=hungry_data, loss="cross_entropy")
-huge_graph = autotune.Task(backend="mindspore", model=Huge, data=hungry_data, loss="cross_entropy",
+huge = autotune.Task(backend="mindspore", model=huge_model, data=hungry_data, loss="cross_entropy")
+huge_graph = autotune.Task(backend="mindspore", model=huge_model, data=hungry_data, loss="cross_entropy",
                            options={"mode": "graph"})
