@@ -33,6 +33,8 @@ class TrainingSession(abc.ABC):
     batch_size: int
     compile_seconds: float = 0.0
     """Time spent tracing or compiling the step (graph mode, ``tf.function``), reported on its own."""
+    first_step_compiles: ClassVar[bool] = False
+    """Whether the first ``train_step`` traces or compiles (its time is then not a step's time)."""
 
     @abc.abstractmethod
     def train_step(self, indices: np.ndarray) -> None:
@@ -46,6 +48,12 @@ class TrainingSession(abc.ABC):
     def evaluate(self, max_batches: int | None = None) -> float:
         """Mean validation loss over the validation set (or its first ``max_batches``), in batches of
         ``batch_size``."""
+
+    def allocate_optimizer_state(self) -> None:
+        """Create the optimizer's state now, as its first step would, so that the first training step already
+        holds all a steady step holds (a memory probe then needs one step, not two). The default does nothing:
+        for frameworks whose optimizers build their state on construction (Keras after ``optimizer.build``,
+        MindSpore). Only for sessions that measure: the state may not be what a first step would leave."""
 
     def set_learning_rate(self, lr: float) -> None:
         """Change the optimizer's learning rate in place (the learning-rate range test sweeps it)."""

@@ -437,6 +437,8 @@ def _nvml_info(nvml: list[dict[str, Any]], index: int) -> dict[str, Any]:
 class MindSporeSession(TrainingSession):
     """A ``mindspore.nn.Cell``, its optimizer and the data on one device; data stays on the host, moves per batch."""
 
+    first_step_compiles = True
+
     def __init__(self, task: Task, data: ArrayData, device: Device, batch_size: int,
                  optimizer: Mapping[str, Any], seed: int, mode: str) -> None:
         self.batch_size = batch_size

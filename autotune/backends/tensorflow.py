@@ -354,6 +354,8 @@ class TensorFlowSession(TrainingSession):
     and that first execution), which the engine's warm-up keeps out of the throughput.
     """
 
+    first_step_compiles = True
+
     def __init__(self, task: Task, data: ArrayData, device: Device, batch_size: int,
                  optimizer: Mapping[str, Any], seed: int) -> None:
         if keras.backend.backend() != "tensorflow":

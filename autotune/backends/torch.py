@@ -99,6 +99,20 @@ class TorchSession(TrainingSession):
         self.optimizer.step()
         self._last = loss.detach()
 
+    def allocate_optimizer_state(self) -> None:
+        # torch.optim builds its state lazily in the first step() and has no public call to do it sooner: step once
+        # with zero gradients at a learning rate of zero (parameters stay put), then drop the gradients.
+        saved = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] = 0.0
+        for parameter in self.model.parameters():
+            if parameter.requires_grad:
+                parameter.grad = torch.zeros_like(parameter)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for group, lr in zip(self.optimizer.param_groups, saved):
+            group["lr"] = lr
+
     def set_learning_rate(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
