@@ -1,7 +1,7 @@
 """Fit the batch size to memory: measure, model, predict, verify, correct.
 
-Peak memory is measured for the whole of a short training run at a few batch sizes (first optimizer step,
-an evaluation pass, steady steps). The first, growth probes share one worker; every size that may be the
+Peak memory is measured for the whole of a short training run at a few batch sizes (optimizer state, an
+evaluation batch, a training step: `autotune.training.measure_probe`). The first, growth probes share one worker; every size that may be the
 answer runs in a fresh one, so that no allocator leftovers distort it (a training run starts fresh too).
 A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the measurements, the largest batch under
 the budget (less a margin) is predicted and verified with a real run; the model is refitted with every new
@@ -30,7 +30,8 @@ from autotune.units import format_size
 DEFAULT_MARGIN = 0.05
 MAX_PROBES = 14
 GROWTH = 8
-AIM = 0.85
+FAR = 4.0  # a prediction this many times the largest size that ran is a far extrapolation ...
+AIM = 0.85  # ... and is aimed at only this fraction of the way, then refitted
 
 
 @dataclasses.dataclass
@@ -44,6 +45,7 @@ class Probe:
     resident_peak_bytes: int | None = None
     pool: dict[str, int] | None = None  # a block-granular CPU pool's blocks and touched bytes (procmem.pool_blocks)
     throughput: float | None = None
+    train_steps: int = 0  # training steps the probe ran (an OOM'd probe: unknown, 0)
     seconds: float = 0.0
     reason: str = ""
 
@@ -300,9 +302,13 @@ def fit_batch_size(
             if not on_cpu and not budget:
                 budget = int(value.get("free_at_start") or 0)
             fits = peak <= budget * (1 - margin)
+            pool = value.get("pool")
+            if fits and block and pool and pool.get("blocks"):
+                # The margin is kept inside the pool too: its blocks fill to the brim, and a longer run needs more.
+                fits = pool["touched"] <= _pool_capacity(pool, peak, budget * (1 - margin), block, margin)
             probe = Probe(batch_size, fits=fits, peak_memory_bytes=peak,
                           resident_peak_bytes=value.get("resident_peak"), pool=value.get("pool"),
-                          throughput=value.get("throughput"),
+                          throughput=value.get("throughput"), train_steps=int(value.get("train_steps") or 0),
                           seconds=elapsed, reason="" if fits else "over the budget less margin")
         probes.append(probe)
         state = "fits" if probe.fits else ("OOM" if probe.oom else "over budget")
@@ -336,7 +342,7 @@ def fit_batch_size(
             model = MemoryModel.local(probes, resident_slope=on_cpu)
             predicted = model.largest_under(effective) if model else math.inf
             if block and model is not None:
-                predicted = _largest_in_blocks(probes, effective, block)
+                predicted = _largest_in_blocks(probes, effective, block, margin)
                 if fails_at <= ceiling:
                     predicted = (fits_at + fails_at) / 2  # the edge is bracketed by real runs: bisect
                 elif predicted < fits_at + 2 * step:
@@ -355,14 +361,23 @@ def fit_batch_size(
             agrees = previous_prediction is not None and math.isfinite(predicted) \
                 and abs(predicted - previous_prediction) <= 0.02 * predicted
             previous_prediction = predicted if math.isfinite(predicted) else None
-            if math.isfinite(predicted) and predicted > 1.5 * fits_at and not agrees:
+            if math.isfinite(predicted) and predicted > FAR * fits_at and not agrees:
                 predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
-            candidate = min(predicted, fits_at * GROWTH, ceiling)
-            candidate = max(_round_down(int(candidate), step), fits_at + step)
+            if predicted < fits_at * GROWTH:
+                # Aim at the answer itself, rounded to the nearest granule: a fitting probe near the edge costs a
+                # full training step, a failing one usually less, and either one may be the last but one.
+                candidate = _round_nearest(min(predicted, ceiling), step)
+            else:
+                candidate = _round_down(min(fits_at * GROWTH, ceiling), step)
+            candidate = max(candidate, fits_at + step)
             if candidate >= ceiling - step and ceiling < fails_at:
                 candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
-            if candidate >= fails_at:  # the model overshot a size already seen to fail: bisect
-                candidate = fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
+            if candidate >= fails_at:
+                # The model overshot a size already seen to fail: its answer rounded down, if under the failure
+                # (the edge is then usually proven), else bisect.
+                below = _round_down(int(predicted), step) if math.isfinite(predicted) else 0
+                candidate = below if fits_at < below < fails_at else \
+                    fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
             if candidate >= fails_at:
                 return
             growing = candidate < ceiling and candidate == fits_at * GROWTH < predicted
@@ -432,12 +447,19 @@ def fit_batch_size(
     )
 
 
-def _largest_in_blocks(probes: list[Probe], budget: float, block: int) -> float:
+def _pool_capacity(pool: Mapping[str, int], peak: int, budget: float, block: int, margin: float) -> float:
+    """Bytes a block pool may use: the blocks it holds plus those the budget has room for, less the margin."""
+    blocks = pool["blocks"] + max(0, int((budget - peak) // block))
+    return blocks * block * (1 - margin)
+
+
+def _largest_in_blocks(probes: list[Probe], budget: float, block: int, margin: float = 0.0) -> float:
     """The largest batch when the CPU pool takes address space in ``block``-sized reservations.
 
     The pool's blocks are mappings of exactly that size; their touched pages are the high-water mark of its
     use (measured on MindSpore 2.10: 54, 429 and 813 MiB at batch 64, 512 and 1024, a straight line). The run
-    can grow until that use fills the blocks it holds plus as many more as the budget still has room for.
+    can grow until that use fills the blocks it holds plus as many more as the budget still has room for, less
+    the margin (kept inside the pool too: a run of more steps than the probe's needed more than a full block).
     """
     measured = sorted((p for p in probes if p.fits and p.pool and p.pool.get("blocks")), key=lambda p: p.batch_size)
     if len(measured) < 2 or measured[0].batch_size == measured[-1].batch_size:
@@ -446,8 +468,8 @@ def _largest_in_blocks(probes: list[Probe], budget: float, block: int) -> float:
     slope = (large.pool["touched"] - small.pool["touched"]) / (large.batch_size - small.batch_size)
     if slope <= 0:
         return math.inf
-    blocks = large.pool["blocks"] + max(0, int((budget - large.peak_memory_bytes) // block))
-    return large.batch_size + (blocks * block - large.pool["touched"]) / slope
+    capacity = _pool_capacity(large.pool, large.peak_memory_bytes, budget, block, margin)
+    return large.batch_size + (capacity - large.pool["touched"]) / slope
 
 
 def _peak_of(value: Mapping[str, Any], metric: str) -> int:
@@ -460,6 +482,10 @@ def _peak_of(value: Mapping[str, Any], metric: str) -> int:
 
 def _round_down(value: int, granularity: int) -> int:
     return (value // granularity) * granularity
+
+
+def _round_nearest(value: float, granularity: int) -> int:
+    return int(round(value / granularity)) * granularity
 
 
 def _too_small_message(probe: Probe, budget: float, margin: float, metric: str) -> str:

@@ -78,6 +78,37 @@ def test_every_claimed_optimizer_builds_and_steps(backend_case):
         session.close()
 
 
+def test_allocating_optimizer_state_leaves_the_model_as_it_was(backend_case):
+    """A memory probe allocates the optimizer's state before its one step: for every optimizer, that moves no
+    parameter (the validation loss is unchanged) and the session trains on afterwards."""
+    name, case = backend_case
+    for optimizer in get_backend(name).optimizer_names:
+        spec = {"name": optimizer, **({} if optimizer == "ftrl" else {"weight_decay": 0.1})}
+        _, untouched, _ = _session(case, optimizer=spec, seed=5)
+        _, primed, sampler = _session(case, optimizer=spec, seed=5)
+        primed.allocate_optimizer_state()
+        assert primed.evaluate() == pytest.approx(untouched.evaluate(), rel=1e-6), optimizer
+        primed.train_step(sampler.next())
+        assert math.isfinite(primed.last_loss()), optimizer
+        untouched.close()
+        primed.close()
+
+
+def test_a_probe_runs_one_step_unless_the_first_cannot_be_timed(backend_case, monkeypatch):
+    """One training step shows the peak once the optimizer's state is allocated; a second, timed one runs only
+    where the first compiled or was too short to time."""
+    import autotune.training as training
+
+    _, case = backend_case
+    for retime_below, expected in ((0.0, 1), (math.inf, 2)):
+        monkeypatch.setattr(training, "RETIME_BELOW", retime_below)
+        _, session, sampler = _session(case, batch_size=64)
+        figures = training.measure_probe(session, sampler, steps=1)
+        assert figures["train_steps"] == (2 if session.first_step_compiles else expected), figures
+        assert figures["throughput"] > 0
+        session.close()
+
+
 def test_unknown_optimizer_and_parameter_are_clear_errors(backend_case):
     name, _ = backend_case
     backend = get_backend(name)
@@ -127,15 +158,33 @@ def test_fit_batch_under_a_real_cap(backend_case):
     # of the cap (TensorFlow: 1502.8 of 1503.2 MB), a worker that imports them after the cap maps more and fails
     preload = (*backend.preload_modules(), *load_task(case["hungry"]).imports)
 
-    def run(batch):
+    def run(batch, steps=1):
         return run_in_worker(
-            _probe_run, dict(task=case["hungry"], batch_size=batch, device="cpu", optimizer=spec, steps=1, seed=0,
+            _probe_run, dict(task=case["hungry"], batch_size=batch, device="cpu", optimizer=spec, steps=steps, seed=0,
                              device_memory_limit=None),
             memory_limit=cap, timeout=300, preload=preload)
 
     assert run(fit.batch_size).ok
     above = run(fit.batch_size + fit.granularity)
     assert not above.ok and above.kind in ("oom", "crash", "error"), above
+
+
+def test_with_the_default_margin_a_longer_run_fits(backend_case):
+    """The probe is a short run (one or two steps); with the default margin, a run of more steps at the answer
+    fits under the cap (at margin 0 it may not: the edge moves by a MiB or so between runs, and a block pool
+    fills its block to the brim)."""
+    name, case = backend_case
+    backend = get_backend(name)
+    cap = parse_size(case["cap"])
+    fit = fit_batch_size(case["hungry"], memory_limit=cap)
+    assert fit.margin > 0 and fit.limited_by == "memory", fit
+    preload = (*backend.preload_modules(), *load_task(case["hungry"]).imports)
+    longer = run_in_worker(
+        _probe_run, dict(task=case["hungry"], batch_size=fit.batch_size, device="cpu",
+                         optimizer=backend.validate_optimizer({"name": "adam"}), steps=4, seed=0,
+                         device_memory_limit=None),
+        memory_limit=cap, timeout=300, preload=preload)
+    assert longer.ok and longer.value["train_steps"] >= 4, longer
 
 
 def test_fit_batch_limited_by_the_dataset(backend_case):
