@@ -8,16 +8,17 @@ from a normal, uncapped process; its probes run in capped workers of their own. 
 glibc's mmap threshold and a single malloc arena first (`autotune.procmem`), as autotune's capped workers do.
 
 The true largest batch is found once per model and cap by exhaustive search (doubling, then bisection over
-every integer) with a fresh capped autotune worker per size, and cached in ``benchmarks/.cache/``.
+every integer) with a fresh capped autotune worker per size, each running an evaluation batch and three training
+steps (longer than autotune's one-step probe), and cached in ``benchmarks/.cache/``.
 
     .venv/bin/python benchmarks/fit_batch.py            # both models, Markdown tables on stdout
     .venv/bin/python benchmarks/fit_batch.py --quick    # the cheap model only
     .venv/bin/python benchmarks/fit_batch.py --model wide --cap 2.5GiB --recompute
 
 Counted training steps: peers count the train steps they start (a counter in ``training_step`` / the decorated
-function; an OOM'd step counts) and the evaluation batches; autotune runs, per probe, one warm-up train step,
-one evaluation batch and one timed train step (`autotune.training.measure_probe`, ``steps=1``), so it counts
-probes × (2 train + 1 eval), an OOM'd probe included.
+function; an OOM'd step counts) and the evaluation batches; autotune runs, per probe, one evaluation batch and
+one train step after allocating the optimizer's state, plus a second, timed step where the first was too short to
+time (`autotune.training.measure_probe`); an OOM'd probe counts one train step.
 
 On an NVIDIA GPU (``--device cuda:0``) the cap is the caching allocator's limit
 (``torch.cuda.set_per_process_memory_fraction``) in every process, the finders' and the truth search's alike: an
@@ -51,6 +52,9 @@ MODELS = {
     "wide": {"task": "examples/torch_wide_images.py", "cap": "2.5GiB",
              "about": "examples/torch_wide_images.py (3 convs on 32×32 images, oneDNN convolutions)"},
 }
+TRUTH_STEPS = 3
+"""Training steps of the truth search's run at each size (after one evaluation batch): a short real run, longer
+than autotune's probe (one step), so that a probe that under-measured would show as an answer over the truth."""
 ACCELERATE = "accelerate find_executable_batch_size"
 FINDERS = {
     "autotune": "autotune fit_batch_size",
@@ -145,7 +149,7 @@ def _peer_autotune(rec: Recorder, task_ref: str, cap: int, device: str) -> None:
         model = autotune.MemoryModel.local(fit.probes[:index + 1])
         probe["predicted_after"] = None if model is None else round(model.largest_under(cap))
     rec.update(status="ok", batch=fit.batch_size, seconds=seconds, ooms=fit.ooms, probes=probes,
-               train_steps=2 * len(probes), eval_batches=len(probes), granularity=fit.granularity,
+               train_steps=sum(max(1, p.train_steps) for p in fit.probes), eval_batches=len(probes), granularity=fit.granularity,
                model=None if fit.model is None else fit.model.describe())
 
 
@@ -338,7 +342,7 @@ def _cache_key(ref: str, cap: int, device: str) -> str:
     path = ROOT / ref.partition(":")[0]
     digest = hashlib.sha1(path.read_bytes()).hexdigest()[:12]
     where = "" if device == "cpu" else f"|device={device}:{torch.cuda.get_device_name(torch.device(device))}"
-    return f"{ref}|cap={cap}|file={digest}|torch={torch.__version__}|adam,steps=1,seed=0{where}"
+    return f"{ref}|cap={cap}|file={digest}|torch={torch.__version__}|adam,eval+{TRUTH_STEPS}steps,seed=0{where}"
 
 
 def _probe_once(ref: str, batch: int, cap: int, device: str = "cpu") -> tuple[bool, str]:
@@ -349,10 +353,14 @@ def _probe_once(ref: str, batch: int, cap: int, device: str = "cpu") -> tuple[bo
     backend = get_backend("torch")
     on_gpu = device != "cpu"
     kwargs = dict(task=_absolute_ref(ref), batch_size=batch, device=device,
-                  optimizer=backend.validate_optimizer({"name": "adam"}), steps=1, seed=0,
+                  optimizer=backend.validate_optimizer({"name": "adam"}), steps=TRUTH_STEPS, seed=0,
                   device_memory_limit=cap if on_gpu else None)
-    outcome = run_in_worker(_probe_run, kwargs, memory_limit=None if on_gpu else cap, timeout=600,
-                            preload=backend.preload_modules())
+    from autotune.task import load_task
+
+    # Workers started as autotune starts its own (the task's modules imported before the cap): one that imports
+    # them after the cap maps more, and its largest batch sits a few samples lower.
+    preload = (*backend.preload_modules(), *load_task(_absolute_ref(ref)).imports)
+    outcome = run_in_worker(_probe_run, kwargs, memory_limit=None if on_gpu else cap, timeout=600, preload=preload)
     return outcome.ok, "" if outcome.ok else f"{outcome.kind}: {outcome.message[:120]}"
 
 
