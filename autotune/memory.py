@@ -1,8 +1,8 @@
 """Fit the batch size to memory: measure, model, predict, verify, correct.
 
-Peak memory is measured for the whole of a short training run at a few batch sizes (optimizer state, an
-evaluation batch, a training step: `autotune.training.measure_probe`). The first, growth probes share one worker; every size that may be the
-answer runs in a fresh one, so that no allocator leftovers distort it (a training run starts fresh too).
+Peak memory is measured for the whole of a short training run at a few batch sizes (optimizer state, a
+training step, an evaluation batch: `autotune.training.measure_probe`). The first, growth probes share one
+worker; every size that may be the answer runs in a fresh one, so that no allocator leftovers distort it (a training run starts fresh too).
 A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the measurements, the largest batch under
 the budget (less a margin) is predicted and verified with a real run; the model is refitted with every new
 point and the answer corrected by bisection when a run fails or leaves room. On the CPU a memory limit is
@@ -30,8 +30,11 @@ from autotune.units import format_size
 DEFAULT_MARGIN = 0.05
 MAX_PROBES = 14
 GROWTH = 8
-FAR = 4.0  # a prediction this many times the largest size that ran is a far extrapolation ...
-AIM = 0.85  # ... and is aimed at only this fraction of the way, then refitted
+FAR = 1.2  # a prediction this many times the largest size that ran is an extrapolation ...
+SETTLED = 0.05  # ... that is trusted once it moved less than this fraction since the previous probe ...
+TOO_FAR = 4.0  # ... and reaches less than this many times that size; else it is ...
+AIM = 0.85  # ... aimed at only this fraction of the way, then refitted
+BACK_OFF = 0.01  # after the model overshot, the next probe sits this fraction (at least a granule) below the failure
 
 
 @dataclasses.dataclass
@@ -304,7 +307,8 @@ def fit_batch_size(
             fits = peak <= budget * (1 - margin)
             pool = value.get("pool")
             if fits and block and pool and pool.get("blocks"):
-                # The margin is kept inside the pool too: its blocks fill to the brim, and a longer run needs more.
+                # The margin is kept inside the pool too (on top of the address space's): the pool's blocks fill to
+                # the brim, so the address space's margin alone leaves a longer run no room in its last block.
                 fits = pool["touched"] <= _pool_capacity(pool, peak, budget * (1 - margin), block, margin)
             probe = Probe(batch_size, fits=fits, peak_memory_bytes=peak,
                           resident_peak_bytes=value.get("resident_peak"), pool=value.get("pool"),
@@ -320,6 +324,7 @@ def fit_batch_size(
         nonlocal fits_at, fails_at, step, growing
         previous_prediction: float | None = None
         explore = 0
+        backed_off = False  # after an overshoot, one step back below the failure has been tried
         probe_at = min(max(step, _round_down(8, step)), ceiling)
         while True:
             probe = yield probe_at
@@ -358,11 +363,15 @@ def fit_batch_size(
             # No stop on the model's word alone: peaks grow in chunks (pages, arenas, allocator segments) about
             # as large as one step's worth of memory (TensorFlow's hungry task peaked at 1433 MiB at both 848
             # and 856, and a stop that trusted the line flaked), so the edge is always proven by a real run.
-            agrees = previous_prediction is not None and math.isfinite(predicted) \
-                and abs(predicted - previous_prediction) <= 0.02 * predicted
+            # An extrapolation whose prediction still moves from probe to probe is not trusted: TensorFlow's
+            # address space grows faster past the growth probes (predictions 563 then 719, edge 700), a conv net's
+            # settles early (1367 then 1405, edge 1408-1418).
+            settled = previous_prediction is not None and math.isfinite(predicted) \
+                and abs(predicted - previous_prediction) <= SETTLED * predicted
             previous_prediction = predicted if math.isfinite(predicted) else None
-            if math.isfinite(predicted) and predicted > FAR * fits_at and not agrees:
-                predicted = fits_at + AIM * (predicted - fits_at)  # far extrapolation: land short, then refit
+            if math.isfinite(predicted) and predicted > FAR * fits_at \
+                    and (not settled or predicted > TOO_FAR * fits_at):
+                predicted = fits_at + AIM * (predicted - fits_at)  # land short, then refit
             if predicted < fits_at * GROWTH:
                 # Aim at the answer itself, rounded to the nearest granule: a fitting probe near the edge costs a
                 # full training step, a failing one usually less, and either one may be the last but one.
@@ -373,9 +382,13 @@ def fit_batch_size(
             if candidate >= ceiling - step and ceiling < fails_at:
                 candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
             if candidate >= fails_at:
-                # The model overshot a size already seen to fail: its answer rounded down, if under the failure
-                # (the edge is then usually proven), else bisect.
-                below = _round_down(int(predicted), step) if math.isfinite(predicted) else 0
+                # The model overshot a size already seen to fail. An OOM adds no point, so the prediction stays where it was. Where only the rounding went past it,
+                # try the prediction rounded down; where the model itself overshot, step back from the failure by
+                # one granule or 1 % (overshoots are small: chunky peaks, rounding), once, to a size that most
+                # likely runs and refines the model near the edge; else (no model, or after that) bisect.
+                below = _round_down(int(predicted), step) if predicted < fails_at else 0
+                if not fits_at < below < fails_at and not backed_off and math.isfinite(predicted):
+                    below, backed_off = min(_round_down(int(fails_at * (1 - BACK_OFF)), step), fails_at - step), True
                 candidate = below if fits_at < below < fails_at else \
                     fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
             if candidate >= fails_at:
@@ -485,7 +498,8 @@ def _round_down(value: int, granularity: int) -> int:
 
 
 def _round_nearest(value: float, granularity: int) -> int:
-    return int(round(value / granularity)) * granularity
+    """``value`` to the nearest multiple of ``granularity`` (a half rounds up)."""
+    return int(math.floor(value / granularity + 0.5)) * granularity
 
 
 def _too_small_message(probe: Probe, budget: float, margin: float, metric: str) -> str:

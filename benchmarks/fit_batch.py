@@ -53,8 +53,9 @@ MODELS = {
              "about": "examples/torch_wide_images.py (3 convs on 32×32 images, oneDNN convolutions)"},
 }
 TRUTH_STEPS = 3
-"""Training steps of the truth search's run at each size (after one evaluation batch): a short real run, longer
-than autotune's probe (one step), so that a probe that under-measured would show as an answer over the truth."""
+"""Timed training steps of the truth search's run at each size (`autotune.training.measure_probe` with
+``steps=3``: a step, an evaluation batch, then two or three more steps): a longer run than autotune's probe,
+so that a probe that under-measured would show as an answer over the truth."""
 ACCELERATE = "accelerate find_executable_batch_size"
 FINDERS = {
     "autotune": "autotune fit_batch_size",
@@ -149,7 +150,8 @@ def _peer_autotune(rec: Recorder, task_ref: str, cap: int, device: str) -> None:
         model = autotune.MemoryModel.local(fit.probes[:index + 1])
         probe["predicted_after"] = None if model is None else round(model.largest_under(cap))
     rec.update(status="ok", batch=fit.batch_size, seconds=seconds, ooms=fit.ooms, probes=probes,
-               train_steps=sum(max(1, p.train_steps) for p in fit.probes), eval_batches=len(probes), granularity=fit.granularity,
+               train_steps=sum(max(1, p.train_steps) for p in fit.probes), eval_batches=len(probes),
+               granularity=fit.granularity,
                model=None if fit.model is None else fit.model.describe())
 
 

@@ -105,3 +105,33 @@ def test_gpu_memory_limit_is_enforced_through_the_backend(fake_gpu):
 def test_default_device_is_the_accelerator(fake_gpu):
     backend, task = fake_gpu
     assert backend.resolve_device(None).id == "fake:0"
+
+
+def test_an_overshooting_model_costs_one_oom_and_lands_within_a_granule(fake_gpu, monkeypatch):
+    """Memory that grows in 32 MiB chunks: the line through the growth probes overshoots the edge; the planner
+    then steps back under the failure (not back to the growth probes) and proves the edge with that one OOM."""
+    backend, task = fake_gpu
+    chunk = 32 * 1024**2
+
+    def need(batch):
+        return -(-(INTERCEPT + PER_SAMPLE * batch) // chunk) * chunk
+
+    def train_step(self, indices):
+        if need(len(indices)) > self.backend.capacity:
+            raise FakeOOM("fake device out of memory")
+        self._peak = max(self._peak, need(len(indices)))
+
+    monkeypatch.setattr(FakeSession, "train_step", train_step)
+    overshot = 0
+    for limit_mib in range(5000, 5400, 16):
+        backend.capacity = 16 * GIB
+        limit = limit_mib * 1024**2
+        fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.0, memory_limit=limit)
+        truth = max(b for b in range(1, 2000) if need(b) <= limit)
+        assert fit.ooms <= 1, (limit_mib, [(p.batch_size, p.fits) for p in fit.probes])
+        assert truth - fit.granularity < fit.batch_size <= truth, (limit_mib, truth, fit)
+        aimed = [p for p in fit.probes if p.batch_size > 512]
+        if aimed and not aimed[0].fits:
+            overshot += 1
+            assert len(aimed) <= 3 and aimed[1].fits, (limit_mib, [(p.batch_size, p.fits) for p in fit.probes])
+    assert overshot, "no limit in the range made the model overshoot: the test does not exercise the path"

@@ -7,7 +7,8 @@ Lifecycle, as the engine drives it (in a worker process by default):
 3. ``backend.limit_memory(device, limit)`` — optional: enforce a device-memory cap in this process.
 4. ``session = backend.session(task, data, device, batch_size=..., optimizer=spec, seed=...)`` — a fresh
    model and optimizer on the device.
-5. ``session.train_step(indices)`` repeatedly, ``session.evaluate()``, ``session.peak_memory()``.
+5. ``session.train_step(indices)`` repeatedly, ``session.evaluate()``, ``session.peak_memory()``; a memory
+   probe calls ``session.allocate_optimizer_state()`` first, so that one step shows a steady step's peak.
 6. ``session.close()`` and, after an exception for which ``backend.is_oom(exc)`` holds,
    ``backend.release_memory(device)`` so that the next session starts clean.
 

@@ -101,13 +101,17 @@ class TorchSession(TrainingSession):
 
     def allocate_optimizer_state(self) -> None:
         # torch.optim builds its state lazily in the first step() and has no public call to do it sooner: step once
-        # with zero gradients at a learning rate of zero (parameters stay put), then drop the gradients.
+        # with zero gradients at a learning rate of zero (parameters stay put), then drop the gradients. Only
+        # parameters without state get a gradient, so a second call (or one after training) changes nothing.
+        missing = [p for group in self.optimizer.param_groups for p in group["params"]
+                   if p.requires_grad and p not in self.optimizer.state]
+        if not missing:
+            return
         saved = [group["lr"] for group in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group["lr"] = 0.0
-        for parameter in self.model.parameters():
-            if parameter.requires_grad:
-                parameter.grad = torch.zeros_like(parameter)
+        for parameter in missing:
+            parameter.grad = torch.zeros_like(parameter)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         for group, lr in zip(self.optimizer.param_groups, saved):
