@@ -2,8 +2,8 @@
 
 Peak memory is measured for the whole of a short training run at a few batch sizes (optimizer state, a
 training step, an evaluation batch: `autotune.training.measure_probe`). The first, growth probes share one
-worker; every size that may be the answer runs in a fresh one, so that no allocator leftovers distort it (a training run starts fresh too).
-A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the measurements, the largest batch under
+worker; every size that may be the answer runs in a fresh one, so that no allocator leftovers distort it (a
+training run starts fresh too). A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the measurements, the largest batch under
 the budget (less a margin) is predicted and verified with a real run; the model is refitted with every new
 point and the answer corrected by bisection when a run fails or leaves room. On the CPU a memory limit is
 enforced for real: the worker's address space is capped, so exceeding it is a genuine allocation failure.
@@ -346,8 +346,10 @@ def fit_batch_size(
                 return
             model = MemoryModel.local(probes, resident_slope=on_cpu)
             predicted = model.largest_under(effective) if model else math.inf
+            searching = False  # ``predicted`` is a bisection or exploration step, not the model's answer
             if block and model is not None:
                 predicted = _largest_in_blocks(probes, effective, block, margin)
+                searching = fails_at <= ceiling or predicted < fits_at + 2 * step
                 if fails_at <= ceiling:
                     predicted = (fits_at + fails_at) / 2  # the edge is bracketed by real runs: bisect
                 elif predicted < fits_at + 2 * step:
@@ -369,7 +371,7 @@ def fit_batch_size(
             settled = previous_prediction is not None and math.isfinite(predicted) \
                 and abs(predicted - previous_prediction) <= SETTLED * predicted
             previous_prediction = predicted if math.isfinite(predicted) else None
-            if math.isfinite(predicted) and predicted > FAR * fits_at \
+            if math.isfinite(predicted) and predicted > FAR * fits_at and not searching \
                     and (not settled or predicted > TOO_FAR * fits_at):
                 predicted = fits_at + AIM * (predicted - fits_at)  # land short, then refit
             if predicted < fits_at * GROWTH:
@@ -382,8 +384,8 @@ def fit_batch_size(
             if candidate >= ceiling - step and ceiling < fails_at:
                 candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
             if candidate >= fails_at:
-                # The model overshot a size already seen to fail. An OOM adds no point, so the prediction stays where it was. Where only the rounding went past it,
-                # try the prediction rounded down; where the model itself overshot, step back from the failure by
+                # The model overshot a size already seen to fail. An OOM adds no point, so the prediction stays
+                # where it was. Where only the rounding went past it, try the prediction rounded down; where the model itself overshot, step back from the failure by
                 # one granule or 1 % (overshoots are small: chunky peaks, rounding), once, to a size that most
                 # likely runs and refines the model near the edge; else (no model, or after that) bisect.
                 below = _round_down(int(predicted), step) if predicted < fails_at else 0

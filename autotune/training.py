@@ -45,8 +45,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 RETIME_BELOW = 1.0
 """Seconds: a probe's first step shorter than this is not its timing. A fresh process's first step carries 0.05 to
-0.12 s of first-call set-up on torch's CPU (measured: 0.44 s against 0.35 s steady for an MLP at batch 1024,
-0.51 s against 0.38 s for a conv net at 128), so only a step of a second or more is timed within about 10 %."""
+0.13 s of first-call set-up on torch's CPU (measured: 0.44 s against 0.35 s steady for an MLP at batch 1024,
+0.51 s against 0.38 s for a conv net at 128), so a first step is timed only from a second up (within ~13 %)."""
 
 
 def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 1) -> dict[str, Any]:
@@ -56,10 +56,10 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
     holds; one evaluation batch follows it. That first step is also timed, unless it compiled
     (``first_step_compiles``) or was so short that first-call set-up weighs in it (`RETIME_BELOW`); then
     ``steps`` more steps after the evaluation are timed (and measured), else ``steps - 1`` more. Measured on
-    torch's CPU under a real cap
-    (batch 1184 of an MLP, 1408 of a conv net): the same peak as the former unprimed step + evaluation + step on
-    the MLP, 3.3 MiB (0.13 %) under it on the conv net (what the evaluation leaves behind for later steps), in
-    55 % of its time.
+    torch's CPU under a real cap (batch 1184 of an MLP, 1408 of a conv net): the same peak as the former
+    unprimed step + evaluation + step on the MLP, 3.3 MiB (0.13 %) under it on the conv net (what the evaluation
+    leaves behind for later steps); a probe whose step takes a second or more runs in about 55 % of the former's
+    time (shorter ones run a second step, as before).
     """
     session.allocate_optimizer_state()
     tick = time.perf_counter()

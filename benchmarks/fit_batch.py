@@ -8,8 +8,8 @@ from a normal, uncapped process; its probes run in capped workers of their own. 
 glibc's mmap threshold and a single malloc arena first (`autotune.procmem`), as autotune's capped workers do.
 
 The true largest batch is found once per model and cap by exhaustive search (doubling, then bisection over
-every integer) with a fresh capped autotune worker per size, each running an evaluation batch and three training
-steps (longer than autotune's one-step probe), and cached in ``benchmarks/.cache/``.
+every integer) with a fresh capped autotune worker per size, each running three or four training steps and an
+evaluation batch (`TRUTH_STEPS`: longer than autotune's one-step probe), and cached in ``benchmarks/.cache/``.
 
     .venv/bin/python benchmarks/fit_batch.py            # both models, Markdown tables on stdout
     .venv/bin/python benchmarks/fit_batch.py --quick    # the cheap model only

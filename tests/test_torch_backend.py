@@ -38,3 +38,16 @@ def test_allocating_optimizer_state_fills_it_restores_lr_and_is_idempotent():
         session.allocate_optimizer_state()  # state already there: nothing changes
         assert all(torch.equal(state[key], value) for key, value in _state_tensors(session).items()), name
         session.close()
+
+
+def test_allocating_optimizer_state_fills_only_what_is_missing():
+    session, sampler = _session({"name": "adam", "lr": 0.05, "weight_decay": 0.1})
+    session.train_step(sampler.next())
+    first, *others = [p for p in session.model.parameters() if p.requires_grad]
+    kept = _state_tensors(session)
+    del session.optimizer.state[first]  # as if this parameter had never had a gradient
+    session.allocate_optimizer_state()
+    assert session.optimizer.state[first] and "exp_avg" in session.optimizer.state[first]
+    assert all(torch.equal(kept[(id(p), key)], value) for p in others
+               for key, value in session.optimizer.state[p].items() if torch.is_tensor(value))
+    session.close()

@@ -102,16 +102,18 @@ class TorchSession(TrainingSession):
     def allocate_optimizer_state(self) -> None:
         # torch.optim builds its state lazily in the first step() and has no public call to do it sooner: step once
         # with zero gradients at a learning rate of zero (parameters stay put), then drop the gradients. Only
-        # parameters without state get a gradient, so a second call (or one after training) changes nothing.
-        missing = [p for group in self.optimizer.param_groups for p in group["params"]
-                   if p.requires_grad and p not in self.optimizer.state]
+        # parameters without state get a gradient (other gradients are dropped first), so a second call, or one
+        # after training, leaves the existing state as it was.
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
+        missing = [p for p in parameters if p not in self.optimizer.state]
         if not missing:
             return
         saved = [group["lr"] for group in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group["lr"] = 0.0
-        for parameter in missing:
-            parameter.grad = torch.zeros_like(parameter)
+        without_state = {id(p) for p in missing}
+        for parameter in parameters:  # a gradient left by an earlier step would move that parameter's state
+            parameter.grad = torch.zeros_like(parameter) if id(parameter) in without_state else None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         for group, lr in zip(self.optimizer.param_groups, saved):
