@@ -374,22 +374,19 @@ def fit_batch_size(
             if math.isfinite(predicted) and predicted > FAR * fits_at and not searching \
                     and (not settled or predicted > TOO_FAR * fits_at):
                 predicted = fits_at + AIM * (predicted - fits_at)  # land short, then refit
-            if predicted < fits_at * GROWTH:
-                # Aim at the answer itself, rounded to the nearest granule: a fitting probe near the edge costs a
-                # full training step, a failing one usually less, and either one may be the last but one.
-                candidate = _round_nearest(min(predicted, ceiling), step)
-            else:
-                candidate = _round_down(min(fits_at * GROWTH, ceiling), step)
+            # Aim at the answer itself, rounded down (rounding to the nearest granule went past TensorFlow's edge,
+            # where its address space jumps by tens of MB, and cost a second OOM in CI).
+            candidate = _round_down(int(min(predicted, fits_at * GROWTH, ceiling)), step)
             candidate = max(candidate, fits_at + step)
             if candidate >= ceiling - step and ceiling < fails_at:
                 candidate = ceiling  # within one step of the data or --max-batch limit: try the limit itself
             if candidate >= fails_at:
                 # The model overshot a size already seen to fail. An OOM adds no point, so the prediction stays
-                # where it was. Where only the rounding went past it, try the prediction rounded down; where the model itself overshot, step back from the failure by
-                # one granule or 1 % (overshoots are small: chunky peaks, rounding), once, to a size that most
-                # likely runs and refines the model near the edge; else (no model, or after that) bisect.
-                below = _round_down(int(predicted), step) if predicted < fails_at else 0
-                if not fits_at < below < fails_at and not backed_off and math.isfinite(predicted):
+                # where it was: step back from the failure by one granule or 1 % (overshoots are small: chunky
+                # peaks), once, to a size that most likely runs and refines the model near the edge; else (no
+                # model, or after that) bisect.
+                below = 0
+                if not backed_off and math.isfinite(predicted):
                     below, backed_off = min(_round_down(int(fails_at * (1 - BACK_OFF)), step), fails_at - step), True
                 candidate = below if fits_at < below < fails_at else \
                     fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
@@ -497,11 +494,6 @@ def _peak_of(value: Mapping[str, Any], metric: str) -> int:
 
 def _round_down(value: int, granularity: int) -> int:
     return (value // granularity) * granularity
-
-
-def _round_nearest(value: float, granularity: int) -> int:
-    """``value`` to the nearest multiple of ``granularity`` (a half rounds up)."""
-    return int(math.floor(value / granularity + 0.5)) * granularity
 
 
 def _too_small_message(probe: Probe, budget: float, margin: float, metric: str) -> str:
