@@ -78,8 +78,8 @@ def register(sub: Any) -> None:
     tune.add_argument("--backend", help="check that the task uses this backend (torch, tensorflow, mindspore)")
     tune.add_argument("--device", help="device id from `autotune probe` (default: first accelerator, else cpu)")
     tune.add_argument("--trials", type=_positive_int, default=20, help="finished trials wanted in the study (default 20)")
-    tune.add_argument("--timeout", type=float, help="bound on the whole call in seconds (ceiling fit and range test included): no trial starts "
-                           "that would end after it")
+    tune.add_argument("--timeout", type=float, help="bound on the whole call in seconds (ceiling fit and range "
+                      "test included): no trial starts that would end after it")
     budget = tune.add_mutually_exclusive_group()
     budget.add_argument("--trial-time", type=float, default=5.0, help="training seconds per trial (default 5)")
     budget.add_argument("--trial-steps", type=_positive_int, help="training steps per trial instead of seconds")

@@ -3,9 +3,10 @@
 Peak memory is measured for the whole of a short training run at a few batch sizes (optimizer state, a
 training step, an evaluation batch: `autotune.training.measure_probe`). The first, growth probes share one
 worker; every size that may be the answer runs in a fresh one, so that no allocator leftovers distort it (a
-training run starts fresh too). A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the measurements, the largest batch under
-the budget (less a margin) is predicted and verified with a real run; the model is refitted with every new
-point and the answer corrected by bisection when a run fails or leaves room. On the CPU a memory limit is
+training run starts fresh too). A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the
+measurements, the largest batch under the budget (less a margin) is predicted and verified with a real run;
+the model is refitted with every new point and the answer corrected by bisection when a run fails or leaves
+room. On the CPU a memory limit is
 enforced for real: the worker's address space is capped, so exceeding it is a genuine allocation failure.
 """
 
@@ -311,7 +312,7 @@ def fit_batch_size(
                 # the brim, so the address space's margin alone leaves a longer run no room in its last block.
                 fits = pool["touched"] <= _pool_capacity(pool, peak, budget * (1 - margin), block, margin)
             probe = Probe(batch_size, fits=fits, peak_memory_bytes=peak,
-                          resident_peak_bytes=value.get("resident_peak"), pool=value.get("pool"),
+                          resident_peak_bytes=value.get("resident_peak"), pool=pool,
                           throughput=value.get("throughput"), train_steps=int(value.get("train_steps") or 0),
                           seconds=elapsed, reason="" if fits else "over the budget less margin")
         probes.append(probe)

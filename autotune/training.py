@@ -80,7 +80,6 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
     return {
         "throughput": sampler.batch_size * len(step_seconds) / total if total > 0 else None,
         "step_seconds_p50": percentile(step_seconds, 50),
-        "first_step_seconds": first,
         "train_steps": train_steps,
         "loss": loss if math.isfinite(loss) else None,
     }

@@ -133,43 +133,37 @@ def test_recognises_its_own_oom_and_nothing_else(backend_case):
     backend = get_backend(name)
     assert not backend.is_oom(ValueError("shapes do not match"))
     assert not backend.is_oom(RuntimeError("something else went wrong"))
-    spec = backend.validate_optimizer({"name": "adam"})
-    outcome = run_in_worker(
-        _probe_run,
-        dict(task=case["hungry"], batch_size=2000, device="cpu", optimizer=spec, steps=1, seed=0,
-             device_memory_limit=None),
-        memory_limit=parse_size(case["cap"]), timeout=300, preload=backend.preload_modules(),
-    )
+    outcome = _capped_run(name, case, 2000, parse_size(case["cap"]))
     assert not outcome.ok and outcome.kind == "oom", outcome
 
 
 def test_fit_batch_under_a_real_cap(backend_case):
     """The answer fits in a capped worker; the next size up at the reported granularity runs out of memory."""
     name, case = backend_case
-    backend = get_backend(name)
     cap = parse_size(case["cap"])
     fit = fit_batch_size(case["hungry"], memory_limit=cap, margin=0.0)
     assert fit.limited_by == "memory" and fit.batch_size >= 64, fit
     assert fit.ooms <= 1 and fit.memory_metric == "address_space"
     assert fit.peak_memory_bytes <= cap
     assert all(p.throughput and p.throughput > 0 for p in fit.probes if p.fits)
-    spec = backend.validate_optimizer({"name": "adam"})
-    # a fresh worker as fit-batch starts one (the task's imports preloaded): where the answer sits within a MiB
-    # of the cap (TensorFlow: 1502.8 of 1503.2 MB), a worker that imports them after the cap maps more and fails
-    preload = (*backend.preload_modules(), *load_task(case["hungry"]).imports)
-
-    def run(batch, slack=0):
-        return run_in_worker(
-            _probe_run, dict(task=case["hungry"], batch_size=batch, device="cpu", optimizer=spec, steps=1, seed=0,
-                             device_memory_limit=None),
-            memory_limit=cap + slack, timeout=300, preload=preload)
-
     # The same run's peak varies a little between fresh workers (TensorFlow at batch 864: 1506.7 to 1509.0 MB in
     # six runs), and at margin 0 the answer may sit within that of the cap (once 1502.7 of 1503.2 MB, and its
     # re-run failed): it must re-run under the cap plus that jitter.
-    assert run(fit.batch_size, slack=4 * 1024**2).ok
-    above = run(fit.batch_size + fit.granularity)
+    assert _capped_run(name, case, fit.batch_size, cap + 4 * 1024**2).ok
+    above = _capped_run(name, case, fit.batch_size + fit.granularity, cap)
     assert not above.ok and above.kind in ("oom", "crash", "error"), above
+
+
+def _capped_run(name, case, batch, cap, steps=1):
+    """A probe of the hungry task in a fresh worker capped at ``cap``, started as fit-batch starts its own (the
+    task's imports preloaded: where the answer sits within a MiB of the cap, a worker that imports them after
+    the cap maps more and fails)."""
+    backend = get_backend(name)
+    return run_in_worker(
+        _probe_run, dict(task=case["hungry"], batch_size=batch, device="cpu",
+                         optimizer=backend.validate_optimizer({"name": "adam"}), steps=steps, seed=0,
+                         device_memory_limit=None),
+        memory_limit=cap, timeout=300, preload=(*backend.preload_modules(), *load_task(case["hungry"]).imports))
 
 
 def test_with_the_default_margin_a_longer_run_fits(backend_case):
@@ -177,16 +171,10 @@ def test_with_the_default_margin_a_longer_run_fits(backend_case):
     fits under the cap (at margin 0 it may not: the edge moves by a MiB or so between runs, and a block pool
     fills its block to the brim)."""
     name, case = backend_case
-    backend = get_backend(name)
     cap = parse_size(case["cap"])
     fit = fit_batch_size(case["hungry"], memory_limit=cap)
     assert fit.margin > 0 and fit.limited_by == "memory", fit
-    preload = (*backend.preload_modules(), *load_task(case["hungry"]).imports)
-    longer = run_in_worker(
-        _probe_run, dict(task=case["hungry"], batch_size=fit.batch_size, device="cpu",
-                         optimizer=backend.validate_optimizer({"name": "adam"}), steps=4, seed=0,
-                         device_memory_limit=None),
-        memory_limit=cap, timeout=300, preload=preload)
+    longer = _capped_run(name, case, fit.batch_size, cap, steps=4)
     assert longer.ok and longer.value["train_steps"] >= 4, longer
 
 

@@ -142,3 +142,21 @@ def test_an_overshooting_model_costs_one_oom_and_lands_within_a_granule(fake_gpu
                 (limit_mib, [(p.batch_size, p.fits) for p in fit.probes])
             assert len(aimed) <= 3, (limit_mib, [(p.batch_size, p.fits) for p in fit.probes])
     assert model_overshot, "no limit in the range made the model overshoot: the test does not exercise the path"
+
+
+def test_a_settled_prediction_is_aimed_at_directly_a_far_one_in_two_goes(fake_gpu):
+    """Memory linear in the batch: after the growth probes (8, 64, 512) the prediction no longer moves, so the
+    next probe is the answer itself and the one after proves the edge; a prediction beyond 4x the largest size
+    that ran is approached 85 % of the way first."""
+    backend, task = fake_gpu
+    for limit_gib, direct in ((4, True), (6, True), (9, False)):
+        backend.capacity = 16 * GIB
+        fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.0, memory_limit=limit_gib * GIB)
+        sizes = [p.batch_size for p in fit.probes]
+        truth = _expected(limit_gib * GIB, 0.0)
+        assert sizes[:3] == [8, 64, 512] and truth - fit.granularity < fit.batch_size <= truth, sizes
+        assert fit.ooms == 1 and sizes[-1] == fit.batch_size + fit.granularity, sizes
+        if direct:
+            assert sizes[3] == fit.batch_size and len(sizes) == 5, sizes
+        else:
+            assert sizes[3] < fit.batch_size and len(sizes) == 6, sizes
