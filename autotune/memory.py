@@ -78,18 +78,27 @@ class MemoryModel:
 
         Address space and allocator reservations grow in coarse chunks (a 64 MiB glibc arena, 2 MiB CUDA
         segments), so at small sizes they stay flat and a slope taken from them undershoots; the resident set
-        grows smoothly from the first sample. The slope comes from the smallest and largest resident peaks,
-        the height from the largest measured peak of the budgeted metric. Device memory (``resident_slope``
-        False) takes its slope from the device peaks themselves.
+        grows smoothly from the first sample. The slope comes from the smallest and largest resident peaks (or
+        the last stretch's, if steeper), the height from the largest measured peak of the budgeted metric.
+        Device memory (``resident_slope`` False) takes its slope from the device peaks themselves.
         """
         measured = sorted((p for p in probes if p.peak_memory_bytes), key=lambda p: p.batch_size)
         if len(measured) < 2 or measured[0].batch_size == measured[-1].batch_size:
             return None
         small, large = measured[0], measured[-1]
-        rising = [((p.resident_peak_bytes if resident_slope else None) or p.peak_memory_bytes) for p in (small, large)]
-        slope = (rising[1] - rising[0]) / (large.batch_size - small.batch_size)
+
+        def rising(probe: Probe) -> int:
+            return (probe.resident_peak_bytes if resident_slope else None) or probe.peak_memory_bytes
+
+        slope = (rising(large) - rising(small)) / (large.batch_size - small.batch_size)
         if slope <= 0:
             slope = (large.peak_memory_bytes - small.peak_memory_bytes) / (large.batch_size - small.batch_size)
+        # Memory that grows faster than the batch (convex) is under-read by the slope from the smallest point: the
+        # slope over the last stretch (from a point at most 3/4 of the largest, far enough apart that a page or
+        # chunk does not swamp it) is the steeper one then.
+        near = [p for p in measured if p.batch_size <= 0.75 * large.batch_size]
+        if near and near[-1] is not small:
+            slope = max(slope, (rising(large) - rising(near[-1])) / (large.batch_size - near[-1].batch_size))
         intercept = large.peak_memory_bytes - slope * large.batch_size
         residual = max(abs(p.peak_memory_bytes - (intercept + slope * p.batch_size)) for p in measured[-2:])
         return cls(float(intercept), float(slope), float(residual))
@@ -224,7 +233,9 @@ def fit_batch_size(
 
     The budget is ``memory_limit`` (bytes) or the device's free memory, less ``margin`` (a fraction).
     ``granularity`` is the resolution of the answer (the next size up does not fit); by default a power of
-    two near 1/64 of the answer, so that the search stays short. ``optimizer`` defaults to Adam (its state is counted). ``isolation='process'`` probes in capped worker
+    two near 1/64 of the answer, so that the search stays short, and after an OOM possibly two of those (a
+    size the model puts over the budget is not risked for a second OOM; `BatchFit.granularity` says which).
+    ``optimizer`` defaults to Adam (its state is counted). ``isolation='process'`` probes in capped worker
     processes (exact, and the only way a CPU limit is enforced); ``'none'`` probes in this process, releasing
     memory in between (less exact: allocators keep some memory).
     """
@@ -393,6 +404,16 @@ def fit_batch_size(
                     fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
             if candidate >= fails_at:
                 return
+            if any(p.oom for p in probes) and not granularity_given and fails_at - fits_at <= 2 * step \
+                    and model is not None and _over(model, probes, fits_at + step, effective, block, margin):
+                # One OOM is spent, the edge is bracketed within two granules and the model puts the size between
+                # over the budget: near the edge a run's peak moves by a MiB or so from one fresh worker to the next
+                # (TensorFlow: 848 fitted at 1501.5 and at 1502.8 MB of 1503.2), so probing it is a coin toss for a
+                # second OOM. Stop; the answer's resolution is the bracket.
+                notes.append(f"{fits_at + step} was not tried: the memory model puts it over the budget, and after "
+                             "an OOM it would risk a second one")
+                step = fails_at - fits_at
+                return
             growing = candidate < ceiling and candidate == fits_at * GROWTH < predicted
             probe_at = candidate
 
@@ -483,6 +504,14 @@ def _largest_in_blocks(probes: list[Probe], budget: float, block: int, margin: f
         return math.inf
     capacity = _pool_capacity(large.pool, large.peak_memory_bytes, budget, block, margin)
     return large.batch_size + (capacity - large.pool["touched"]) / slope
+
+
+def _over(model: MemoryModel, probes: list[Probe], batch_size: int, budget: float, block: int | None,
+          margin: float) -> bool:
+    """Whether the model predicts ``batch_size`` needs more than ``budget`` (a block pool: more than its blocks)."""
+    if block:
+        return _largest_in_blocks(probes, budget, block, margin) < batch_size
+    return model.predict(batch_size) > budget
 
 
 def _peak_of(value: Mapping[str, Any], metric: str) -> int:

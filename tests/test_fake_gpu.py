@@ -160,3 +160,61 @@ def test_a_settled_prediction_is_aimed_at_directly_a_far_one_in_two_goes(fake_gp
             assert sizes[3] == fit.batch_size and len(sizes) == 5, sizes
         else:
             assert sizes[3] < fit.batch_size and len(sizes) == 6, sizes
+
+
+def _chunked(monkeypatch, chunk):
+    """Make the fake device's memory grow in ``chunk``-sized steps; return the memory needed at a batch size."""
+
+    def need(batch):
+        return -(-(INTERCEPT + PER_SAMPLE * batch) // chunk) * chunk
+
+    def train_step(self, indices):
+        if need(len(indices)) > self.backend.capacity:
+            raise FakeOOM("fake device out of memory")
+        self._peak = max(self._peak, need(len(indices)))
+
+    monkeypatch.setattr(FakeSession, "train_step", train_step)
+    return need
+
+
+def test_after_an_oom_a_size_the_model_puts_over_the_budget_is_not_probed(fake_gpu, monkeypatch):
+    """Once an OOM is spent and the edge is bracketed within two granules, a size between that the model puts
+    over the budget is not risked for a second OOM (TensorFlow's peak near the edge moves by a MiB or so from
+    one fresh worker to the next): the answer is reported with the bracket as its granularity."""
+    backend, task = fake_gpu
+    need = _chunked(monkeypatch, 32 * 1024**2)
+    limit = 4344 * 1024**2  # a limit where the line overshoots, the step back fits and lands two granules under
+    fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.0, memory_limit=limit)
+    sizes = [(p.batch_size, p.fits) for p in fit.probes]
+    assert fit.ooms == 1, sizes
+    failure = next(p.batch_size for p in fit.probes if p.oom)
+    between = fit.batch_size + 8  # the planner's granule at this size is 8
+    assert fit.granularity == failure - fit.batch_size == 16 and between not in [s for s, _ in sizes], sizes
+    assert fit.model.predict(between) > limit
+    assert any(f"{between} was not tried" in note for note in fit.notes), fit.notes
+    # the skipped size would have fitted here (the peak sits a chunk under the line): the cost is one granule
+    # of the answer, and the reported granularity is still the truth about it
+    truth = max(b for b in range(1, 2000) if need(b) <= limit)
+    assert truth == between and fit.batch_size <= truth < fit.batch_size + fit.granularity
+    # the user's own granularity is honoured: the size between is probed
+    backend.capacity = 16 * GIB
+    exact = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.0, memory_limit=limit,
+                                    granularity=8)
+    assert exact.granularity == 8 and exact.batch_size == truth and not any("not tried" in n for n in exact.notes)
+
+
+def test_the_memory_slope_is_the_steeper_of_the_whole_range_and_the_last_stretch():
+    """Memory that grows faster than the batch (convex) is under-read by the slope from the smallest point; one
+    that grows slower (fixed overheads amortised, as measured on every CPU backend here) by the last stretch's."""
+    mib = 1024**2
+
+    def probes(curve):
+        return [autotune.memory.Probe(b, fits=True, peak_memory_bytes=int(curve(b))) for b in (8, 64, 512)]
+
+    convex = autotune.MemoryModel.local(probes(lambda b: GIB + 3 * mib * b + 2000 * b * b), resident_slope=False)
+    concave = autotune.MemoryModel.local(probes(lambda b: GIB + 200 * mib * math.sqrt(b)), resident_slope=False)
+    secant = lambda curve: (curve(512) - curve(64)) / 448  # noqa: E731
+    assert convex.bytes_per_sample == pytest.approx(secant(lambda b: 3 * mib * b + 2000 * b * b))
+    assert concave.bytes_per_sample == pytest.approx(200 * mib * (math.sqrt(512) - math.sqrt(8)) / 504)
+    # both lines pass through the largest point
+    assert convex.predict(512) == pytest.approx(GIB + 3 * mib * 512 + 2000 * 512**2)
