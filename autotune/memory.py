@@ -233,8 +233,8 @@ def fit_batch_size(
 
     The budget is ``memory_limit`` (bytes) or the device's free memory, less ``margin`` (a fraction).
     ``granularity`` is the resolution of the answer (the next size up does not fit); by default a power of
-    two near 1/64 of the answer, so that the search stays short, and after an OOM possibly two of those (a
-    size the model puts over the budget is not risked for a second OOM; `BatchFit.granularity` says which).
+    two near 1/64 of the answer, so that the search stays short, and after an OOM up to two of those (a size
+    the model puts over the cap is not risked for a second OOM; `BatchFit.granularity` says which).
     ``optimizer`` defaults to Adam (its state is counted). ``isolation='process'`` probes in capped worker
     processes (exact, and the only way a CPU limit is enforced); ``'none'`` probes in this process, releasing
     memory in between (less exact: allocators keep some memory).
@@ -376,7 +376,8 @@ def fit_batch_size(
                 step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
             # No stop on the model's word alone: peaks grow in chunks (pages, arenas, allocator segments) about
             # as large as one step's worth of memory (TensorFlow's hungry task peaked at 1433 MiB at both 848
-            # and 856, and a stop that trusted the line flaked), so the edge is always proven by a real run.
+            # and 856, and a stop that trusted the line flaked), so the edge is proven by a real run (a fit below
+            # it, a failure above; for the one exception after an OOM, see below).
             # An extrapolation whose prediction still moves from probe to probe is not trusted: TensorFlow's
             # address space grows faster past the growth probes (predictions 563 then 719, edge 700), a conv net's
             # settles early (1367 then 1405, edge 1408-1418).
@@ -404,13 +405,16 @@ def fit_batch_size(
                     fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
             if candidate >= fails_at:
                 return
-            if any(p.oom for p in probes) and not granularity_given and fails_at - fits_at <= 2 * step \
-                    and model is not None and _over(model, probes, fits_at + step, effective, block, margin):
-                # One OOM is spent, the edge is bracketed within two granules and the model puts the size between
-                # over the budget: near the edge a run's peak moves by a MiB or so from one fresh worker to the next
-                # (TensorFlow: 848 fitted at 1501.5 and at 1502.8 MB of 1503.2), so probing it is a coin toss for a
-                # second OOM. Stop; the answer's resolution is the bracket.
-                notes.append(f"{fits_at + step} was not tried: the memory model puts it over the budget, and after "
+            oom_at = cpu_cap or device_cap() or budget  # where a run fails for real (the enforced cap, if any)
+            if any(p.oom for p in probes) and not granularity_given and not block and model is not None \
+                    and fails_at - fits_at <= 2 * step and model.predict(fits_at + step) > oom_at:
+                # The one exception to proving the edge by a run: an OOM is spent, the edge is bracketed within two
+                # granules and the line puts the size between past the cap. Near the edge a run's peak moves by a
+                # MB or so from one fresh worker to the next (TensorFlow: 848 fitted at 1501.5 and at 1502.8 MB of
+                # 1503.2, and 856 after it failed once in six fits), so probing it risks a second OOM; it is left
+                # untried, at the cost of up to a granule, and the answer's resolution is the bracket (proven by the
+                # OOM). Not for a block pool, whose estimate is noisy (about ±30 MiB) near the edge.
+                notes.append(f"{fits_at + step} was not tried: the memory model puts it over the cap, and after "
                              "an OOM it would risk a second one")
                 step = fails_at - fits_at
                 return
@@ -504,14 +508,6 @@ def _largest_in_blocks(probes: list[Probe], budget: float, block: int, margin: f
         return math.inf
     capacity = _pool_capacity(large.pool, large.peak_memory_bytes, budget, block, margin)
     return large.batch_size + (capacity - large.pool["touched"]) / slope
-
-
-def _over(model: MemoryModel, probes: list[Probe], batch_size: int, budget: float, block: int | None,
-          margin: float) -> bool:
-    """Whether the model predicts ``batch_size`` needs more than ``budget`` (a block pool: more than its blocks)."""
-    if block:
-        return _largest_in_blocks(probes, budget, block, margin) < batch_size
-    return model.predict(batch_size) > budget
 
 
 def _peak_of(value: Mapping[str, Any], metric: str) -> int:

@@ -147,10 +147,10 @@ def test_fit_batch_under_a_real_cap(backend_case):
     assert fit.peak_memory_bytes <= cap
     assert all(p.throughput and p.throughput > 0 for p in fit.probes if p.fits)
     # The same run's peak varies a little between fresh workers (TensorFlow at batch 864: 1506.7 to 1509.0 MB in
-    # six runs, and under the 1.4 GiB cap 864 fitted once in twelve fits at 1502.7 of 1503.2 MB), so at margin 0
+    # six uncapped runs; under the 1.4 GiB cap it fitted once in twelve fits, at 1502.7 of 1503.2 MB), so at margin 0
     # either side of the edge may land on the other in a re-run: the answer must re-run under the cap plus that
     # jitter, the next size up fail under the cap less it.
-    jitter = 4 * 1024**2
+    jitter = 8 * 1024**2
     assert _capped_run(name, case, fit.batch_size, cap + jitter).ok
     above = _capped_run(name, case, fit.batch_size + fit.granularity, cap - jitter)
     assert not above.ok and above.kind in ("oom", "crash", "error"), above

@@ -109,11 +109,8 @@ def test_default_device_is_the_accelerator(fake_gpu):
     assert backend.resolve_device(None).id == "fake:0"
 
 
-def test_an_overshooting_model_costs_one_oom_and_lands_within_a_granule(fake_gpu, monkeypatch):
-    """Memory that grows in 32 MiB chunks: the line through the growth probes overshoots the edge; the planner
-    then steps back under the failure (not back to the growth probes) and proves the edge with that one OOM."""
-    backend, task = fake_gpu
-    chunk = 32 * 1024**2
+def _chunked(monkeypatch, chunk):
+    """Make the fake device's memory grow in ``chunk``-sized steps; return the memory needed at a batch size."""
 
     def need(batch):
         return -(-(INTERCEPT + PER_SAMPLE * batch) // chunk) * chunk
@@ -124,6 +121,14 @@ def test_an_overshooting_model_costs_one_oom_and_lands_within_a_granule(fake_gpu
         self._peak = max(self._peak, need(len(indices)))
 
     monkeypatch.setattr(FakeSession, "train_step", train_step)
+    return need
+
+
+def test_an_overshooting_model_costs_one_oom_and_lands_within_a_granule(fake_gpu, monkeypatch):
+    """Memory that grows in 32 MiB chunks: the line through the growth probes overshoots the edge; the planner
+    then steps back under the failure (not back to the growth probes) and proves the edge with that one OOM."""
+    backend, task = fake_gpu
+    need = _chunked(monkeypatch, 32 * 1024**2)
     model_overshot = 0
     for limit_mib in range(5000, 5400, 16):
         backend.capacity = 16 * GIB
@@ -162,24 +167,9 @@ def test_a_settled_prediction_is_aimed_at_directly_a_far_one_in_two_goes(fake_gp
             assert sizes[3] < fit.batch_size and len(sizes) == 6, sizes
 
 
-def _chunked(monkeypatch, chunk):
-    """Make the fake device's memory grow in ``chunk``-sized steps; return the memory needed at a batch size."""
-
-    def need(batch):
-        return -(-(INTERCEPT + PER_SAMPLE * batch) // chunk) * chunk
-
-    def train_step(self, indices):
-        if need(len(indices)) > self.backend.capacity:
-            raise FakeOOM("fake device out of memory")
-        self._peak = max(self._peak, need(len(indices)))
-
-    monkeypatch.setattr(FakeSession, "train_step", train_step)
-    return need
-
-
-def test_after_an_oom_a_size_the_model_puts_over_the_budget_is_not_probed(fake_gpu, monkeypatch):
+def test_after_an_oom_a_size_the_model_puts_past_the_cap_is_not_probed(fake_gpu, monkeypatch):
     """Once an OOM is spent and the edge is bracketed within two granules, a size between that the model puts
-    over the budget is not risked for a second OOM (TensorFlow's peak near the edge moves by a MiB or so from
+    past the enforced cap is not risked for a second OOM (TensorFlow's peak near the edge moves by a MiB or so from
     one fresh worker to the next): the answer is reported with the bracket as its granularity."""
     backend, task = fake_gpu
     need = _chunked(monkeypatch, 32 * 1024**2)
@@ -192,8 +182,8 @@ def test_after_an_oom_a_size_the_model_puts_over_the_budget_is_not_probed(fake_g
     assert fit.granularity == failure - fit.batch_size == 16 and between not in [s for s, _ in sizes], sizes
     assert fit.model.predict(between) > limit
     assert any(f"{between} was not tried" in note for note in fit.notes), fit.notes
-    # the skipped size would have fitted here (the peak sits a chunk under the line): the cost is one granule
-    # of the answer, and the reported granularity is still the truth about it
+    # the skipped size would have fitted here (928 falls in the same 32 MiB chunk as 920, 24.5 MiB under the
+    # line): the cost is one granule of the answer, and the reported granularity is still the truth about it
     truth = max(b for b in range(1, 2000) if need(b) <= limit)
     assert truth == between and fit.batch_size <= truth < fit.batch_size + fit.granularity
     # the user's own granularity is honoured: the size between is probed
@@ -205,7 +195,7 @@ def test_after_an_oom_a_size_the_model_puts_over_the_budget_is_not_probed(fake_g
 
 def test_the_memory_slope_is_the_steeper_of_the_whole_range_and_the_last_stretch():
     """Memory that grows faster than the batch (convex) is under-read by the slope from the smallest point; one
-    that grows slower (fixed overheads amortised, as measured on every CPU backend here) by the last stretch's."""
+    that grows slower (fixed overheads amortised over the batch) by the last stretch's."""
     mib = 1024**2
 
     def probes(curve):
