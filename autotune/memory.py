@@ -355,6 +355,7 @@ def fit_batch_size(
             if len(probes) >= MAX_PROBES:
                 notes.append(f"stopped after {MAX_PROBES} probes: sizes between {fits_at} and "
                              f"{min(fails_at, ceiling + 1) - 1} were not tried")
+                step = max(step, min(fails_at, ceiling + 1) - fits_at)  # the resolution actually reached
                 return
             model = MemoryModel.local(probes, resident_slope=on_cpu)
             predicted = model.largest_under(effective) if model else math.inf

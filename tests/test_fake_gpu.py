@@ -208,3 +208,20 @@ def test_the_memory_slope_is_the_steeper_of_the_whole_range_and_the_last_stretch
     assert concave.bytes_per_sample == pytest.approx(200 * mib * (math.sqrt(512) - math.sqrt(8)) / 504)
     # both lines pass through the largest point
     assert convex.predict(512) == pytest.approx(GIB + 3 * mib * 512 + 2000 * 512**2)
+
+
+def test_a_search_cut_short_by_the_probe_limit_reports_the_resolution_it_reached(fake_gpu, monkeypatch):
+    """The granularity is the gap to the smallest size known not to fit (or past the largest allowed), never
+    finer than what the probes proved."""
+    backend, task = fake_gpu
+    monkeypatch.setattr(autotune.memory, "MAX_PROBES", 4)
+    fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.0, memory_limit=6 * GIB)
+    assert len(fit.probes) == 4 and any("stopped after 4 probes" in note for note in fit.notes), fit.notes
+    assert all(p.fits for p in fit.probes) and fit.batch_size + fit.granularity == 100_001  # nothing failed yet
+    # cut short inside a bracket: 936 ran out of memory, 920 fitted, 928 was not tried
+    _chunked(monkeypatch, 32 * 1024**2)
+    monkeypatch.setattr(autotune.memory, "MAX_PROBES", 5)
+    backend.capacity = 16 * GIB
+    fit = autotune.fit_batch_size(task, device="fake:0", isolation="none", margin=0.0, memory_limit=4344 * 1024**2)
+    sizes = [(p.batch_size, p.fits) for p in fit.probes]
+    assert sizes[-2:] == [(936, False), (920, True)] and fit.granularity == 16, (sizes, fit.granularity)
