@@ -6,8 +6,8 @@ worker; every size that may be the answer runs in a fresh one, so that no alloca
 training run starts fresh too). A line ``peak = intercept + bytes_per_sample * batch`` is fitted to the
 measurements, the largest batch under the budget (less a margin) is predicted and verified with a real run;
 the model is refitted with every new point and the answer corrected by bisection when a run fails or leaves
-room. On the CPU a memory limit is
-enforced for real: the worker's address space is capped, so exceeding it is a genuine allocation failure.
+room. On the CPU a memory limit is enforced for real: the worker's address space is capped, so exceeding it
+is a genuine allocation failure.
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def fit_batch_size(
         raise FitError(f"granularity must be a positive integer, got {granularity}")
     if isolation not in ("process", "none"):
         raise FitError(f"isolation must be 'process' or 'none', got {isolation!r}")
-    preload = (*backend.preload_modules(), *task.imports)
+    preload = backend.worker_preload(task)
     if isolation == "process":
         warm_up_server(preload)  # the server imports the framework while this process reads the data
     n_train, _ = backend.data_size(task.load_data())

@@ -256,7 +256,7 @@ def tune(
     say({"event": "ceiling", "batch_size": ceiling, "limited_by": ceiling_info.get("limited_by")})
 
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
-    preload = (*backend.preload_modules(), *task.imports)
+    preload = backend.worker_preload(task)
     # one worker runs the range test and trial after trial; a failed trial's worker is replaced
     worker = Worker(memory_limit=cpu_cap, preload=preload) if isolation == "process" else None
     try:

@@ -359,9 +359,7 @@ def _probe_once(ref: str, batch: int, cap: int, device: str = "cpu") -> tuple[bo
                   device_memory_limit=cap if on_gpu else None)
     from autotune.task import load_task
 
-    # Workers started as autotune starts its own (the task's modules imported before the cap): one that imports
-    # them after the cap maps more, and its largest batch sits a few samples lower.
-    preload = (*backend.preload_modules(), *load_task(_absolute_ref(ref)).imports)
+    preload = backend.worker_preload(load_task(_absolute_ref(ref)))  # workers started as autotune starts its own
     outcome = run_in_worker(_probe_run, kwargs, memory_limit=None if on_gpu else cap, timeout=600, preload=preload)
     return outcome.ok, "" if outcome.ok else f"{outcome.kind}: {outcome.message[:120]}"
 

@@ -128,6 +128,15 @@ def test_loss_by_name_mse(backend_case):
     session.close()
 
 
+def test_a_worker_preloads_the_framework_and_the_task_modules(backend_case):
+    """Capped workers import these before the cap (fit-batch and tune alike): the framework's modules first."""
+    name, case = backend_case
+    backend, task = get_backend(name), load_task(case["hungry"])
+    preload = backend.worker_preload(task)
+    assert task.imports and preload == (*backend.preload_modules(), *task.imports)
+    assert backend.preload_modules() and preload[0] == backend.preload_modules()[0]
+
+
 def test_recognises_its_own_oom_and_nothing_else(backend_case):
     name, case = backend_case
     backend = get_backend(name)
@@ -165,7 +174,7 @@ def _capped_run(name, case, batch, cap, steps=1):
         _probe_run, dict(task=case["hungry"], batch_size=batch, device="cpu",
                          optimizer=backend.validate_optimizer({"name": "adam"}), steps=steps, seed=0,
                          device_memory_limit=None),
-        memory_limit=cap, timeout=300, preload=(*backend.preload_modules(), *load_task(case["hungry"]).imports))
+        memory_limit=cap, timeout=300, preload=backend.worker_preload(load_task(case["hungry"])))
 
 
 def test_with_the_default_margin_a_longer_run_fits(backend_case):
