@@ -54,6 +54,14 @@ class Task:
 
     ``options`` are backend-specific settings that travel with the task, each backend checking its own
     (MindSpore: ``{"mode": "graph"}`` compiles the training step; the default is PyNative).
+
+    ``compute_loss(model, batch) -> scalar loss`` replaces ``loss(model(x), y)`` for models that compute their
+    own loss (a Hugging Face model called with ``labels=``); ``batch`` is what the data yields (a tuple or a
+    dict of the backend's tensors, on the device), dtypes unchanged.
+
+    ``from_logits`` says whether the model's outputs are logits (True) or already probabilities (False) for the
+    named losses ``cross_entropy`` and ``binary_cross_entropy``; None (the default) follows the model: a model
+    ending in a softmax or sigmoid gets the loss on probabilities.
     """
 
     backend: str
@@ -63,6 +71,8 @@ class Task:
     name: str | None = None
     reference: str | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    compute_loss: Callable[[Any, Any], Any] | None = None
+    from_logits: bool | None = None
     imports: tuple[str, ...] = dataclasses.field(default=(), repr=False, compare=False)
     """Modules the task's file uses (set by `load_task`): worker servers preload them, so that a worker does
     not spend a second importing, say, scikit-learn before every trial."""
@@ -91,6 +101,12 @@ class Task:
                 )
         elif not callable(self.loss):
             raise TaskError(f"Task loss must be a name ({', '.join(LOSS_NAMES)}) or a callable, got {self.loss!r}")
+        if self.compute_loss is not None and not callable(self.compute_loss):
+            raise TaskError(
+                f"Task compute_loss must be a function (model, batch) -> loss, got {type(self.compute_loss).__name__}"
+            )
+        if self.from_logits is not None and not isinstance(self.from_logits, bool):
+            raise TaskError(f"Task from_logits must be True, False or None (follow the model), got {self.from_logits!r}")
         if not isinstance(self.options, dict):
             raise TaskError(f"Task options must be a dict such as {{'mode': 'graph'}}, got {self.options!r}")
         if self.name is None:
@@ -121,8 +137,8 @@ def validate_data(raw: Any) -> Any:
     pairs = []
     for label, part in (("train", train), ("validation", val)):
         if not isinstance(part, (tuple, list)) or len(part) != 2:
-            if hasattr(part, "__iter__") and not isinstance(part, np.ndarray):
-                return raw  # backend-native datasets: the backend validates them
+            if _is_dataset_like(part):
+                return raw  # backend-native datasets (torch Dataset, tf.data, PyDataset, ...): the backend validates them
             raise TaskError(f"task {label} data must be a pair (x, y); got {type(part).__name__}")
         x, y = part
         if not hasattr(x, "__len__") or not hasattr(y, "__len__") or not hasattr(x, "shape"):
@@ -134,6 +150,13 @@ def validate_data(raw: Any) -> Any:
         pairs.append((x, y))
     (x_train, y_train), (x_val, y_val) = pairs
     return ArrayData(x_train, y_train, x_val, y_val)
+
+
+def _is_dataset_like(part: Any) -> bool:
+    """An iterable or indexable collection that is not itself an array or a plain container of arrays."""
+    if isinstance(part, (np.ndarray, dict, str, bytes)):
+        return False
+    return hasattr(part, "__iter__") or (hasattr(part, "__getitem__") and hasattr(part, "__len__"))
 
 
 def load_task(reference: str | Task) -> Task:
