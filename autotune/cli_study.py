@@ -44,6 +44,10 @@ class ProgressDisplay:
             self._line(f"learning-rate range test: {event['optimizer']}", final=not self.live)
         elif kind == "trial":
             self._trial(event)
+        elif kind == "phases":
+            self._line(f"time: {event['summary']}")
+        elif kind == "busy":
+            self._line(f"note: {event['message']}")
 
     def _trial(self, event: dict[str, Any]) -> None:
         config = event.get("config") or {}
@@ -129,7 +133,8 @@ def _print_result(result: Any, as_json: bool) -> None:
         ("optimizer", f"{result.optimizer}" + (f" ({params})" if params else "")),
         ("learning rate", f"{result.lr:.4g}  ({result.lr_scaling})"),
         ("validation loss", number(result.val_loss)),
-        ("throughput", f"{number(result.throughput)} samples/s"),
+        ("throughput", f"{number(result.throughput)} samples/s"
+                       + (" (measured on a busy machine)" if result.throughput_busy else "")),
         ("step time p50/p95", f"{number(result.step_seconds_p50 and result.step_seconds_p50 * 1000, 3)} / "
                               f"{number(result.step_seconds_p95 and result.step_seconds_p95 * 1000, 3)} ms"),
         ("peak memory", format_size(result.peak_memory_bytes)),
@@ -141,7 +146,7 @@ def _print_result(result: Any, as_json: bool) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from autotune.backends import canonical_backend_name
     from autotune.errors import TaskError
-    from autotune.study import best_trial, result_from_trial, tune
+    from autotune.study import ModelDoesNotLearn, best_trial, result_from_trial, tune
     from autotune.task import load_task
 
     task = load_task(args.task)
@@ -163,6 +168,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
             progress=progress,
         )
+    except ModelDoesNotLearn as exc:
+        print(f"autotune: {exc}", file=sys.stderr)
+        print("no configuration is reported; the trials are stored in the study", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         name = study_holder.get("study")
         print("autotune: interrupted: the running trial is marked failed, finished trials are kept", file=sys.stderr)

@@ -24,7 +24,7 @@ from autotune.errors import FitError
 from autotune.procmem import pool_blocks, process_memory, reset_resident_peak
 from autotune.runner import run_here, run_in_worker, warm_up_server
 from autotune.task import Task, load_task, resolve_task, task_handle
-from autotune.training import BatchSampler, measure_probe
+from autotune.training import BatchSampler, LargestSampler, measure_probe
 from autotune.trial import fresh_session
 from autotune.units import format_size
 
@@ -164,7 +164,7 @@ def _probe_setup(task: Any, device: str | None, device_memory_limit: int | None)
 
 
 def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, optimizer: Mapping[str, Any],
-             steps: int, seed: int) -> dict[str, Any]:
+             steps: int, seed: int, largest: Any = None) -> dict[str, Any]:
     free_at_start = backend.free_memory(target) if target.kind != "cpu" else None
     reset_resident_peak()
     build = lambda: backend.session(task, data, target, batch_size=batch_size, optimizer=optimizer,  # noqa: E731
@@ -172,7 +172,8 @@ def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, o
     with fresh_session(backend, target, build) as session:
         session.reset_peak_memory()
         n_train, _ = backend.data_size(data)
-        figures = measure_probe(session, BatchSampler(n_train, batch_size, seed), steps=steps)
+        sampler = LargestSampler(largest, batch_size) if largest is not None else BatchSampler(n_train, batch_size, seed)
+        figures = measure_probe(session, sampler, steps=steps)
         device_peak = session.peak_memory()
     pool = pool_blocks(backend.cpu_pool_block_bytes) if backend.cpu_pool_block_bytes and target.kind == "cpu" \
         else None
@@ -181,14 +182,14 @@ def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, o
 
 
 def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mapping[str, Any], steps: int,
-               seed: int, device_memory_limit: int | None) -> dict[str, Any]:
+               seed: int, device_memory_limit: int | None, largest: Any = None) -> dict[str, Any]:
     """Build a fresh session at ``batch_size``, run `measure_probe`, return the peak; OOM → TrialError('oom')."""
     task, backend, target, data = _probe_setup(task, device, device_memory_limit)
-    return _measure(task, backend, target, data, batch_size, optimizer, steps, seed)
+    return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest)
 
 
 def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], steps: int, seed: int,
-                  device_memory_limit: int | None, channel: Any) -> int:
+                  device_memory_limit: int | None, channel: Any, largest: Any = None) -> int:
     """Probe the sizes the parent asks for, one after another in this worker, until it answers None.
 
     Saves a worker start (and a device context) per probe. The parent asks for a size here only while the
@@ -204,7 +205,7 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
         if limit and target.kind != "cpu" and limit != device_memory_limit:
             backend.limit_memory(target, limit)
             device_memory_limit = limit
-        result = _measure(task, backend, target, data, batch_size, optimizer, steps, seed)
+        result = _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest)
         count += 1
         reply = channel.ask(("ok", result))
     return count
@@ -256,7 +257,13 @@ def fit_batch_size(
     preload = backend.worker_preload(task)
     if isolation == "process":
         warm_up_server(preload)  # the server imports the framework while this process reads the data
-    n_train, _ = backend.data_size(task.load_data())
+    data = task.load_data()
+    n_train, _ = backend.data_size(data)
+    sizes = backend.sample_sizes(task, data)
+    # samples that differ in size (padded sequences): every probe trains on the largest ones, so the ceiling
+    # holds for any batch the data can make
+    largest = None if sizes is None else np.argsort(-np.asarray(sizes), kind="stable")[:max_batch or n_train]
+    del data
     if max_batch is not None and max_batch > n_train:
         raise FitError(
             f"--max-batch {max_batch} is larger than the {n_train} training samples: "
@@ -277,9 +284,14 @@ def fit_batch_size(
     else:
         metric, budget = "device_peak", memory_limit or 0
     handle = task_handle(task) if isolation == "process" else task
-    cpu_cap = memory_limit if (on_cpu and isolation == "process") else None
     # A CPU pool that reserves whole blocks: the address space says how many blocks, not how full they are.
-    block = backend.cpu_pool_block_bytes if cpu_cap else None
+    block = backend.cpu_pool_block_bytes if (on_cpu and memory_limit and isolation == "process") else None
+    # Probes run capped at the budget less the margin, as on a device: a size over the budget then fails at
+    # once, as an OOM, instead of running a whole step only to be measured over it. A block pool keeps the whole
+    # limit (its margin is kept inside the blocks, see _largest_in_blocks).
+    cpu_cap = None
+    if on_cpu and memory_limit and isolation == "process":
+        cpu_cap = memory_limit if block else int(memory_limit * (1 - margin))
 
     probes: list[Probe] = []
     fits_at, fails_at = 0, ceiling + 1
@@ -431,7 +443,10 @@ def fit_batch_size(
         except StopIteration:
             return None
 
-    kwargs = dict(task=handle, device=target.id, optimizer=spec, steps=steps, seed=seed)
+    kwargs = dict(task=handle, device=target.id, optimizer=spec, steps=steps, seed=seed, largest=largest)
+    if largest is not None:
+        notes.append(f"samples differ in size: probes train on the largest ones ({int(sizes.max())} elements "
+                     f"against a median of {int(np.median(sizes))})")
     while next_size is not None:
         if isolation == "none":
             say(f"probe batch {next_size} ...")

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import gc
 import importlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -20,6 +21,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 from autotune.errors import AutotuneError, TrialError
@@ -159,8 +161,22 @@ class Channel:
         return self._conn.recv()
 
 
+_IN_WORKER = False
+
+
+def in_worker() -> bool:
+    """Whether this process is an autotune worker (state kept here dies with the worker, not the caller's)."""
+    return _IN_WORKER
+
+
 def _prepare_worker(memory_limit: int | None, preload: Sequence[str]) -> None:
     """A new worker's set-up: its modules, the allocator settings, and the address-space cap."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    # A worker's framework and library warnings (a model config's notice, a deprecation) would repeat on the
+    # terminal once per worker; what matters reaches the user as a trial's reason or autotune's own line.
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
     for module in preload:  # already there when the fork server preloaded them; else imported before the cap
         try:
             importlib.import_module(module)

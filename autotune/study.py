@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import optuna
 
 from autotune.backends import get_backend
+from autotune.budget import Phases, range_test_budget
 from autotune.errors import AutotuneError, StorageError, TrialError
 from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
@@ -28,10 +29,14 @@ from autotune.runner import Worker, run_here
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
+from autotune.training import RANGE_TEST_MIN_STEPS
 from autotune.trial import run_range_tests, run_trial
+from autotune.verdict import describe_busy, not_learning
 
 OBJECTIVES = ("convergence", "throughput", "pareto")
 REPORTS = 8
+PRUNER_REPORTS = (2, 6)
+"""The reports Hyperband (min resource 2, reduction factor 3, max 8) compares trials at."""
 PRUNED_KINDS = ("oom", "diverged", "pruned")
 
 Progress = Callable[[dict[str, Any]], None]
@@ -59,6 +64,10 @@ class TuneResult:
     trial: int
     study_name: str
     objective: str
+    throughput_busy: bool = False
+    """The throughput was measured while other processes used the CPU (see ``measured.busy_reason``)."""
+    phases: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds of each phase of the study's latest call (fit, range_test, trials)."""
     study: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,7 +151,8 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         lr_reference=float(config.get("lr_reference")), reference_batch=int(info.get("reference_batch", 0)),
         step_seconds_p50=measured.get("step_seconds_p50"), step_seconds_p95=measured.get("step_seconds_p95"),
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
-        study_name=study.study_name, objective=info.get("objective", "convergence"), study=study,
+        study_name=study.study_name, objective=info.get("objective", "convergence"),
+        throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
     )
 
 
@@ -191,9 +201,10 @@ def tune(
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
-    ``timeout`` bounds the whole call (ceiling fit and range test included; the range test is skipped when
-    they would take more than half of it; no trial starts that would end after it, judged by the median
-    duration of this call's full-budget trials). ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
+    ``timeout`` bounds the whole call (ceiling fit and range test included; no trial starts that would end
+    after it, judged by the median duration of this call's full-budget trials). The range test takes at most
+    `autotune.budget.RANGE_TEST_SHARE` of the study's budget. Raises `ModelDoesNotLearn` (with the best trial
+    as ``result``) when no trial improved on its first validation report. ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
@@ -242,12 +253,14 @@ def tune(
     say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
+    phases = Phases()
     ceiling_key = f"ceiling:{backend.name}:{target.id}:{target.name}"
     ceiling_info = study.user_attrs.get(ceiling_key)
     if ceiling_info is None:
         say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
-        fit = fit_batch_size(task, device=target.id, memory_limit=memory_limit, margin=margin, isolation=isolation,
-                             max_batch=space.batch_high, progress=lambda m: say({"event": "fit", "message": m}))
+        with phases.timed("fit"):
+            fit = fit_batch_size(task, device=target.id, memory_limit=memory_limit, margin=margin, isolation=isolation,
+                                 max_batch=space.batch_high, progress=lambda m: say({"event": "fit", "message": m}))
         ceiling_info = {"batch_size": fit.batch_size, "peak_memory_bytes": fit.peak_memory_bytes,
                         "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
                         "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits}}
@@ -261,17 +274,21 @@ def tune(
     worker = Worker(memory_limit=cpu_cap, preload=preload) if isolation == "process" else None
     try:
         reference_batch = min(space.reference_batch, ceiling)
-        if range_test and not space.lr_ranges and (deadline is None or deadline - time.monotonic() > 0.5 * timeout):
+        rt_seconds, rt_steps = range_test_budget(n_trials=n_trials, trial_time=trial_time, trial_steps=trial_steps,
+                                                 timeout=timeout, optimizers=len(space.optimizers))
+        if range_test and not space.lr_ranges and rt_steps >= RANGE_TEST_MIN_STEPS:
             say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
             kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=reference_batch, device=target.id,
-                          low=space.lr_low, high=space.lr_high, seed=seed)
-            tests = _run(run_range_tests, kwargs, worker, 600.0) or {}
+                          low=space.lr_low, high=space.lr_high, seed=seed, steps=rt_steps, seconds=rt_seconds)
+            with phases.timed("range_test"):
+                tests = _run(run_range_tests, kwargs, worker, 600.0 if rt_seconds is None else rt_seconds + 120) or {}
             for optimizer, value in tests.items():
                 if value is not None and value.get("best_lr"):
                     space.lr_ranges[optimizer] = _narrowed(space, value)
             stored = dict(study.user_attrs.get("search_space", {}))
             stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
-            stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr")}
+            stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr"),
+                                         "skipped": v.get("skipped")}
                                      for k, v in tests.items() if v}
             study.set_user_attr("search_space", stored)
 
@@ -300,7 +317,7 @@ def tune(
                 return bool(pruning and trial.should_prune())
 
             kwargs = dict(task=handle, config=config, device=target.id, seconds=budget_seconds, steps=budget_steps,
-                          reports=REPORTS, seed=seed)
+                          reports=REPORTS, seed=seed, pruner_reports=PRUNER_REPORTS)
             try:
                 interrupts.waiting = True
                 if interrupts.requested:
@@ -365,20 +382,38 @@ def tune(
             # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
             enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
                                                                       optuna.trial.TrialState.PRUNED))
-            with interrupts.installed():
+            with interrupts.installed(), phases.timed("trials"):
                 left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)  # at least one trial
                 study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=left,
                                callbacks=[after_trial, enough], catch=(TrialError,))
             if interrupts.requested:
                 raise KeyboardInterrupt
+        study.set_user_attr("phases", [*study.user_attrs.get("phases", []), phases.to_dict()])
+        say({"event": "phases", "seconds": phases.to_dict(), "summary": phases.describe()})
         trial = best_trial(study, objective)
         if trial is None:
             raise AutotuneError(f"no trial of study {name!r} finished: `autotune studies` counts them; each failed "
                                 "trial's reason is stored in its 'failure' attribute")
-        return result_from_trial(study, trial)
+        result = result_from_trial(study, trial)
+        busy = describe_busy(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        if busy:
+            say({"event": "busy", "message": busy})
+        reason = not_learning(study)
+        if reason:
+            raise ModelDoesNotLearn(reason, result)
+        return result
     finally:
         if worker is not None:
             worker.close()
+
+
+class ModelDoesNotLearn(AutotuneError):
+    """No trial improved on its first validation report: there is no winner to report. ``result`` is the
+    best-valued trial anyway, for a caller who wants to look at it."""
+
+    def __init__(self, message: str, result: TuneResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class _Interrupts:

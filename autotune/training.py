@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -37,6 +37,23 @@ class BatchSampler:
         batch = self._order[self._position:self._position + self.batch_size]
         self._position += self.batch_size
         return batch
+
+
+class LargestSampler:
+    """The ``batch_size`` largest training samples, every call: a memory probe on data whose samples differ in
+    size (padded or bucketed sequences) measures the largest batch the data can make."""
+
+    def __init__(self, largest_first: np.ndarray, batch_size: int) -> None:
+        """``largest_first``: sample indices, largest sample first (at least ``batch_size`` of them)."""
+        if batch_size > len(largest_first):
+            raise ValueError(f"batch size {batch_size} is larger than the {len(largest_first)} samples given")
+        self.n_samples = len(largest_first)
+        self.batch_size = batch_size
+        self._largest = np.sort(np.asarray(largest_first)[:batch_size])
+        self.epochs = 0
+
+    def next(self) -> np.ndarray:
+        return self._largest
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -97,6 +114,74 @@ class Pruned(Exception):
     """The pruner asked the trial to stop after an intermediate report."""
 
 
+EVALUATION_SHARE = 0.25
+"""Of a trial's time budget, the most its validation passes may take: intermediate reports use a fixed validation
+subset (the first samples) sized to fit, the final figure the whole validation set."""
+
+CONTENDED_CORES = 0.5
+"""Other processes' CPU use, in cores, above which a measurement is flagged as taken on a busy machine."""
+
+
+class CpuContention:
+    """CPU time that other processes used while a measurement ran (machine busy time less this process's).
+
+    A trial's throughput measured while another job took a core is not this configuration's throughput: the
+    figure is kept but flagged, so a report can tell it apart."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._process = psutil.Process()
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        machine = self._psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        own = self._process.cpu_times()
+        return time.perf_counter(), busy, own.user + own.system
+
+    def finish(self) -> dict[str, Any]:
+        wall, busy, own = self._read()
+        seconds = wall - self._start[0]
+        if seconds <= 0:
+            return {"other_cpu_cores": None, "busy": False, "busy_reason": None}
+        others = max(0.0, (busy - self._start[1]) - (own - self._start[2])) / seconds
+        busy_flag = others > CONTENDED_CORES
+        reason = (f"other processes used {others:.1f} CPU cores while it was measured: rerun on a quiet machine"
+                  if busy_flag else None)
+        return {"other_cpu_cores": round(others, 2), "busy": busy_flag, "busy_reason": reason}
+
+
+class TooSlow(Exception):
+    """One training step takes most of the trial's budget: the trial cannot measure anything in it."""
+
+
+def _evaluation_plan(session: TrainingSession, n_val: int, reports: int, seconds: float | None, subset_cap: int,
+                     pruner_reports: Sequence[int]) -> tuple[int | None, set[int], float]:
+    """Which reports run a validation pass, on how many batches (None: the whole set), and the projected seconds
+    of one whole pass, timed on one batch.
+
+    The last report always evaluates the whole set. The others use the first validation batches, as many as keep
+    all evaluation within `EVALUATION_SHARE` of ``seconds``; where even one batch at every report would not fit,
+    only the reports the pruner reads (``pruner_reports``) evaluate, and the rest record the training loss."""
+    batch = session.batch_size
+    total_batches = max(1, math.ceil(n_val / batch))
+    every = set(range(1, reports + 1))
+    if seconds is None:
+        subset = min(total_batches, max(1, math.ceil(subset_cap / batch)))
+        return (None if subset >= total_batches else subset), every, 0.0
+    tick = time.perf_counter()
+    session.evaluate(max_batches=1)
+    per_batch = max(time.perf_counter() - tick, 1e-9)
+    room = max(0.0, EVALUATION_SHARE * seconds - per_batch * total_batches)
+    evaluated = every
+    if room < per_batch * (reports - 1):
+        evaluated = {r for r in pruner_reports if r < reports} | {reports}
+    subset = min(total_batches, max(1, int(room / max(len(evaluated) - 1, 1) // per_batch)))
+    return (None if subset >= total_batches else subset), evaluated, per_batch * total_batches
+
+
 def train_for_budget(
     session: TrainingSession,
     sampler: BatchSampler,
@@ -107,29 +192,51 @@ def train_for_budget(
     warmup_steps: int = 2,
     report: Any = None,
     energy: Any = None,
+    n_val: int | None = None,
+    subset_cap: int = 1024,
+    pruner_reports: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """Train until ``seconds`` of training time (evaluation excluded) or ``steps`` steps, evaluating
-    ``reports`` times at even fractions of the budget; ``report(index, val_loss)`` returning True prunes.
+    """Train until ``seconds`` of training (warm-up steps included, evaluation excluded) or ``steps`` steps,
+    evaluating ``reports`` times at even fractions of the budget; ``report(index, val_loss)`` returning True prunes.
 
-    Warm-up steps (the first compiles or allocates) train the model but are kept out of the clock, so
-    throughput is steady-state. Returns throughput, final validation loss, step-time percentiles, samples,
-    steps, compile time and, where ``energy()`` reads a counter in joules, energy per sample.
+    Cost: see `_evaluation_plan` (the last report is the whole validation set, earlier ones a fixed subset, all
+    of it within `EVALUATION_SHARE` of ``seconds`` where one pass allows; up to ``subset_cap`` samples with a step
+    budget); where one whole pass takes more than that share, training gives up the difference (down to half of
+    ``seconds``). A first step that takes over half of ``seconds`` raises `TooSlow`: the trial cannot measure
+    anything.
+
+    Throughput is steady-state: the warm-up steps (which compile or allocate) train the model but are not timed.
+    Returns throughput with its spread (steps timed, step-time percentiles), final validation loss, samples,
+    compile time, energy per sample where ``energy()`` reads joules, and CPU contention by other processes.
     """
     if (seconds is None) == (steps is None):
         raise ValueError("give exactly one of seconds or steps")
     tick = time.perf_counter()
-    for _ in range(warmup_steps):
+    for index in range(warmup_steps):
         session.train_step(sampler.next())
-    session.synchronize()
+        session.synchronize()
+        spent = time.perf_counter() - tick
+        if seconds is not None and spent > 0.5 * seconds:
+            raise TooSlow(f"one step at batch {sampler.batch_size} takes {spent:.3g} s, over half the "
+                          f"{seconds:g} s trial budget: give --trial-time at least {4 * spent:.2g} or lower the batch")
+        if seconds is not None and spent > 0.1 * seconds:
+            break  # a step this long carries little first-call set-up: one warm-up step is enough
     warmup_seconds = time.perf_counter() - tick
     first_loss = session.last_loss()
     if not math.isfinite(first_loss):
-        raise Diverged(f"loss is {first_loss} after {warmup_steps} warm-up steps")
+        raise Diverged(f"loss is {first_loss} after the warm-up steps")
+    subset, evaluated, whole_pass = _evaluation_plan(session, n_val or 0, reports, seconds, subset_cap,
+                                                     pruner_reports)
+    training_budget = None
+    if seconds is not None:  # a final pass over the whole set that outgrows the evaluation share costs training
+        training_budget = max(0.5 * seconds, seconds - max(0.0, whole_pass - EVALUATION_SHARE * seconds))
     step_seconds: list[float] = []
     history: list[tuple[int, float, float]] = []
-    train_seconds = 0.0
+    train_seconds = warmup_seconds
+    eval_seconds = 0.0
     next_report = 1
     joules_start = energy() if energy else None
+    contention = CpuContention()
     val_loss = None
     while True:
         started = time.perf_counter()
@@ -143,9 +250,14 @@ def train_for_budget(
             loss = session.last_loss()
             if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first_loss, 1e-12):
                 raise Diverged(f"training loss {loss:.4g} at step {done} (first loss {first_loss:.4g})")
-        progress = (train_seconds / seconds) if seconds is not None else (done / steps)
+        progress = (train_seconds / training_budget) if training_budget is not None else (done / steps)
         while next_report <= reports and progress >= next_report / reports:
-            val_loss = session.evaluate()
+            if next_report not in evaluated:
+                next_report += 1
+                continue
+            evaluation_started = time.perf_counter()
+            val_loss = session.evaluate(max_batches=None if next_report == reports else subset)
+            eval_seconds += time.perf_counter() - evaluation_started
             if not math.isfinite(val_loss):
                 raise Diverged(f"validation loss is {val_loss} after {done} steps")
             history.append((next_report, val_loss, train_seconds))
@@ -156,34 +268,57 @@ def train_for_budget(
             break
     joules = (energy() - joules_start) if energy and joules_start is not None else None
     samples = done * sampler.batch_size
+    timed = sum(step_seconds)
     return {
-        "throughput": samples / train_seconds if train_seconds > 0 else None,
+        "throughput": samples / timed if timed > 0 else None,
         "val_loss": val_loss,
         "train_loss": session.last_loss(),
+        "steps_timed": done,
         "step_seconds_p50": percentile(step_seconds, 50),
         "step_seconds_p95": percentile(step_seconds, 95),
+        "step_seconds_p99": percentile(step_seconds, 99),
         "steps": done,
         "samples": samples,
         "epochs": samples / sampler.n_samples,
         "train_seconds": train_seconds,
         "warmup_seconds": warmup_seconds,
+        "eval_seconds": eval_seconds,
+        "report_subset_batches": subset,
         "compile_seconds": session.compile_seconds or None,
         "energy_per_sample_joules": (joules / samples) if joules is not None and samples else None,
+        **contention.finish(),
         "history": history,
     }
 
 
+RANGE_TEST_MIN_STEPS = 10
+"""Fewer sweep steps than this say nothing about where the loss turns: such a range test is not run."""
+
+
 def lr_range_test(session: TrainingSession, sampler: BatchSampler, low: float, high: float,
-                  steps: int = 60) -> dict[str, Any]:
+                  steps: int = 60, seconds: float | None = None) -> dict[str, Any]:
     """Smith's learning-rate range test: raise the rate exponentially from ``low`` to ``high`` over ``steps``
-    steps and watch the smoothed training loss; the best rate is where it is lowest, the edge where it blows up."""
+    steps and watch the smoothed training loss; the best rate is where it is lowest, the edge where it blows up.
+
+    With ``seconds``, the sweep is shortened to the steps that fit in it (timed on its first step); a budget
+    too short for `RANGE_TEST_MIN_STEPS` steps returns ``best_lr`` None with the reason in ``skipped``.
+    """
     rates, losses = [], []
     smoothed, best = None, math.inf
-    for index in range(steps):
+    index, step_seconds = 0, None
+    while index < steps:
         rate = low * (high / low) ** (index / max(steps - 1, 1))
         session.set_learning_rate(rate)
+        tick = time.perf_counter()
         session.train_step(sampler.next())
         loss = session.last_loss()
+        if index == 0:
+            step_seconds = time.perf_counter() - tick
+            fitting = int(seconds / max(step_seconds, 1e-9)) if seconds is not None else steps
+            if fitting < RANGE_TEST_MIN_STEPS:
+                return {"best_lr": None, "diverge_lr": None, "rates": [], "losses": [], "step_seconds": step_seconds,
+                        "skipped": f"{seconds:.2g} s fit only {fitting} of the {RANGE_TEST_MIN_STEPS} steps needed"}
+            steps = min(steps, fitting)
         if not math.isfinite(loss):
             break
         smoothed = loss if smoothed is None else 0.8 * smoothed + 0.2 * loss
@@ -192,10 +327,12 @@ def lr_range_test(session: TrainingSession, sampler: BatchSampler, low: float, h
         best = min(best, smoothed)
         if smoothed > 4 * best and index > steps // 5:
             break
+        index += 1
     if not losses:
-        return {"best_lr": None, "diverge_lr": low, "rates": [], "losses": []}
+        return {"best_lr": None, "diverge_lr": low, "rates": [], "losses": [], "step_seconds": step_seconds}
     best_index = int(np.argmin(losses))
     diverge = next((rates[i] for i in range(best_index, len(rates)) if losses[i] > 2 * losses[best_index]), None)
     if diverge is None and len(rates) < steps:
         diverge = rates[-1]
-    return {"best_lr": rates[best_index], "diverge_lr": diverge, "rates": rates, "losses": losses}
+    return {"best_lr": rates[best_index], "diverge_lr": diverge, "rates": rates, "losses": losses,
+            "step_seconds": step_seconds}

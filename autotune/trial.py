@@ -7,6 +7,7 @@ Both rebuild the task from its handle, train a fresh seeded model, and turn fram
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any, Callable, Iterator, Mapping
 
 from autotune.backends import get_backend
@@ -14,8 +15,10 @@ from autotune.backends.base import TrainingSession
 from autotune.devices import nvml_energy_reader
 from autotune.errors import TrialError
 from autotune.procmem import process_memory, reset_resident_peak
+from autotune.runner import in_worker
 from autotune.task import resolve_task
-from autotune.training import BatchSampler, Diverged, Pruned, lr_range_test, train_for_budget
+from autotune.training import (RANGE_TEST_MIN_STEPS, BatchSampler, Diverged, Pruned, TooSlow, lr_range_test,
+                               train_for_budget)
 
 
 def _short(exc: BaseException) -> str:
@@ -40,16 +43,33 @@ def fresh_session(backend: Any, device: Any, build: Callable[[], TrainingSession
         backend.release_memory(device)
 
 
+_LOADED: dict[Any, tuple[Any, Any]] = {}
+"""The last task and data this worker loaded, by handle: a reused worker's next trial skips reading the data."""
+
+
+def loaded_task(handle: Any) -> tuple[Any, Any]:
+    """``(task, data)`` for a task handle, loading the data once per worker (trials only read it); in the
+    caller's own process (``isolation='none'``) nothing is kept."""
+    if not (in_worker() and isinstance(handle, str)):
+        task = resolve_task(handle)
+        return task, task.load_data()
+    if handle not in _LOADED:
+        _LOADED.clear()
+        task = resolve_task(handle)
+        _LOADED[handle] = (task, task.load_data())
+    return _LOADED[handle]
+
+
 def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, seconds: float | None = None,
-              steps: int | None = None, reports: int = 8, seed: int = 0, channel: Any = None) -> dict[str, Any]:
+              steps: int | None = None, reports: int = 8, seed: int = 0, channel: Any = None,
+              pruner_reports: tuple[int, ...] = ()) -> dict[str, Any]:
     """Train ``config`` (batch size, optimizer spec) for the budget and return its measurements.
 
     With a ``channel``, each intermediate validation loss is sent to the parent, which answers whether to prune.
     """
-    task = resolve_task(task)
+    task, data = loaded_task(task)
     backend = get_backend(task.backend)
     target = backend.resolve_device(device)
-    data = task.load_data()
     optimizer = {"name": config["optimizer"], "lr": config["lr"], **config.get("optimizer_params", {})}
     reset_resident_peak()
 
@@ -61,14 +81,15 @@ def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, secon
     try:
         with fresh_session(backend, target, build) as session:
             session.reset_peak_memory()
-            n_train, _ = backend.data_size(data)
+            n_train, n_val = backend.data_size(data)
             sampler = BatchSampler(n_train, int(config["batch_size"]), seed)
             figures = train_for_budget(session, sampler, seconds=seconds, steps=steps, reports=reports,
-                                       report=report, energy=nvml_energy_reader(target))
+                                       report=report, energy=nvml_energy_reader(target), n_val=n_val,
+                                       pruner_reports=pruner_reports)
             device_peak = session.peak_memory()
     except Diverged as exc:
         raise TrialError("diverged", str(exc)) from None
-    except Pruned as exc:
+    except (Pruned, TooSlow) as exc:
         raise TrialError("pruned", str(exc)) from None
     memory = process_memory()
     figures["peak_memory_bytes"] = device_peak if device_peak is not None else memory["resident_peak"]
@@ -77,29 +98,57 @@ def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, secon
 
 
 def run_range_test(task: Any, optimizer: Mapping[str, Any], batch_size: int, device: str | None, low: float,
-                   high: float, steps: int = 60, seed: int = 0) -> dict[str, Any]:
-    """The learning-rate range test for one optimizer at ``batch_size`` (see `autotune.training.lr_range_test`)."""
-    task = resolve_task(task)
+                   high: float, steps: int = 60, seed: int = 0, seconds: float | None = None) -> dict[str, Any]:
+    """The learning-rate range test for one optimizer at ``batch_size`` (see `autotune.training.lr_range_test`);
+    ``seconds`` bounds its sweep."""
+    task, data = loaded_task(task)
     backend = get_backend(task.backend)
     target = backend.resolve_device(device)
-    data = task.load_data()
     build = lambda: backend.session(task, data, target, batch_size=batch_size,  # noqa: E731
                                     optimizer={**optimizer, "lr": low}, seed=seed)
     with fresh_session(backend, target, build) as session:
         n_train, _ = backend.data_size(data)
-        return lr_range_test(session, BatchSampler(n_train, batch_size, seed), low, high, steps=steps)
+        return lr_range_test(session, BatchSampler(n_train, batch_size, seed), low, high, steps=steps,
+                             seconds=seconds)
+
+
+RANGE_TEST_ORDER = ("adam", "adamw", "momentum", "sgd", "nesterov", "rmsprop", "nadam", "radam", "adamax",
+                    "amsgrad", "adagrad", "adafactor", "lion", "lamb", "adadelta", "ftrl", "asgd")
+"""Which optimizers a short range-test budget serves first: the ones most trials are likely to use."""
 
 
 def run_range_tests(task: Any, optimizers: list[str], batch_size: int, device: str | None, low: float, high: float,
-                    steps: int = 60, seed: int = 0) -> dict[str, Any]:
+                    steps: int = 60, seed: int = 0, seconds: float | None = None) -> dict[str, Any]:
     """`run_range_test` for several optimizers in one worker (one start-up instead of one per optimizer).
 
-    An optimizer whose test fails (out of memory, an error) maps to None; the others keep their results.
+    ``seconds`` bounds them all (model builds included): each optimizer gets an equal share of what is left,
+    the common ones first, so a short budget tests a few well instead of every one badly. An optimizer whose
+    test fails (out of memory, an error) maps to None; one the budget did not reach has ``skipped`` set.
     """
+    started = time.perf_counter()
+    ordered = sorted(optimizers, key=lambda n: (RANGE_TEST_ORDER.index(n) if n in RANGE_TEST_ORDER else 99, n))
     results: dict[str, Any] = {}
-    for name in optimizers:
+    one_test = None  # seconds a test of RANGE_TEST_MIN_STEPS steps costs, model build included, once measured
+    for position, name in enumerate(ordered):
+        share = None
+        if seconds is not None:
+            left = seconds - (time.perf_counter() - started)
+            # until one test is measured, assume the budget serves at most three optimizers well
+            affordable = min(3, len(ordered) - position) if one_test is None else int(left // one_test)
+            if left <= 0 or affordable < 1:
+                results[name] = {"best_lr": None, "skipped": "the range-test budget was spent"}
+                continue
+            share = left / min(len(ordered) - position, affordable)
+        tick = time.perf_counter()
         try:
-            results[name] = run_range_test(task, {"name": name}, batch_size, device, low, high, steps=steps, seed=seed)
+            results[name] = run_range_test(task, {"name": name}, batch_size, device, low, high, steps=steps,
+                                           seed=seed, seconds=share)
         except TrialError:
             results[name] = None
+            continue
+        step = results[name].get("step_seconds")
+        if step and one_test is None:
+            swept = max(len(results[name]["rates"]), 1)
+            build = max(0.0, time.perf_counter() - tick - step * swept)
+            one_test = build + step * RANGE_TEST_MIN_STEPS
     return results

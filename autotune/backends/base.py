@@ -126,6 +126,13 @@ class Backend(abc.ABC):
         """Number of training and validation samples in ``data`` (arrays; backends extend for native datasets)."""
         return data.n_train, data.n_val
 
+    def sample_sizes(self, task: Task, data: Any) -> np.ndarray | None:
+        """Size of each training sample (elements), or None when all are the same size (arrays).
+
+        Where samples differ (padded or bucketed sequences), fit-batch probes with the largest ones, so that the
+        ceiling holds for every batch of the data."""
+        return None
+
     @abc.abstractmethod
     def is_oom(self, exc: BaseException) -> bool:
         """Whether ``exc`` is this framework's out-of-memory failure (narrowly: everything else re-raises)."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gc
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from autotune.backends import torch_data
 from autotune.backends.base import Backend, TrainingSession
 from autotune.devices import Device, cpu_device
 from autotune.errors import TaskError
@@ -55,19 +56,69 @@ if hasattr(torch.optim, "Adafactor"):
         p, lr=s["lr"], beta2_decay=s["beta2_decay"], eps=(None, s["eps"]), weight_decay=s["weight_decay"]
     )
 
-_LOSSES = {
+_LOGIT_LOSSES = {
     "cross_entropy": F.cross_entropy,
     "mse": F.mse_loss,
     "mae": F.l1_loss,
     "binary_cross_entropy": F.binary_cross_entropy_with_logits,
     "huber": F.huber_loss,
 }
+_PROBABILITY_EPS = 1e-7
+
+
+def _cross_entropy_of_probabilities(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.nll_loss(torch.log(probabilities.clamp_min(_PROBABILITY_EPS)), targets)
+
+
+def _binary_cross_entropy_of_probabilities(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy(probabilities.clamp(_PROBABILITY_EPS, 1 - _PROBABILITY_EPS), targets)
+
+
+_PROBABILITY_LOSSES = {"cross_entropy": _cross_entropy_of_probabilities,
+                       "binary_cross_entropy": _binary_cross_entropy_of_probabilities}
+
+
+def final_activation(model: torch.nn.Module) -> str | None:
+    """``'softmax'``, ``'log_softmax'`` or ``'sigmoid'`` when the model's last layer is one, else None.
+
+    Only a ``Sequential``'s last child (recursively) is known to be the output: a custom ``forward`` may use its
+    modules in any order, so such a model is taken to return logits unless the Task says ``from_logits=False``.
+    """
+    last: Any = model
+    while isinstance(last, torch.nn.Sequential) and len(last):
+        last = last[-1]
+    if isinstance(last, torch.nn.Softmax):
+        return "softmax"
+    if isinstance(last, torch.nn.LogSoftmax):
+        return "log_softmax"
+    if isinstance(last, torch.nn.Sigmoid):
+        return "sigmoid"
+    return None
+
+
+def named_loss(name: str, model: torch.nn.Module, from_logits: bool | None) -> Callable[[Any, Any], torch.Tensor]:
+    """The loss for a neutral name, on logits or on probabilities as the model's output is (or as the Task says).
+
+    Targets are cast to what the named loss requires (class indices as int64 for cross entropy, the outputs'
+    dtype otherwise); a callable loss gets them unchanged.
+    """
+    activation = final_activation(model)
+    if name == "cross_entropy" and activation == "log_softmax" and from_logits is not False:
+        return lambda outputs, targets: F.nll_loss(outputs, targets.long())
+    probabilities = (activation in ("softmax", "sigmoid")) if from_logits is None else not from_logits
+    if name in _PROBABILITY_LOSSES and probabilities:
+        function = _PROBABILITY_LOSSES[name]
+    else:
+        function = _LOGIT_LOSSES[name]
+    if name == "cross_entropy":
+        return lambda outputs, targets: function(outputs, targets if targets.is_floating_point() else targets.long())
+    return lambda outputs, targets: function(outputs, targets.to(outputs.dtype))
 
 
 class TorchSession(TrainingSession):
     """Model, optimizer and data on one torch device; data stays on the host and moves per batch."""
 
-    def __init__(self, task: Task, data: ArrayData, device: Device, batch_size: int,
+    def __init__(self, task: Task, data: Any, device: Device, batch_size: int,
                  optimizer: Mapping[str, Any], seed: int) -> None:
         self.batch_size = batch_size
         self.device = torch.device(device.id)
@@ -81,20 +132,41 @@ class TorchSession(TrainingSession):
             raise TaskError(f"the task's model() returned {type(model).__name__}, not a torch.nn.Module")
         self.model = model.to(self.device).train()
         self.optimizer = _OPTIMIZERS[optimizer["name"]](self.model.parameters(), optimizer)
-        self.loss_fn = _LOSSES[task.loss] if isinstance(task.loss, str) else task.loss
-        integer_targets = task.loss == "cross_entropy"
-        self.x_train, self.y_train = _tensors(data.x_train, data.y_train, integer_targets, self._cuda)
-        self.x_val, self.y_val = _tensors(data.x_val, data.y_val, integer_targets, self._cuda)
+        self.compute_loss = task.compute_loss
+        self.loss_fn = named_loss(task.loss, self.model, task.from_logits) if isinstance(task.loss, str) else task.loss
+        self.train_data, self.val_data = torch_data.sources(task, data, self._cuda)
+        self._checked = False
         self._last: torch.Tensor | None = None
 
-    def _batch(self, x: torch.Tensor, y: torch.Tensor, indices: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return (x[indices].to(self.device, non_blocking=True), y[indices].to(self.device, non_blocking=True))
+    def _loss(self, batch: Any) -> torch.Tensor:
+        batch = torch_data.to_device(batch, self.device)
+        if self.compute_loss is not None:
+            loss = self.compute_loss(self.model, batch)
+        else:
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                raise TaskError(
+                    f"the data's batches are {torch_data.describe_batch(batch)}, not (inputs, targets): give the Task "
+                    "compute_loss=lambda model, batch: ... that returns the batch's loss"
+                )
+            loss = self.loss_fn(self.model(batch[0]), batch[1])
+        if not self._checked:
+            self._check_loss(loss)
+        return loss
+
+    def _check_loss(self, loss: Any) -> None:
+        what = "compute_loss" if self.compute_loss is not None else "the loss"
+        if not isinstance(loss, torch.Tensor):
+            raise TaskError(f"{what} must return a scalar loss tensor, got {type(loss).__name__}: return e.g. "
+                            "model(**batch).loss or loss_fn(model(x), y)")
+        if loss.numel() != 1 or not loss.is_floating_point():
+            raise TaskError(f"{what} must return a scalar floating-point loss, got a {loss.dtype} tensor of shape "
+                            f"{tuple(loss.shape)}: reduce it, e.g. with .mean()")
+        self._checked = True
 
     def train_step(self, indices: np.ndarray) -> None:
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-        inputs, targets = self._batch(self.x_train, self.y_train, index)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(inputs), targets)
+        loss = self._loss(self.train_data.batch(index))
         loss.backward()
         self.optimizer.step()
         self._last = loss.detach()
@@ -129,13 +201,15 @@ class TorchSession(TrainingSession):
     def evaluate(self, max_batches: int | None = None) -> float:
         self.model.eval()
         total, count = 0.0, 0
-        stop = len(self.x_val) if max_batches is None else min(len(self.x_val), max_batches * self.batch_size)
+        stop = len(self.val_data)
+        if max_batches is not None:
+            stop = min(stop, max_batches * self.batch_size)
         with torch.no_grad():
             for start in range(0, stop, self.batch_size):
-                inputs, targets = self._batch(self.x_val, self.y_val, slice(start, start + self.batch_size))
-                loss = self.loss_fn(self.model(inputs), targets)
-                total += float(loss.item()) * len(inputs)
-                count += len(inputs)
+                batch = self.val_data.batch(slice(start, min(start + self.batch_size, stop)))
+                size = torch_data.batch_length(batch)
+                total += float(self._loss(batch).item()) * size
+                count += size
         self.model.train()
         return total / max(count, 1)
 
@@ -149,27 +223,14 @@ class TorchSession(TrainingSession):
 
     def peak_memory(self) -> int | None:
         # Allocated, not reserved: under a cap (set_per_process_memory_fraction) the caching allocator frees its
-        # cache and retries before it fails, so what must fit is the tensors' peak. Measured on an H100: the
-        # reserved peak grew 3.2 MiB per sample against 1.2 allocated, and fitting it stopped at 45 % of the
-        # largest batch that ran under the cap.
+        # cache and retries before it fails, so what must fit is the tensors' peak (the reserved peak overstates it).
         if self._cuda:
             return int(torch.cuda.max_memory_allocated(self.device))
         return None
 
     def close(self) -> None:
-        for name in ("model", "optimizer", "x_train", "y_train", "x_val", "y_val", "_last"):
+        for name in ("model", "optimizer", "train_data", "val_data", "_last"):
             setattr(self, name, None)
-
-
-def _tensors(x: Any, y: Any, integer_targets: bool, pin: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x_tensor = torch.as_tensor(np.asarray(x))
-    if x_tensor.is_floating_point() and x_tensor.dtype != torch.float32:
-        x_tensor = x_tensor.float()
-    y_tensor = torch.as_tensor(np.asarray(y))
-    y_tensor = y_tensor.long() if integer_targets else y_tensor.float()
-    if pin:
-        x_tensor, y_tensor = x_tensor.pin_memory(), y_tensor.pin_memory()
-    return x_tensor, y_tensor
 
 
 class TorchBackend(Backend):
@@ -200,6 +261,16 @@ class TorchBackend(Backend):
                 optimizer: Mapping[str, Any], seed: int = 0) -> TorchSession:
         spec = self.validate_optimizer(optimizer)
         return TorchSession(task, data, device, batch_size, spec, seed)
+
+    def data_size(self, data: Any) -> tuple[int, int]:
+        if isinstance(data, ArrayData):
+            return data.n_train, data.n_val
+        train, val = torch_data.sources(Task(backend="torch", model=torch.nn.Identity, data=data), data, pin=False)
+        return len(train), len(val)
+
+    def sample_sizes(self, task: Task, data: Any) -> np.ndarray | None:
+        train, _ = torch_data.sources(task, data, pin=False)
+        return train.sample_sizes()
 
     def is_oom(self, exc: BaseException) -> bool:
         if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
