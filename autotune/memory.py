@@ -164,7 +164,7 @@ def _probe_setup(task: Any, device: str | None, device_memory_limit: int | None)
 
 
 def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, optimizer: Mapping[str, Any],
-             steps: int, seed: int, largest: Any = None) -> dict[str, Any]:
+             steps: int, seed: int, largest: Any = None, first_in_process: bool = False) -> dict[str, Any]:
     free_at_start = backend.free_memory(target) if target.kind != "cpu" else None
     reset_resident_peak()
     build = lambda: backend.session(task, data, target, batch_size=batch_size, optimizer=optimizer,  # noqa: E731
@@ -172,8 +172,9 @@ def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, o
     with fresh_session(backend, target, build) as session:
         session.reset_peak_memory()
         n_train, _ = backend.data_size(data)
-        sampler = LargestSampler(largest, batch_size) if largest is not None else BatchSampler(n_train, batch_size, seed)
-        figures = measure_probe(session, sampler, steps=steps)
+        sampler = (LargestSampler(largest, batch_size) if largest is not None
+                   else BatchSampler(n_train, batch_size, seed))
+        figures = measure_probe(session, sampler, steps=steps, first_in_process=first_in_process)
         device_peak = session.peak_memory()
     pool = pool_blocks(backend.cpu_pool_block_bytes) if backend.cpu_pool_block_bytes and target.kind == "cpu" \
         else None
@@ -189,7 +190,8 @@ def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mappin
 
 
 def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], steps: int, seed: int,
-                  device_memory_limit: int | None, channel: Any, largest: Any = None) -> int:
+                  device_memory_limit: int | None, channel: Any, largest: Any = None,
+                  retime_first: bool = False) -> int:
     """Probe the sizes the parent asks for, one after another in this worker, until it answers None.
 
     Saves a worker start (and a device context) per probe. The parent asks for a size here only while the
@@ -205,7 +207,10 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
         if limit and target.kind != "cpu" and limit != device_memory_limit:
             backend.limit_memory(target, limit)
             device_memory_limit = limit
-        result = _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest)
+        # the fit's first probe (a small growth size) carries the process's first-call set-up: a second,
+        # timed step costs little there
+        result = _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
+                          first_in_process=retime_first and count == 0)
         count += 1
         reply = channel.ask(("ok", result))
     return count
@@ -479,7 +484,8 @@ def fit_batch_size(
             say(f"probe batch {in_flight['size']} ...")
             return in_flight["size"], device_cap()
 
-        outcome = run_in_worker(_probe_series, {**kwargs, "device_memory_limit": device_cap()},
+        series = {**kwargs, "device_memory_limit": device_cap(), "retime_first": not probes}
+        outcome = run_in_worker(_probe_series, series,
                                 memory_limit=cpu_cap, timeout=probe_timeout, preload=preload, on_message=serve,
                                 timeout_per_message=True)
         if in_flight["size"] is not None:  # the worker ended during a probe: that probe failed

@@ -310,11 +310,13 @@ def tune(
                 trial.set_user_attr("reduced_budget", True)
 
             def on_report(message: Any) -> bool:
+                # Only the reports the pruner compares are written to the storage (a commit each); every report
+                # is kept in the trial's history attribute, written once at its end.
                 _, index, value = message
-                if objective == "pareto":
+                if objective == "pareto" or not pruning or index not in (*PRUNER_REPORTS, REPORTS):
                     return False
                 trial.report(value, index)
-                return bool(pruning and trial.should_prune())
+                return bool(trial.should_prune())
 
             kwargs = dict(task=handle, config=config, device=target.id, seconds=budget_seconds, steps=budget_steps,
                           reports=REPORTS, seed=seed, pruner_reports=PRUNER_REPORTS)

@@ -66,7 +66,8 @@ RETIME_BELOW = 1.0
 0.51 s against 0.38 s for a conv net at 128), so a first step is timed only from a second up (within ~13 %)."""
 
 
-def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 1) -> dict[str, Any]:
+def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 1,
+                  first_in_process: bool = False) -> dict[str, Any]:
     """The peak of a short training run at one batch size, in as few steps as show it, and the throughput.
 
     The optimizer's state is allocated first, so that the first training step already holds all a steady one
@@ -84,7 +85,10 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
     session.synchronize()
     first = time.perf_counter() - tick
     session.evaluate(max_batches=1)
-    step_seconds = [first] if not session.first_step_compiles and first >= RETIME_BELOW else []
+    # The first session of a process carries first-call set-up (a Hugging Face model's first forward: seconds),
+    # so its first step is never its timing; later sessions' first steps are, from RETIME_BELOW up.
+    trusted = not session.first_step_compiles and first >= RETIME_BELOW and not first_in_process
+    step_seconds = [first] if trusted else []
     train_steps = 1
     while len(step_seconds) < steps:
         tick = time.perf_counter()
@@ -268,9 +272,11 @@ def train_for_budget(
             break
     joules = (energy() - joules_start) if energy and joules_start is not None else None
     samples = done * sampler.batch_size
-    timed = sum(step_seconds)
+    # steady state: the median step, so that one step stalled by a collector pass or another process's burst
+    # does not move the figure
+    median = percentile(step_seconds, 50)
     return {
-        "throughput": samples / timed if timed > 0 else None,
+        "throughput": sampler.batch_size / median if median else None,
         "val_loss": val_loss,
         "train_loss": session.last_loss(),
         "steps_timed": done,

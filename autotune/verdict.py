@@ -11,9 +11,15 @@ IMPROVEMENT = 0.01
 
 
 def _reports(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """Validation reports with training between them (reports that followed the same step are one report)."""
     history = trial.user_attrs.get("history")
     if history:
-        return [float(entry[1]) for entry in history]
+        reports, trained = [], None
+        for _index, value, seconds in history:
+            if seconds != trained:
+                reports.append(float(value))
+                trained = seconds
+        return reports
     return [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
 
 
