@@ -24,6 +24,7 @@ from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError, TrialError
 from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
+from autotune.resume import check_resumable
 from autotune.runner import Worker, run_here
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
@@ -239,6 +240,7 @@ def tune(
     else:
         stored = info.get("search_space", {})
         space.lr_ranges = {k: tuple(v) for k, v in stored.get("lr_ranges", {}).items()}
+        check_resumable(study, space)
     say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
