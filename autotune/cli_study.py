@@ -45,6 +45,12 @@ class ProgressDisplay:
         elif kind == "trial":
             self._trial(event)
 
+    @staticmethod
+    def warn(event: dict[str, Any]) -> None:
+        """A line that must be seen even with --quiet or --json (a study that fell short)."""
+        if event["event"] == "shortfall":
+            print(f"autotune: warning: {event['message']}", file=sys.stderr, flush=True)
+
     def _trial(self, event: dict[str, Any]) -> None:
         config = event.get("config") or {}
         what = (f"batch {config.get('batch_size')} {config.get('optimizer')} lr {number(config.get('lr'), 3)}"
@@ -153,6 +159,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     def progress(event: dict[str, Any]) -> None:
         study_holder.update(event)
         display(event)
+        display.warn(event)
 
     try:
         result = tune(
@@ -191,6 +198,7 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
+    from autotune.failures import shown_state
     from autotune.storage import open_storage
 
     storage = open_storage(args.storage)
@@ -198,7 +206,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        counts = {state: sum(1 for t in trials if t.state.name == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        counts = {state: sum(1 for t in trials if shown_state(t) == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
         objective = summary.user_attrs.get("objective", "?")
         best = summary.best_trial.values[0] if summary.best_trial is not None and summary.best_trial.values else None
         rows.append({"study": summary.study_name, "objective": objective, "backend": summary.user_attrs.get("backend"),

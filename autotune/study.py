@@ -22,6 +22,7 @@ import optuna
 
 from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError, TrialError
+from autotune.failures import INFEASIBLE_KINDS, finished, mark_infeasible, shortfall, shown_state
 from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
 from autotune.resume import check_resumable
@@ -194,7 +195,7 @@ def tune(
 
     ``timeout`` bounds the whole call (ceiling fit and range test included; the range test is skipped when
     they would take more than half of it; no trial starts that would end after it, judged by the median
-    duration of this call's full-budget trials). ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
+    duration of this call's full-budget trials). ``n_trials`` counts finished (complete or pruned, not failed) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
@@ -322,7 +323,9 @@ def tune(
                 raise AutotuneError(message)
             if not ok:
                 trial.set_user_attr("failure", f"{kind}: {message}")
-                if kind in PRUNED_KINDS:
+                if kind in INFEASIBLE_KINDS:  # pruned, not failed: TPE reads no FAIL trial (autotune.failures)
+                    mark_infeasible(trial, kind, message)
+                if kind in PRUNED_KINDS or kind in INFEASIBLE_KINDS:
                     raise optuna.TrialPruned(f"{kind}: {message}")
                 return float("nan") if objective != "pareto" else (float("nan"), float("nan"))
             history = value.pop("history", [])
@@ -352,7 +355,7 @@ def tune(
             if deadline is not None and full_runs and deadline - time.monotonic() < statistics.median(full_runs):
                 study_.stop()  # a trial started now would end after the deadline: --timeout bounds the whole call
             best = best_trial(study_, objective)
-            say({"event": "trial", "number": frozen.number, "state": frozen.state.name,
+            say({"event": "trial", "number": frozen.number, "state": shown_state(frozen),
                  "value": frozen.values[0] if frozen.values else None,
                  "failure": frozen.user_attrs.get("failure"),
                  "config": frozen.user_attrs.get("config"),
@@ -363,20 +366,29 @@ def tune(
         # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
         # (a traceback for an interrupted trial) would only repeat them
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        short = None
         if remaining:
             # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
-            enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                      optuna.trial.TrialState.PRUNED))
+            attempts, attempted = 3 * remaining + 2, []
+
+            def enough(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+                attempted.append(frozen.number)
+                if _finished(study_) >= n_trials:
+                    study_.stop()
+
             with interrupts.installed():
                 left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)  # at least one trial
-                study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=left,
+                study.optimize(objective_fn, n_trials=attempts, timeout=left,
                                callbacks=[after_trial, enough], catch=(TrialError,))
             if interrupts.requested:
                 raise KeyboardInterrupt
+            short = shortfall(study, n_trials, timed_out=deadline is not None and len(attempted) < attempts,
+                              attempts=attempts)
+            if short and best_trial(study, objective) is not None:
+                say({"event": "shortfall", "message": short})
         trial = best_trial(study, objective)
         if trial is None:
-            raise AutotuneError(f"no trial of study {name!r} finished: `autotune studies` counts them; each failed "
-                                "trial's reason is stored in its 'failure' attribute")
+            raise AutotuneError(short or f"no trial of study {name!r} finished")
         return result_from_trial(study, trial)
     finally:
         if worker is not None:
@@ -409,8 +421,7 @@ class _Interrupts:
 
 
 def _finished(study: optuna.Study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return len(finished(study.get_trials(deepcopy=False)))
 
 
 def _narrowed(space: SearchSpace, test: Mapping[str, Any]) -> tuple[float, float]:
