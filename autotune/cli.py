@@ -181,14 +181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from autotune.redact import redact, url_secrets  # no optuna: probe and fit-batch do not import it
+
+    secrets = url_secrets(getattr(args, "storage", None))
     try:
         return handler(args)
     except AutotuneError as exc:
-        print(f"autotune: error: {exc}", file=sys.stderr)
+        print(redact(f"autotune: error: {exc}", secrets), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback is for a report, but even a traceback must not show a password
+        import traceback
+
+        print(redact(traceback.format_exc(), secrets), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -201,7 +201,12 @@ def cmd_studies(args: argparse.Namespace) -> int:
     from autotune.failures import shown_state
     from autotune.storage import open_storage
 
-    storage = open_storage(args.storage)
+    from autotune.storage import DEFAULT_STORAGE, local_file
+
+    if args.storage is None and not local_file(DEFAULT_STORAGE).exists():  # a fresh machine: nothing to list
+        print("[]") if args.json else status("no studies in this storage yet: run autotune tune TASK")
+        return 0
+    storage = open_storage(args.storage, must_exist=True)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)

@@ -160,7 +160,7 @@ def load_result(study_name: str, storage: str | None = None) -> TuneResult:
 
 def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
     """An existing study, or `StorageError` naming the studies the storage has."""
-    store = open_storage(storage)
+    store = open_storage(storage, must_exist=True)  # a mistyped path must not become a new database
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study_name not in names:
         known = ", ".join(names) or "none"
