@@ -21,8 +21,10 @@ from typing import Any, Callable, Iterator, Mapping
 import optuna
 
 from autotune.backends import get_backend
-from autotune.errors import AutotuneError, StorageError, TrialError
+from autotune.checks import check_task_data, seconds
+from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
 from autotune.failures import INFEASIBLE_KINDS, finished, mark_infeasible, shortfall, shown_state
+from autotune.guard import guarded, note_new_study
 from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
 from autotune.resume import check_resumable
@@ -168,6 +170,7 @@ def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=store)
 
 
+@guarded
 def tune(
     task: Task | str,
     *,
@@ -201,11 +204,13 @@ def tune(
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
     """
     say = progress or (lambda _event: None)
+    timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     if objective not in OBJECTIVES:
         raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     if trial_steps is not None:
         trial_time = None
+    trial_time = seconds("--trial-time", trial_time)
     if (trial_time is None or trial_time <= 0) and (trial_steps is None or trial_steps < 1):
         raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
     if isolation not in ("process", "none"):
@@ -215,6 +220,7 @@ def tune(
     target = backend.resolve_device(device)
     space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
     handle = task_handle(task) if isolation == "process" else task
+    check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
     store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
     name = study_name or _study_name(task)
     try:
@@ -231,6 +237,7 @@ def tune(
     orphans = fail_orphaned_trials(study)
     resumed = bool(info)
     if not resumed:
+        note_new_study(study)  # removed again if this call fails before it holds a trial or a ceiling
         for key, value in {
             "objective": objective, "task": task.reference or task.name, "backend": backend.name,
             "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
@@ -307,15 +314,15 @@ def tune(
             try:
                 interrupts.waiting = True
                 if interrupts.requested:
-                    raise KeyboardInterrupt
+                    raise Interrupted(interrupts.signum)
                 if isolation == "process":
                     outcome = worker.run(run_trial, kwargs, timeout=limit, on_message=on_report)
                     ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
                 else:
                     outcome = run_here(run_trial, kwargs, on_message=on_report)
                     ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-            except KeyboardInterrupt:
-                trial.set_user_attr("failure", "interrupted: Ctrl-C")
+            except KeyboardInterrupt as exc:
+                trial.set_user_attr("failure", f"interrupted: {getattr(exc, 'reason', 'Ctrl-C')}")
                 raise
             finally:
                 interrupts.waiting = False
@@ -381,7 +388,7 @@ def tune(
                 study.optimize(objective_fn, n_trials=attempts, timeout=left,
                                callbacks=[after_trial, enough], catch=(TrialError,))
             if interrupts.requested:
-                raise KeyboardInterrupt
+                raise Interrupted(interrupts.signum)
             short = shortfall(study, n_trials, timed_out=deadline is not None and len(attempted) < attempts,
                               attempts=attempts)
             if short and best_trial(study, objective) is not None:
@@ -396,28 +403,34 @@ def tune(
 
 
 class _Interrupts:
-    """Ctrl-C during a study: kill the running trial at once (it is recorded as interrupted); anywhere else
-    (sampling, storage writes) only note it, so that Optuna's bookkeeping is never cut half-way."""
+    """Ctrl-C or SIGTERM during a study: kill the running trial at once (it is recorded as interrupted);
+    anywhere else (sampling, storage writes) only note it, so that Optuna's bookkeeping is never cut half-way.
+    SIGTERM is Ctrl-C's twin: a scheduler's stop must not leave the trial RUNNING until the next run."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
         self.waiting = False
+        self.signum = int(signal.SIGINT)
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
         if self.waiting:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self._handler)
+        previous = {signum: signal.signal(signum, self._handler) for signum in self.SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _finished(study: optuna.Study) -> int:

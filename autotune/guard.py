@@ -1,0 +1,93 @@
+"""What a failed `tune` call leaves behind: a storage fault becomes one line, an empty new study is removed.
+
+A full disk, a read-only database or a lost server surfaces from deep inside Optuna as an OSError or a
+SQLAlchemy error, after the study is open; `guarded` turns those into `StorageError` (one line, exit 2) and
+says that the finished trials are kept. A call that created its study and fails before the study holds
+anything of value (a bad input, Ctrl-C during the ceiling fit) removes that study again, so that a corrected
+rerun starts clean and `autotune studies` lists no empty husk.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+import sqlite3
+from typing import Any, Callable, TypeVar
+
+import optuna
+
+from autotune.errors import AutotuneError, StorageError
+from autotune.redact import redact
+
+F = TypeVar("F", bound=Callable[..., Any])
+_created: contextvars.ContextVar[list[optuna.Study] | None] = contextvars.ContextVar("autotune_created", default=None)
+_STORAGE_CODE = (f"{os.sep}optuna{os.sep}storages{os.sep}", f"{os.sep}sqlalchemy{os.sep}")
+
+
+def note_new_study(study: optuna.Study) -> None:
+    """Record that the running `tune` call created ``study`` (removed again if the call fails early)."""
+    created = _created.get()
+    if created is not None:
+        created.append(study)
+
+
+def guarded(function: F) -> F:
+    """Wrap `tune`: storage faults become `StorageError`; a study it created is removed if it fails while the
+    study has no trial and no ceiling yet."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _created.set([])
+        try:
+            return function(*args, **kwargs)
+        except (AutotuneError, KeyboardInterrupt):
+            for study in _created.get() or []:
+                _remove_if_empty(study)
+            raise
+        except Exception as exc:
+            if not is_storage_fault(exc):
+                raise
+            url = kwargs.get("storage")
+            reason = redact(_first_line(exc), [] if url is None else [url])
+            raise StorageError(f"the storage failed during the run ({reason[:300]}): the trials finished before "
+                               "it are kept, and the next run fails the one left running; free the disk or fix "
+                               "the storage, then run the same command again") from None
+        finally:
+            _created.reset(token)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def is_storage_fault(exc: BaseException) -> bool:
+    """An I/O or database error raised inside Optuna's storage code or SQLAlchemy (not the task's own)."""
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+    except ImportError:  # pragma: no cover - optuna requires it
+        SQLAlchemyError = OSError  # type: ignore[misc,assignment]
+    if isinstance(exc, SQLAlchemyError):
+        return True
+    if not isinstance(exc, (OSError, sqlite3.Error, ValueError)):
+        return False
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    in_storage = any(marker in name for name in frames for marker in _STORAGE_CODE)
+    # a ValueError from the storage is a journal line it cannot read; elsewhere it is a bug, kept as it is
+    return in_storage and (not isinstance(exc, ValueError) or any("journal" in name for name in frames))
+
+
+def _remove_if_empty(study: optuna.Study) -> None:
+    try:
+        if study.get_trials(deepcopy=False) or any(k.startswith("ceiling:") for k in study.user_attrs):
+            return
+        optuna.delete_study(study_name=study.study_name, storage=study._storage)
+    except Exception:  # the storage may be what failed: leaving the husk is all that is lost
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
