@@ -13,12 +13,13 @@ import contextvars
 import functools
 import os
 import sqlite3
+import threading
 from typing import Any, Callable, TypeVar
 
 import optuna
 
 from autotune.errors import AutotuneError, StorageError
-from autotune.redact import redact
+from autotune.redact import redact, url_secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
 _created: contextvars.ContextVar[list[optuna.Study] | None] = contextvars.ContextVar("autotune_created", default=None)
@@ -39,6 +40,15 @@ def guarded(function: F) -> F:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         token = _created.set([])
+        previous_hook = threading.excepthook
+
+        def quiet_storage_faults(hook_args: Any) -> None:
+            # Optuna's heartbeat thread writes too: its fault would print a traceback, while the run's next
+            # write in this thread meets the same fault and reports it in one line
+            if storage_fault(hook_args.exc_value) is None:
+                previous_hook(hook_args)
+
+        threading.excepthook = quiet_storage_faults
         try:
             return function(*args, **kwargs)
         except (AutotuneError, KeyboardInterrupt):
@@ -46,21 +56,34 @@ def guarded(function: F) -> F:
                 _remove_if_empty(study)
             raise
         except Exception as exc:
-            if not is_storage_fault(exc):
+            fault = storage_fault(exc)
+            if fault is None:
                 raise
             url = kwargs.get("storage")
-            reason = redact(_first_line(exc), [] if url is None else [url])
+            reason = redact(_first_line(fault), url_secrets(url))
             raise StorageError(f"the storage failed during the run ({reason[:300]}): the trials finished before "
                                "it are kept, and the next run fails the one left running; free the disk or fix "
                                "the storage, then run the same command again") from None
         finally:
+            threading.excepthook = previous_hook
             _created.reset(token)
 
     return wrapper  # type: ignore[return-value]
 
 
-def is_storage_fault(exc: BaseException) -> bool:
-    """An I/O or database error raised inside Optuna's storage code or SQLAlchemy (not the task's own)."""
+def storage_fault(exc: BaseException) -> BaseException | None:
+    """The I/O or database error raised inside Optuna's storage code or SQLAlchemy that ``exc`` is or comes
+    from (Optuna re-raises a failed write as an AssertionError whose context is the OSError), else None."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 8:
+        seen.append(exc)
+        if _is_storage_error(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
+def _is_storage_error(exc: BaseException) -> bool:
     try:
         from sqlalchemy.exc import SQLAlchemyError
     except ImportError:  # pragma: no cover - optuna requires it

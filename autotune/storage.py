@@ -17,6 +17,7 @@ import warnings
 import optuna
 
 from autotune.errors import StorageError
+from autotune.journal import mend_journal
 from autotune.redact import redact as _redact, unencoded_at_in_password, url_secrets
 
 # Heartbeats and grouped TPE are marked experimental by Optuna; they are what we rely on, so say it once here.
@@ -50,6 +51,7 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
                                    "autotune tune creates it")
             file.parent.mkdir(parents=True, exist_ok=True)
         if file is not None and is_journal(url):
+            mend_journal(file)  # a cut last line would make the file unreadable after the next append
             backend = optuna.storages.journal.JournalFileBackend(str(file))
             return optuna.storages.JournalStorage(backend)
         if "://" not in url:
