@@ -44,6 +44,8 @@ class ProgressDisplay:
             self._line(f"batch-size ceiling {event['batch_size']} (limited by {event.get('limited_by') or 'memory'})")
         elif kind == "range_test":
             self._line(f"learning-rate range test: {event['optimizer']}", final=not self.live)
+        elif kind == "wait":
+            self._line(event["message"])
         elif kind == "trial":
             self._trial(event)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +61,31 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
         if unencoded_at_in_password(url):
             raise StorageError(f"storage {redact(url, url)}: the password holds a raw '@', which ends it for the "
                                "URL parser: percent-encode it (@ as %40, : as %3A, / as %2F)")
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=grace,
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+        return _rdb_storage(url, heartbeat, grace)
     except StorageError:
         raise
     except Exception as exc:
         reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
         raise StorageError(f"cannot open storage {redact(url, url)}: {reason[:300]}; check the URL and that the "
                            "server is reachable") from None
+
+
+# Two processes creating one new database race to create its tables: the loser sees "UNIQUE constraint failed:
+# alembic_version" or "table ... already exists", and a moment later finds the winner's schema complete
+_CREATION_RACE = ("alembic_version", "already exists", "database is locked")
+
+
+def _rdb_storage(url: str, heartbeat: int, grace: int, attempts: int = 4) -> Any:
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=grace,
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+        except Exception as exc:
+            if attempt == attempts - 1 or not any(sign in str(exc) for sign in _CREATION_RACE):
+                raise
+            time.sleep(0.25 * (attempt + 1))
 
 
 def is_journal(url: str) -> bool:

@@ -29,6 +29,8 @@ from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
 from autotune.resume import check_resumable
 from autotune.runner import Worker, run_here
+from autotune.sampler import TrialSeededTPESampler
+from autotune.shared import release, wait_for_shared
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
@@ -107,8 +109,8 @@ def _study_name(task: Task) -> str:
 
 def _sampler(objective: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
     startup = max(4, min(10, n_trials // 3))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
-                                      constant_liar=True)
+    return TrialSeededTPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
+                                 constant_liar=True)
 
 
 def _pruner(objective: str) -> optuna.pruners.BasePruner:
@@ -253,7 +255,8 @@ def tune(
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
     ceiling_key = f"ceiling:{backend.name}:{target.id}:{target.name}"
-    ceiling_info = study.user_attrs.get(ceiling_key)
+    # another process joining the study may be fitting this ceiling: wait for its answer rather than refit
+    ceiling_info = wait_for_shared(study, ceiling_key, lambda attrs: attrs.get(ceiling_key), say=say)
     if ceiling_info is None:
         say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
         fit = fit_batch_size(task, device=target.id, memory_limit=memory_limit, margin=margin, isolation=isolation,
@@ -271,6 +274,9 @@ def tune(
     worker = Worker(memory_limit=cpu_cap, preload=preload) if isolation == "process" else None
     try:
         reference_batch = min(space.reference_batch, ceiling)
+        if range_test and not space.lr_ranges:  # another process on this study may be running it: use its ranges
+            shared = wait_for_shared(study, "range_test", _shared_lr_ranges, say=say) or {}
+            space.lr_ranges = {k: tuple(v) for k, v in shared.get("lr_ranges", {}).items()}
         if range_test and not space.lr_ranges and (deadline is None or deadline - time.monotonic() > 0.5 * timeout):
             say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
             kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=reference_batch, device=target.id,
@@ -284,6 +290,7 @@ def tune(
             stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr")}
                                      for k, v in tests.items() if v}
             study.set_user_attr("search_space", stored)
+        release(study, "range_test")
 
         interrupts = _Interrupts()
         throughput_seen: dict[str, float] = {}
@@ -435,6 +442,12 @@ class _Interrupts:
 
 def _finished(study: optuna.Study) -> int:
     return len(finished(study.get_trials(deepcopy=False)))
+
+
+def _shared_lr_ranges(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The range test's outcome once a process has stored it (``range_tests`` is written with the ranges)."""
+    stored = attrs.get("search_space") or {}
+    return {"lr_ranges": stored.get("lr_ranges") or {}} if "range_tests" in stored else None
 
 
 def _narrowed(space: SearchSpace, test: Mapping[str, Any]) -> tuple[float, float]:
