@@ -104,7 +104,12 @@ def _is_storage_error(exc: BaseException) -> bool:
 
 def _remove_if_empty(study: optuna.Study) -> None:
     try:
-        if study.get_trials(deepcopy=False) or any(k.startswith("ceiling:") for k in study.user_attrs):
+        attrs = study.user_attrs
+        if study.get_trials(deepcopy=False) or any(k.startswith("ceiling:") for k in attrs):
+            return
+        from autotune.shared import claimed_by_another
+
+        if claimed_by_another(attrs):  # a process that joined meanwhile is working on it: not a husk
             return
         optuna.delete_study(study_name=study.study_name, storage=study._storage)
     except Exception:  # the storage may be what failed: leaving the husk is all that is lost

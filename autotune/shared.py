@@ -56,6 +56,12 @@ def release(study: optuna.Study, key: str) -> None:
         study.set_user_attr(f"claim:{key}", {"released": True})
 
 
+def claimed_by_another(attrs: dict[str, Any]) -> bool:
+    """Whether study attributes ``attrs`` hold a live claim of another process."""
+    return any(key.startswith("claim:") and isinstance(value, dict) and value.get("token") != _token()
+               and _live(value) for key, value in attrs.items())
+
+
 def _take(study: optuna.Study, key: str, wait: float) -> dict[str, Any]:
     study.set_user_attr(f"claim:{key}", {"token": _token(), "host": socket.gethostname(), "pid": os.getpid(),
                                          "until": time.time() + wait})
