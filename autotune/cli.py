@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from typing import Any, Callable, Sequence
 
@@ -18,7 +20,41 @@ from autotune.units import format_size, parse_size
 EXIT_USAGE = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line ``autotune: error: ...``, exit code 2, no usage dump."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_USAGE, f"autotune: error: {message} (see {self.prog} --help)\n")
+
+
+# argparse takes "-1GiB" for an option and "-5" for a value: joined to their option ("--timeout=-5"), both reach
+# the option's own check, which says what is wrong with them
+_NEGATIVE = re.compile(r"^-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and _NEGATIVE.match(token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds above 0")
+    return value
+
+
 def _size(text: str) -> int:
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive size such as 2GiB")
     try:
         return parse_size(text)
     except AutotuneError as exc:
@@ -136,7 +172,7 @@ def cmd_fit_batch(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="autotune",
         description="Tune a training job to the hardware it runs on: probe devices, fit the batch size to memory, "
         "search batch size, optimizer and learning rate with Optuna.",
@@ -179,16 +215,24 @@ def _add_study_commands(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from autotune.redact import redact, url_secrets  # no optuna: probe and fit-batch do not import it
+
+    secrets = url_secrets(getattr(args, "storage", None))
     try:
         return handler(args)
     except AutotuneError as exc:
-        print(f"autotune: error: {exc}", file=sys.stderr)
+        print(redact(f"autotune: error: {exc}", secrets), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("autotune: interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug: its traceback is for a report, but even a traceback must not show a password
+        import traceback
+
+        print(redact(traceback.format_exc(), secrets), file=sys.stderr, end="")
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import signal
 import sys
 import time
 from typing import Any
@@ -42,12 +44,20 @@ class ProgressDisplay:
             self._line(f"batch-size ceiling {event['batch_size']} (limited by {event.get('limited_by') or 'memory'})")
         elif kind == "range_test":
             self._line(f"learning-rate range test: {event['optimizer']}", final=not self.live)
+        elif kind == "wait":
+            self._line(event["message"])
         elif kind == "trial":
             self._trial(event)
         elif kind == "phases":
             self._line(f"time: {event['summary']}")
         elif kind == "busy":
             self._line(f"note: {event['message']}")
+
+    @staticmethod
+    def warn(event: dict[str, Any]) -> None:
+        """A line that must be seen even with --quiet or --json (a study that fell short)."""
+        if event["event"] == "shortfall":
+            print(f"autotune: warning: {event['message']}", file=sys.stderr, flush=True)
 
     def _trial(self, event: dict[str, Any]) -> None:
         config = event.get("config") or {}
@@ -75,17 +85,17 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the search commands to the CLI's subparsers."""
-    from autotune.cli import _positive_int, _size
+    from autotune.cli import _positive_int, _seconds, _size
 
     tune = sub.add_parser("tune", help="search batch size, optimizer and learning rate with Optuna")
     tune.add_argument("task", help="path/file.py[:attr] or package.module:attr")
     tune.add_argument("--backend", help="check that the task uses this backend (torch, tensorflow, mindspore)")
     tune.add_argument("--device", help="device id from `autotune probe` (default: first accelerator, else cpu)")
     tune.add_argument("--trials", type=_positive_int, default=20, help="finished trials wanted in the study (default 20)")
-    tune.add_argument("--timeout", type=float, help="bound on the whole call in seconds (ceiling fit and range "
+    tune.add_argument("--timeout", type=_seconds, help="bound on the whole call in seconds (ceiling fit and range "
                       "test included): no trial starts that would end after it")
     budget = tune.add_mutually_exclusive_group()
-    budget.add_argument("--trial-time", type=float, default=5.0, help="training seconds per trial (default 5)")
+    budget.add_argument("--trial-time", type=_seconds, default=5.0, help="training seconds per trial (default 5)")
     budget.add_argument("--trial-steps", type=_positive_int, help="training steps per trial instead of seconds")
     tune.add_argument("--objective", choices=["convergence", "throughput", "pareto"], default="convergence")
     tune.add_argument("--search-space", help="YAML file narrowing or extending the backend's default space")
@@ -96,7 +106,7 @@ def register(sub: Any) -> None:
     tune.add_argument("--in-process", action="store_true", help="run trials in this process (no isolation)")
     tune.add_argument("--no-range-test", action="store_true", help="skip the learning-rate range test")
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
-    tune.add_argument("--trial-timeout", type=float, help="kill a trial after this many seconds (default 3×trial time + 120)")
+    tune.add_argument("--trial-timeout", type=_seconds, help="kill a trial after this many seconds (default 3×trial time + 120)")
     tune.add_argument("--heartbeat", type=_positive_int, help=argparse.SUPPRESS)
     tune.add_argument("--json", action="store_true", help="print the result as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -145,7 +155,7 @@ def _print_result(result: Any, as_json: bool) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from autotune.backends import canonical_backend_name
-    from autotune.errors import TaskError
+    from autotune.errors import Interrupted, TaskError
     from autotune.study import ModelDoesNotLearn, best_trial, result_from_trial, tune
     from autotune.task import load_task
 
@@ -158,7 +168,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     def progress(event: dict[str, Any]) -> None:
         study_holder.update(event)
         display(event)
+        display.warn(event)
 
+    def terminated(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    # SIGTERM outside the trials (reading, fitting) stops like Ctrl-C too; the study installs its own handler
+    signal.signal(signal.SIGTERM, terminated)
     try:
         result = tune(
             task, device=args.device, n_trials=args.trials, timeout=args.timeout, trial_time=args.trial_time,
@@ -172,18 +188,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"autotune: {exc}", file=sys.stderr)
         print("no configuration is reported; the trials are stored in the study", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         name = study_holder.get("study")
-        print("autotune: interrupted: the running trial is marked failed, finished trials are kept", file=sys.stderr)
+        print(f"autotune: interrupted ({getattr(exc, 'reason', 'Ctrl-C')}): the running trial is marked failed, "
+              "finished trials are kept", file=sys.stderr)
         if name:
+            from autotune.errors import StorageError
             from autotune.study import load_study
 
-            study = load_study(name, args.storage)
+            try:
+                study = load_study(name, args.storage)
+            except StorageError:  # a new study interrupted before its first trial is removed again
+                return 128 + getattr(exc, "signum", signal.SIGINT)
             trial = best_trial(study, study.user_attrs.get("objective", "convergence"))
             if trial is not None:
                 print("best so far:", file=sys.stderr)
                 _print_result(result_from_trial(study, trial), args.json)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     if not args.json:
         print()
     _print_result(result, args.json)
@@ -200,14 +221,20 @@ def cmd_best(args: argparse.Namespace) -> int:
 def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
+    from autotune.failures import shown_state
     from autotune.storage import open_storage
 
-    storage = open_storage(args.storage)
+    from autotune.storage import DEFAULT_STORAGE, local_file
+
+    if args.storage is None and not local_file(DEFAULT_STORAGE).exists():  # a fresh machine: nothing to list
+        print("[]") if args.json else status("no studies in this storage yet: run autotune tune TASK")
+        return 0
+    storage = open_storage(args.storage, must_exist=True)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        counts = {state: sum(1 for t in trials if t.state.name == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        counts = {state: sum(1 for t in trials if shown_state(t) == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
         objective = summary.user_attrs.get("objective", "?")
         best = summary.best_trial.values[0] if summary.best_trial is not None and summary.best_trial.values else None
         rows.append({"study": summary.study_name, "objective": objective, "backend": summary.user_attrs.get("backend"),
@@ -224,6 +251,20 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def save_path(study: str, extension: str) -> str:
+    """``studies/NAME.EXT`` for ``report --save``, the study name made a plain file name: a name holding ``/``
+    or ``..`` must not write outside ``studies/`` (``-o`` is the way to write elsewhere)."""
+    from pathlib import Path
+
+    name = re.sub(r"[^\w.-]", "_", study).lstrip(".") or "study"
+    path = Path("studies") / f"{name}.{extension}"
+    if path.resolve().parent != Path("studies").resolve():  # cannot happen with the rule above; never write there
+        from autotune.errors import AutotuneError
+
+        raise AutotuneError(f"study name {study!r} makes no file name inside studies/: use -o FILE")
+    return str(path)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -231,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autotune.study import load_study
 
     text = render(load_study(args.study, args.storage), args.format)
-    target = args.output or (f"studies/{args.study}.{args.format}" if args.save else None)
+    target = args.output or (save_path(args.study, args.format) if args.save else None)
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         Path(target).write_text(text, encoding="utf-8")

@@ -39,6 +39,20 @@ class FitError(AutotuneError):
     """Batch-size fitting cannot give an answer (limit too small, model broken, ...)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the run stops as on Ctrl-C; ``signum`` gives the exit code (128 + signum)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def reason(self) -> str:
+        import signal
+
+        return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+
+
 class TrialError(Exception):
     """One trial failed (OOM, crash, timeout, divergence): record it and go on.
 

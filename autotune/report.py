@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from autotune.failures import shown_state
 from autotune.study import best_trial, result_from_trial
 from autotune.units import format_size
 
@@ -24,7 +25,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     for trial in study.get_trials(deepcopy=False):
         config, measured = trial.user_attrs.get("config", {}), trial.user_attrs.get("measured", {})
         rows.append({
-            "number": trial.number, "state": trial.state.name, "batch_size": config.get("batch_size"),
+            "number": trial.number, "state": shown_state(trial), "batch_size": config.get("batch_size"),
             "optimizer": config.get("optimizer"), "lr": config.get("lr"),
             "optimizer_params": config.get("optimizer_params"), "val_loss": measured.get("val_loss"),
             "throughput": measured.get("throughput"), "step_seconds_p50": measured.get("step_seconds_p50"),

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import optuna
 import yaml
 
 from autotune.errors import SearchSpaceError
@@ -22,6 +23,11 @@ _TOP_KEYS = {"batch_size", "lr", "optimizers"}
 _BATCH_KEYS = {"low", "high", "choices"}
 _LR_KEYS = {"low", "high", "log", "reference_batch"}
 _PARAM_KEYS = {"low", "high", "log", "choices"}
+
+BATCH_PARAM = "log2_batch_size"
+"""The batch size is sampled as its base-2 exponent, a float whose range may change between runs (Optuna
+refuses a categorical whose choices change), then snapped to the nearest allowed size: a narrowed space or
+another machine's ceiling resumes the same study, and every earlier trial still informs the sampler."""
 
 
 @dataclasses.dataclass
@@ -104,7 +110,8 @@ class SearchSpace:
         Parameters are conditional on the optimizer (``adam.beta1``), and the learning rate is sampled at the
         reference batch (``adam.lr``), then scaled to the sampled batch size, so that one landscape is learned.
         """
-        batch_size = trial.suggest_categorical("batch_size", self.batch_sizes(ceiling))
+        sizes = self.batch_sizes(ceiling)
+        batch_size = snap_batch_size(sizes, trial.suggest_float(BATCH_PARAM, *batch_exponent_range(sizes)))
         name = trial.suggest_categorical("optimizer", sorted(self.optimizers))
         low, high = self.lr_range(name)
         base_lr = trial.suggest_float(f"{name}.lr", low, high, log=self.lr_log)
@@ -116,6 +123,37 @@ class SearchSpace:
             "lr_reference": base_lr,
             "lr_scale": scale, "optimizer_params": params,
         }
+
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        """The distribution of every parameter `suggest` may ask for, the batch exponent excepted (a float
+        without a log scale: any range of it is compatible with any other)."""
+        found: dict[str, optuna.distributions.BaseDistribution] = {
+            "optimizer": optuna.distributions.CategoricalDistribution(sorted(self.optimizers))}
+        for name, params in self.optimizers.items():
+            low, high = self.lr_range(name)
+            found[f"{name}.lr"] = optuna.distributions.FloatDistribution(low, high, log=self.lr_log)
+            for param, spec in params.items():
+                found[f"{name}.{param}"] = (
+                    optuna.distributions.CategoricalDistribution(spec.choices) if spec.choices is not None
+                    else optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log))
+        return found
+
+
+def batch_exponent_range(sizes: Sequence[int]) -> tuple[float, float]:
+    """Range of the sampled exponent for candidate ``sizes`` (sorted): each size owns the stretch nearer to it
+    than to its neighbours, the end ones as much beyond them as towards their neighbour, so a uniform draw
+    picks every size about equally often (a range ending at the end sizes would halve their share)."""
+    exponents = [math.log2(size) for size in sizes]
+    if len(exponents) == 1:
+        return exponents[0] - 0.5, exponents[0] + 0.5
+    return (exponents[0] - (exponents[1] - exponents[0]) / 2,
+            exponents[-1] + (exponents[-1] - exponents[-2]) / 2)
+
+
+def snap_batch_size(sizes: Sequence[int], exponent: float) -> int:
+    """The candidate size nearest to ``2 ** exponent`` on a log scale."""
+    return min(sizes, key=lambda size: (abs(math.log2(size) - exponent), size))
 
 
 def default_space_text(backend: str) -> str:

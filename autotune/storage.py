@@ -8,8 +8,8 @@ files) a RUNNING trial whose process is gone on this host is failed too.
 from __future__ import annotations
 
 import os
-import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import warnings
 import optuna
 
 from autotune.errors import StorageError
+from autotune.journal import mend_journal
+from autotune.redact import redact as _redact, unencoded_at_in_password, url_secrets
 
 # Heartbeats and grouped TPE are marked experimental by Optuna; they are what we rely on, so say it once here.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -27,43 +29,82 @@ DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 HEARTBEAT_SECONDS = 10
 GRACE_SECONDS = 30
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)")
 
 
-def redact(url: str) -> str:
-    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
-    return _PASSWORD.sub(lambda m: f"{m.group('head')}***{m.group('tail')}", url)
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with passwords masked (``postgresql://user:***@host/db``), the secrets of ``url`` included."""
+    return _redact(text, url_secrets(url))
 
 
-def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS) -> Any:
+def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS,
+                 must_exist: bool = False) -> Any:
     """An Optuna storage for ``url`` (default: SQLite under ./studies), or `StorageError` with the URL redacted.
 
-    ``journal:PATH`` (or a path ending in ``.log``/``.jsonl``) opens a journal file.
+    ``journal:PATH`` (or a path ending in ``.log``/``.jsonl``) opens a journal file. With ``must_exist`` (the
+    read commands) a SQLite or journal file that is not there is an error, not a new empty database.
     """
     url = url or DEFAULT_STORAGE
     try:
-        if url.startswith("journal:") or url.endswith((".log", ".jsonl")):
-            path = url.split(":", 1)[1] if url.startswith("journal:") else url
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(path)
+        file = local_file(url)
+        if file is not None and not file.exists():
+            if must_exist:
+                raise StorageError(f"no storage file {str(file)!r} ({redact(url, url)}): check --storage; "
+                                   "autotune tune creates it")
+            file.parent.mkdir(parents=True, exist_ok=True)
+        if file is not None and is_journal(url):
+            mend_journal(file)  # a cut last line would make the file unreadable after the next append
+            backend = optuna.storages.journal.JournalFileBackend(str(file))
             return optuna.storages.JournalStorage(backend)
-        if url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
         if "://" not in url:
-            raise StorageError(f"storage {redact(url)!r} is not a URL: use sqlite:///path.db, "
+            raise StorageError(f"storage {redact(url, url)!r} is not a URL: use sqlite:///path.db, "
                                "postgresql://user:pass@host/db or journal:path.log")
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=grace,
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
+        if unencoded_at_in_password(url):
+            raise StorageError(f"storage {redact(url, url)}: the password holds a raw '@', which ends it for the "
+                               "URL parser: percent-encode it (@ as %40, : as %3A, / as %2F)")
+        return _rdb_storage(url, heartbeat, grace)
     except StorageError:
         raise
     except Exception as exc:
-        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
-        raise StorageError(f"cannot open storage {redact(url)}: {reason[:300]}; check the URL and that the "
+        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+        raise StorageError(f"cannot open storage {redact(url, url)}: {reason[:300]}; check the URL and that the "
                            "server is reachable") from None
+
+
+# Two processes creating one new database race to create its tables: the loser sees "UNIQUE constraint failed:
+# alembic_version" or "table ... already exists", and a moment later finds the winner's schema complete
+_CREATION_RACE = ("alembic_version", "already exists", "database is locked")
+
+
+def _rdb_storage(url: str, heartbeat: int, grace: int, attempts: int = 4) -> Any:
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=grace,
+                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+            )
+        except Exception as exc:
+            if attempt == attempts - 1 or not any(sign in str(exc) for sign in _CREATION_RACE):
+                raise
+            time.sleep(0.25 * (attempt + 1))
+
+
+def is_journal(url: str) -> bool:
+    """``journal:PATH``, or a plain path ending in ``.log`` or ``.jsonl``."""
+    return url.startswith("journal:") or (url.endswith((".log", ".jsonl")) and "://" not in url)
+
+
+def local_file(url: str) -> Path | None:
+    """The file behind a journal or SQLite URL (``sqlite:///file:PATH?mode=ro&uri=true`` included), else None."""
+    if is_journal(url):
+        return Path(url.split(":", 1)[1] if url.startswith("journal:") else url)
+    if not url.startswith("sqlite:///"):
+        return None
+    path, _, query = url[len("sqlite:///"):].partition("?")
+    if "uri=true" in query.lower() and path.startswith("file:"):
+        path = path[len("file:"):]
+    if not path or path == ":memory:" or path.startswith("file::memory:"):
+        return None
+    return Path(path)
 
 
 def owner() -> dict[str, Any]:

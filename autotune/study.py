@@ -22,10 +22,16 @@ import optuna
 
 from autotune.backends import get_backend
 from autotune.budget import Phases, range_test_budget
-from autotune.errors import AutotuneError, StorageError, TrialError
+from autotune.checks import check_task_data, seconds
+from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
+from autotune.failures import INFEASIBLE_KINDS, finished, mark_infeasible, shortfall, shown_state
+from autotune.guard import guarded, note_new_study
 from autotune.memory import DEFAULT_MARGIN, fit_batch_size
 from autotune.optimizers import SGD_FAMILY
+from autotune.resume import check_resumable
 from autotune.runner import Worker, run_here
+from autotune.sampler import TrialSeededTPESampler
+from autotune.shared import release, wait_for_shared
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
@@ -112,8 +118,8 @@ def _study_name(task: Task) -> str:
 
 def _sampler(objective: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
     startup = max(4, min(10, n_trials // 3))
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
-                                      constant_liar=True)
+    return TrialSeededTPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
+                                 constant_liar=True)
 
 
 def _pruner(objective: str) -> optuna.pruners.BasePruner:
@@ -168,7 +174,7 @@ def load_result(study_name: str, storage: str | None = None) -> TuneResult:
 
 def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
     """An existing study, or `StorageError` naming the studies the storage has."""
-    store = open_storage(storage)
+    store = open_storage(storage, must_exist=True)  # a mistyped path must not become a new database
     names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
     if study_name not in names:
         known = ", ".join(names) or "none"
@@ -176,6 +182,7 @@ def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=store)
 
 
+@guarded
 def tune(
     task: Task | str,
     *,
@@ -204,17 +211,20 @@ def tune(
     ``timeout`` bounds the whole call (ceiling fit and range test included; no trial starts that would end
     after it, judged by the median duration of this call's full-budget trials). The range test takes at most
     `autotune.budget.RANGE_TEST_SHARE` of the study's budget. Raises `ModelDoesNotLearn` (with the best trial
-    as ``result``) when no trial improved on its first validation report. ``n_trials`` counts finished (complete or pruned) trials, those of a resumed study included. Each trial
+    as ``result``) when no trial improved on its first validation report. ``n_trials`` counts finished
+    (complete or pruned, not failed) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
     """
     say = progress or (lambda _event: None)
+    timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
     deadline = None if timeout is None else time.monotonic() + timeout
     if objective not in OBJECTIVES:
         raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     if trial_steps is not None:
         trial_time = None
+    trial_time = seconds("--trial-time", trial_time)
     if (trial_time is None or trial_time <= 0) and (trial_steps is None or trial_steps < 1):
         raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
     if isolation not in ("process", "none"):
@@ -224,6 +234,7 @@ def tune(
     target = backend.resolve_device(device)
     space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
     handle = task_handle(task) if isolation == "process" else task
+    check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
     store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
     name = study_name or _study_name(task)
     try:
@@ -240,6 +251,7 @@ def tune(
     orphans = fail_orphaned_trials(study)
     resumed = bool(info)
     if not resumed:
+        note_new_study(study)  # removed again if this call fails before it holds a trial or a ceiling
         for key, value in {
             "objective": objective, "task": task.reference or task.name, "backend": backend.name,
             "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
@@ -250,12 +262,14 @@ def tune(
     else:
         stored = info.get("search_space", {})
         space.lr_ranges = {k: tuple(v) for k, v in stored.get("lr_ranges", {}).items()}
+        check_resumable(study, space)
     say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
     phases = Phases()
     ceiling_key = f"ceiling:{backend.name}:{target.id}:{target.name}"
-    ceiling_info = study.user_attrs.get(ceiling_key)
+    # another process joining the study may be fitting this ceiling: wait for its answer rather than refit
+    ceiling_info = wait_for_shared(study, ceiling_key, lambda attrs: attrs.get(ceiling_key), say=say)
     if ceiling_info is None:
         say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
         with phases.timed("fit"):
@@ -274,6 +288,9 @@ def tune(
     worker = Worker(memory_limit=cpu_cap, preload=preload) if isolation == "process" else None
     try:
         reference_batch = min(space.reference_batch, ceiling)
+        if range_test and not space.lr_ranges:  # another process on this study may be running it: use its ranges
+            shared = wait_for_shared(study, "range_test", _shared_lr_ranges, say=say) or {}
+            space.lr_ranges = {k: tuple(v) for k, v in shared.get("lr_ranges", {}).items()}
         rt_seconds, rt_steps = range_test_budget(n_trials=n_trials, trial_time=trial_time, trial_steps=trial_steps,
                                                  timeout=timeout, optimizers=len(space.optimizers))
         if range_test and not space.lr_ranges and rt_steps >= RANGE_TEST_MIN_STEPS:
@@ -291,6 +308,7 @@ def tune(
                                          "skipped": v.get("skipped")}
                                      for k, v in tests.items() if v}
             study.set_user_attr("search_space", stored)
+        release(study, "range_test")
 
         interrupts = _Interrupts()
         throughput_seen: dict[str, float] = {}
@@ -323,15 +341,15 @@ def tune(
             try:
                 interrupts.waiting = True
                 if interrupts.requested:
-                    raise KeyboardInterrupt
+                    raise Interrupted(interrupts.signum)
                 if isolation == "process":
                     outcome = worker.run(run_trial, kwargs, timeout=limit, on_message=on_report)
                     ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
                 else:
                     outcome = run_here(run_trial, kwargs, on_message=on_report)
                     ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-            except KeyboardInterrupt:
-                trial.set_user_attr("failure", "interrupted: Ctrl-C")
+            except KeyboardInterrupt as exc:
+                trial.set_user_attr("failure", f"interrupted: {getattr(exc, 'reason', 'Ctrl-C')}")
                 raise
             finally:
                 interrupts.waiting = False
@@ -339,7 +357,9 @@ def tune(
                 raise AutotuneError(message)
             if not ok:
                 trial.set_user_attr("failure", f"{kind}: {message}")
-                if kind in PRUNED_KINDS:
+                if kind in INFEASIBLE_KINDS:  # pruned, not failed: TPE reads no FAIL trial (autotune.failures)
+                    mark_infeasible(trial, kind, message)
+                if kind in PRUNED_KINDS or kind in INFEASIBLE_KINDS:
                     raise optuna.TrialPruned(f"{kind}: {message}")
                 return float("nan") if objective != "pareto" else (float("nan"), float("nan"))
             history = value.pop("history", [])
@@ -369,7 +389,7 @@ def tune(
             if deadline is not None and full_runs and deadline - time.monotonic() < statistics.median(full_runs):
                 study_.stop()  # a trial started now would end after the deadline: --timeout bounds the whole call
             best = best_trial(study_, objective)
-            say({"event": "trial", "number": frozen.number, "state": frozen.state.name,
+            say({"event": "trial", "number": frozen.number, "state": shown_state(frozen),
                  "value": frozen.values[0] if frozen.values else None,
                  "failure": frozen.user_attrs.get("failure"),
                  "config": frozen.user_attrs.get("config"),
@@ -380,22 +400,31 @@ def tune(
         # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
         # (a traceback for an interrupted trial) would only repeat them
         optuna.logging.set_verbosity(optuna.logging.ERROR)
+        short = None
         if remaining:
             # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
-            enough = optuna.study.MaxTrialsCallback(n_trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                      optuna.trial.TrialState.PRUNED))
+            attempts, attempted = 3 * remaining + 2, []
+
+            def enough(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+                attempted.append(frozen.number)
+                if _finished(study_) >= n_trials:
+                    study_.stop()
+
             with interrupts.installed(), phases.timed("trials"):
                 left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)  # at least one trial
-                study.optimize(objective_fn, n_trials=3 * remaining + 2, timeout=left,
+                study.optimize(objective_fn, n_trials=attempts, timeout=left,
                                callbacks=[after_trial, enough], catch=(TrialError,))
             if interrupts.requested:
-                raise KeyboardInterrupt
+                raise Interrupted(interrupts.signum)
+            short = shortfall(study, n_trials, timed_out=deadline is not None and len(attempted) < attempts,
+                              attempts=attempts)
+            if short and best_trial(study, objective) is not None:
+                say({"event": "shortfall", "message": short})
         study.set_user_attr("phases", [*study.user_attrs.get("phases", []), phases.to_dict()])
         say({"event": "phases", "seconds": phases.to_dict(), "summary": phases.describe()})
         trial = best_trial(study, objective)
         if trial is None:
-            raise AutotuneError(f"no trial of study {name!r} finished: `autotune studies` counts them; each failed "
-                                "trial's reason is stored in its 'failure' attribute")
+            raise AutotuneError(short or f"no trial of study {name!r} finished")
         result = result_from_trial(study, trial)
         busy = describe_busy(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         if busy:
@@ -419,33 +448,44 @@ class ModelDoesNotLearn(AutotuneError):
 
 
 class _Interrupts:
-    """Ctrl-C during a study: kill the running trial at once (it is recorded as interrupted); anywhere else
-    (sampling, storage writes) only note it, so that Optuna's bookkeeping is never cut half-way."""
+    """Ctrl-C or SIGTERM during a study: kill the running trial at once (it is recorded as interrupted);
+    anywhere else (sampling, storage writes) only note it, so that Optuna's bookkeeping is never cut half-way.
+    SIGTERM is Ctrl-C's twin: a scheduler's stop must not leave the trial RUNNING until the next run."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
         self.waiting = False
+        self.signum = int(signal.SIGINT)
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
+        self.signum = signum
         if self.waiting:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self._handler)
+        previous = {signum: signal.signal(signum, self._handler) for signum in self.SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def _finished(study: optuna.Study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return len(finished(study.get_trials(deepcopy=False)))
+
+
+def _shared_lr_ranges(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The range test's outcome once a process has stored it (``range_tests`` is written with the ranges)."""
+    stored = attrs.get("search_space") or {}
+    return {"lr_ranges": stored.get("lr_ranges") or {}} if "range_tests" in stored else None
 
 
 def _narrowed(space: SearchSpace, test: Mapping[str, Any]) -> tuple[float, float]:

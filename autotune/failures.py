@@ -1,0 +1,80 @@
+"""Failed trials the sampler learns from, the trials that count as finished, and why a study fell short.
+
+Optuna's TPE reads only COMPLETE and PRUNED trials: a FAIL trial is invisible to it, so a configuration that
+crashes, hangs or raises was drawn again and again. A trial that fails because of its configuration is
+therefore stored as PRUNED with a violated constraint (``Trial.set_constraint``), which TPE ranks below every
+feasible trial, and with a ``failure`` user attribute saying why. It does not count as finished (it trained
+nothing), and every display shows it as FAIL: PRUNED is only the form the sampler can read.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Iterable
+
+import optuna
+
+INFEASIBLE_KINDS = ("crash", "timeout", "error", "oom")
+"""Worker outcomes that say the configuration cannot run here: the sampler must steer away from them."""
+UNFINISHED_KINDS = ("crash", "timeout", "error")
+"""Of those, the ones that do not count towards ``--trials`` (an OOM prunes as before and counts)."""
+_CONSTRAINT = "runs"
+
+
+def mark_infeasible(trial: optuna.Trial, kind: str, message: str) -> None:
+    """Record why ``trial`` failed and make the sampler see its configuration as infeasible; the caller then
+    raises `optuna.TrialPruned` (a FAIL state would hide it from the sampler again)."""
+    trial.set_user_attr("failure", f"{kind}: {message}")
+    trial.set_user_attr("failure_kind", kind)
+    trial.set_constraint(_CONSTRAINT, 1.0)
+
+
+def failed(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` failed: a FAIL state, or a configuration failure stored as infeasible."""
+    return trial.state == optuna.trial.TrialState.FAIL or trial.user_attrs.get("failure_kind") in UNFINISHED_KINDS
+
+
+def shown_state(trial: optuna.trial.FrozenTrial) -> str:
+    """The state to show a person: FAIL for a failed trial, whatever form the sampler reads it in."""
+    return "FAIL" if failed(trial) else trial.state.name
+
+
+def finished(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards ``--trials``: complete or pruned, not failed."""
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return [t for t in trials if t.state in done and not failed(t)]
+
+
+def failure_summary(trials: Iterable[optuna.trial.FrozenTrial]) -> str:
+    """``'7 failed (crash 5, timeout 2; last: crash: killed by SIGSEGV)'``, or '' when none failed."""
+    bad = [t for t in trials if failed(t)]
+    if not bad:
+        return ""
+    kinds = collections.Counter(_kind(t) for t in bad)
+    last = (bad[-1].user_attrs.get("failure") or "no reason stored")[:120]
+    return f"{len(bad)} failed ({', '.join(f'{k} {n}' for k, n in kinds.most_common())}; last: {last})"
+
+
+def shortfall(study: optuna.Study, wanted: int, *, timed_out: bool, attempts: int | None) -> str | None:
+    """Why ``study`` ends with fewer than ``wanted`` finished trials (one line), or None if it has enough."""
+    trials = study.get_trials(deepcopy=False)
+    done = len(finished(trials))
+    if done >= wanted:
+        return None
+    if timed_out:
+        why = "--timeout was reached"
+    elif attempts is not None:
+        why = f"the run stops after {attempts} attempts so that a failing task cannot loop"
+    else:
+        why = "the run was stopped"
+    failures = failure_summary(trials)
+    return (f"study {study.study_name!r} has {done} of {wanted} finished trials: {why}"
+            + (f"; {failures}" if failures else "") + f"; `autotune report {study.study_name}` lists every trial")
+
+
+def _kind(trial: optuna.trial.FrozenTrial) -> str:
+    kind = trial.user_attrs.get("failure_kind")
+    if kind:
+        return str(kind)
+    reason: Any = trial.user_attrs.get("failure") or ""
+    return str(reason).split(":", 1)[0] or "failed"

@@ -1,0 +1,60 @@
+"""Processes joining one study: different trials from one seed, one ceiling fit and one range test in all."""
+
+import os
+import subprocess
+import sys
+
+import optuna
+
+from autotune.sampler import TrialSeededTPESampler, trial_seed
+from autotune.space import load_space
+from autotune.backends import get_backend
+from tests.conftest import ROOT, TASKS
+
+SPACE = load_space("torch", get_backend("torch").optimizer_names, ROOT / "tests" / "spaces" / "small.yaml")
+
+
+def _configs(study, numbers):
+    sampler = TrialSeededTPESampler(seed=0, multivariate=True, group=True, n_startup_trials=4)
+    study.sampler = sampler
+    out = []
+    for _ in numbers:
+        trial = study.ask()
+        out.append((trial.number, SPACE.suggest(trial, 64)))
+        study.tell(trial, 1.0)
+    return out
+
+
+def test_a_trial_draws_from_the_study_seed_and_its_number():
+    alone = dict(_configs(optuna.create_study(), range(3)))
+    again = dict(_configs(optuna.create_study(), range(3)))
+    assert alone == again  # one process: reproducible
+    shifted = optuna.create_study()
+    shifted.enqueue_trial({"log2_batch_size": 5.0, "optimizer": "sgd", "sgd.lr": 0.01})
+    _configs(shifted, range(1))  # trial 0 taken by "another process"
+    joined = dict(_configs(shifted, range(3)))
+    assert joined[1] == alone[1] and joined[2] == alone[2]  # the number, not the process, picks the draws
+    assert len({trial_seed(0, n) for n in range(1000)}) == 1000 and trial_seed(1, 0) != trial_seed(0, 0)
+
+
+def test_two_processes_on_one_study_share_the_fit_and_range_test_and_draw_different_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    command = [sys.executable, "-m", "autotune", "tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "6",
+               "--trial-steps", "5", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
+               "--storage", storage, "--study", "both", "--seed", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    second = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    outputs = [process.communicate(timeout=600) for process in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    errs = [err for _, err in outputs]
+    assert sum("fitting the batch-size ceiling" in err for err in errs) == 1, errs
+    assert sum("learning-rate range test:" in err for err in errs) == 1, errs
+    study = optuna.load_study(study_name="both", storage=storage)
+    by_process = {}
+    for trial in study.trials:
+        by_process.setdefault(trial.user_attrs["owner"]["pid"], []).append(trial)
+    assert len(by_process) == 2, "one process did every trial: nothing was run side by side"
+    configs = [(t.user_attrs["config"]["batch_size"], t.user_attrs["config"]["optimizer"],
+                round(t.user_attrs["config"]["lr"], 12)) for t in study.trials]
+    assert len(set(configs)) == len(configs), configs  # with one seed per process the first ones were twins
