@@ -18,8 +18,9 @@ from autotune.errors import (
 )
 from autotune.memory import BatchFit, MemoryModel, fit_batch_size
 from autotune.space import SearchSpace, load_space
-from autotune.study import TuneResult, load_result, tune
+from autotune.study import TuneResult, load_best, load_result, tune
 from autotune.task import LOSS_NAMES, Task, load_task
+from autotune.tuner import Tuner, TunerTrial
 from autotune.units import format_size, parse_size
 
 __version__ = "0.1.0"
@@ -43,10 +44,13 @@ __all__ = [
     "format_size",
     "load_task",
     "parse_size",
+    "load_best",
     "load_result",
     "load_space",
     "probe",
     "SearchSpace",
     "tune",
     "TuneResult",
+    "Tuner",
+    "TunerTrial",
 ]

@@ -81,6 +81,12 @@ class TuneResult:
         data.pop("study")
         return data
 
+    def make_optimizer(self, parameters: Any) -> Any:
+        """The backend's optimizer over ``parameters`` with the chosen name, rate and parameters: a training
+        script and a study meet in ``autotune.load_best(study).make_optimizer(model.parameters())``."""
+        spec = {"name": self.optimizer, "lr": self.lr, **self.optimizer_params}
+        return get_backend(self.backend).make_optimizer(parameters, spec)
+
 
 def _versions(backend: str) -> dict[str, str]:
     from autotune.backends import framework_module
@@ -170,6 +176,9 @@ def load_result(study_name: str, storage: str | None = None) -> TuneResult:
     if trial is None:
         raise StorageError(f"study {study_name!r} has no finished trial yet: run autotune tune --study {study_name}")
     return result_from_trial(study, trial)
+
+
+load_best = load_result
 
 
 def load_study(study_name: str, storage: str | None = None) -> optuna.Study:

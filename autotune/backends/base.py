@@ -122,6 +122,21 @@ class Backend(abc.ABC):
     ) -> TrainingSession:
         """A fresh model (``task.model()``) and optimizer on ``device``, seeded, with ``data`` ready."""
 
+    def make_optimizer(self, parameters: Any, spec: Mapping[str, Any]) -> Any:
+        """The framework's optimizer over ``parameters`` from a neutral spec (the in-loop door's
+        ``trial.optimizer``)."""
+        from autotune.errors import AutotuneError
+
+        raise AutotuneError(f"the {self.name} backend cannot build optimizers for your own loop yet: build it from "
+                            "trial.optimizer_name, trial.lr and trial.params")
+
+    def synchronize(self, device: Device) -> None:
+        """Wait for ``device``'s queued work (a timed step of the user's own loop ends only when it has run)."""
+
+    def peak_memory(self, device: Device) -> int | None:
+        """Peak memory the framework allocated on ``device`` in this process; None on the CPU."""
+        return None
+
     def data_size(self, data: Any) -> tuple[int, int]:
         """Number of training and validation samples in ``data`` (arrays; backends extend for native datasets)."""
         return data.n_train, data.n_val

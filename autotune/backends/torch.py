@@ -262,6 +262,19 @@ class TorchBackend(Backend):
         spec = self.validate_optimizer(optimizer)
         return TorchSession(task, data, device, batch_size, spec, seed)
 
+    def make_optimizer(self, parameters: Any, spec: Mapping[str, Any]) -> torch.optim.Optimizer:
+        full = self.validate_optimizer(spec)
+        return _OPTIMIZERS[full["name"]](parameters, full)
+
+    def synchronize(self, device: Device) -> None:
+        if device.id.startswith("cuda"):
+            torch.cuda.synchronize(torch.device(device.id))
+
+    def peak_memory(self, device: Device) -> int | None:
+        if device.id.startswith("cuda"):
+            return int(torch.cuda.max_memory_allocated(torch.device(device.id)))
+        return None
+
     def data_size(self, data: Any) -> tuple[int, int]:
         if isinstance(data, ArrayData):
             return data.n_train, data.n_val

@@ -1,0 +1,104 @@
+"""The in-loop door on real PyTorch: ask-and-tell trials from the user's own loop, stored as CLI trials are."""
+
+import json
+
+import optuna
+import pytest
+import torch
+
+import autotune
+from autotune.errors import AutotuneError
+from autotune.failures import failed
+from tests.conftest import EXAMPLES, run_cli
+
+SPACE = {"batch_size": {"choices": [16, 32, 64]}, "optimizers": {"adam": {}, "sgd": {}}}
+
+
+def _load_example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("torch_own_loop", EXAMPLES / "torch_own_loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_own_loop_example_stores_trials_that_best_reads(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'loop.db'}"
+    best = _load_example().main(trials=5, storage=storage)
+    assert best.backend == "torch" and best.val_loss < 1.0
+    study = optuna.load_study(study_name="own-loop-digits", storage=storage)
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(done) == 5
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    measured = complete[0].user_attrs["measured"]
+    assert measured["throughput"] > 0 and measured["steps_timed"] > 0
+    assert complete[0].user_attrs["config"]["batch_size"] in (16, 32, 64, 128, 256)
+    shown = json.loads(run_cli("best", "own-loop-digits", "--storage", storage, "--json").stdout)
+    assert shown["batch_size"] == best.batch_size and shown["optimizer"] == best.optimizer
+    assert run_cli("report", "own-loop-digits", "--storage", storage).returncode == 0
+    loaded = autotune.load_best("own-loop-digits", storage)
+    optimizer = loaded.make_optimizer(torch.nn.Linear(64, 10).parameters())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(best.lr)
+
+
+def test_a_raising_trial_fails_alone_and_the_loop_goes_on(tmp_path):
+    tuner = autotune.Tuner(study="raising", backend="torch", storage=f"sqlite:///{tmp_path / 'r.db'}",
+                           space_overrides=SPACE)
+    seen = []
+    for trial in tuner.trials(3):
+        with trial:
+            seen.append(trial.number)
+            if len(seen) == 1:
+                raise ValueError("the user's loop broke")
+            model = torch.nn.Linear(4, 2)
+            optimizer = trial.optimizer(model.parameters())
+            assert isinstance(optimizer, torch.optim.Optimizer)
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(trial.lr)
+            with trial.step(samples=trial.batch_size):
+                loss = model(torch.randn(trial.batch_size, 4)).pow(2).mean()
+                loss.backward()
+                optimizer.step()
+            trial.report(1.0 / len(seen), 1)
+    states = [t.state for t in tuner.study.trials]
+    assert failed(tuner.study.trials[0])  # stored pruned with a violated constraint: the sampler sees it
+    assert tuner.study.trials[0].constraints == {"runs": 1.0}
+    assert "ValueError: the user's loop broke" in tuner.study.trials[0].user_attrs["failure"]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # the block's end: the last report stands
+    assert tuner.best.val_loss == pytest.approx(1 / 4)
+
+
+def test_a_pruned_trial_is_recorded_as_pruned(tmp_path):
+    tuner = autotune.Tuner(study="pruned", backend="torch", storage=f"sqlite:///{tmp_path / 'p.db'}",
+                           space_overrides=SPACE)
+    for trial in tuner.trials(2):
+        with trial:
+            if trial.number == 1:
+                raise optuna.TrialPruned("too slow")
+            trial.finish(0.5)
+    assert [t.state for t in tuner.study.trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert "too slow" in tuner.study.trials[1].user_attrs["failure"]
+
+
+def test_an_oom_in_the_loop_prunes_with_its_reason(tmp_path):
+    tuner = autotune.Tuner(study="oom", backend="torch", storage=f"sqlite:///{tmp_path / 'o.db'}",
+                           space_overrides=SPACE)
+    for trial in tuner.trials(1):
+        with trial:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    trial = tuner.study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED and trial.user_attrs["failure"].startswith("oom:")
+
+
+def test_the_tuner_resumes_a_stored_study_and_needs_a_ceiling(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    for count in (2, 3):
+        tuner = autotune.Tuner(study="resume", backend="torch", storage=storage, space_overrides=SPACE)
+        for trial in tuner.trials(count):
+            with trial:
+                trial.finish(float(trial.number))
+    assert len(tuner.study.trials) == 3  # the second run added one trial to the two stored ones
+    with pytest.raises(AutotuneError, match="ceiling"):
+        autotune.Tuner(study="none", backend="torch", storage=storage)
+    with pytest.raises(AutotuneError, match="positive"):
+        autotune.Tuner(study="bad", backend="torch", storage=storage, ceiling=0)
