@@ -57,7 +57,8 @@ class Task:
 
     ``compute_loss(model, batch) -> scalar loss`` replaces ``loss(model(x), y)`` for models that compute their
     own loss (a Hugging Face model called with ``labels=``); ``batch`` is what the data yields (a tuple or a
-    dict of the backend's tensors, on the device), dtypes unchanged.
+    dict of the backend's tensors, on the device), dtypes unchanged. On MindSpore the batch is the tuple of the
+    dataset's columns; on Keras a ``compute_loss`` that takes a ``training`` argument gets it.
 
     ``from_logits`` says whether the model's outputs are logits (True) or already probabilities (False) for the
     named losses ``cross_entropy`` and ``binary_cross_entropy``; None (the default) follows the model: a model

@@ -44,7 +44,7 @@ def test_tf_data_datasets_as_task_data():
     data = task.load_data()
     assert BACKEND.data_size(data) == (480, 120)
     session, before, after = _train(task)
-    np.testing.assert_array_equal(session.x_train, _blobs()[0][0])  # batches joined in order, nothing lost
+    np.testing.assert_array_equal(session.train[0], _blobs()[0][0])  # batches joined in order, nothing lost
     assert math.isfinite(after) and after < 0.5 * before
     fit = fit_batch_size(task, isolation="none", max_batch=64)  # the engine counts samples through the backend
     assert fit.batch_size == 64 and fit.limited_by == "max_batch"
@@ -69,8 +69,8 @@ def test_dataset_mistakes_are_clear_errors():
         BACKEND.data_size(infinite.load_data())
     dicts = Task(backend="tensorflow", model=small_model, loss="cross_entropy",
                  data=lambda: (tf.data.Dataset.from_tensor_slices({"x": x, "y": y}), (x, y)))
-    with pytest.raises(TaskError, match=r"\(x, y\) pairs"):
-        BACKEND.data_size(dicts.load_data())
+    with pytest.raises(TaskError, match=r"not \(x, y\) pairs: yield \(x, y\), or set Task\(compute_loss"):
+        BACKEND.session(dicts, dicts.load_data(), CPU, batch_size=8, optimizer={"name": "adam"})  # dicts need it
     single = Task(backend="tensorflow", model=small_model, loss="cross_entropy",
                   data=lambda: tf.data.Dataset.from_tensor_slices((x, y)))
     with pytest.raises(TaskError, match="validation"):

@@ -1,8 +1,9 @@
 """MindSpore adapter: devices (CPU, GPU, Ascend NPU), optimizers, a PyNative or graph-mode step, memory, OOM.
 
 The training step is ``mindspore.value_and_grad`` plus an optimizer, run eagerly (PyNative, the default) or
-compiled with ``mindspore.jit`` when the task says ``Task(..., options={"mode": "graph"})``. Task data is NumPy
-arrays or a pair of finite ``mindspore.dataset`` pipelines (read into arrays once).
+compiled with ``mindspore.jit`` when the task says ``Task(..., options={"mode": "graph"})``; its loss is the
+task's ``compute_loss(model, batch)`` or ``loss(model(x), y)``. Task data is NumPy arrays or a pair of finite
+``mindspore.dataset`` pipelines (every column read into arrays once).
 
 CPU memory: MindSpore's CPU memory pool takes address space in 1 GiB blocks (the growth unit is fixed on the
 CPU; ``set_memory``'s increase_size and max_size are ignored there, measured), so under an address-space cap
@@ -26,6 +27,7 @@ goes away with ``numpy<2`` (1.26.4 with ml_dtypes 0.5.x, which tensorflow-cpu 2.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import io
 import logging
@@ -127,12 +129,19 @@ _prime_numpy_bridge()
 
 # --- logging ----------------------------------------------------------------------------------------------
 
-class _DropDeprecationNotices(logging.Filter):
-    """Drops MindSpore's ``'X' is deprecated`` notices about its own internals (fused kernels that an
-    optimizer class creates): one line per optimizer build would flood every probe's output."""
+_INTERNAL_NOTICES = (
+    "is deprecated from version",  # fused kernels an optimizer class creates: one line per optimizer build
+    "has been compiled again",  # graph mode: each session jits its own step, a second one in a process logs this
+)
+
+
+class _DropInternalNotices(logging.Filter):
+    """Drops MindSpore's notices about its own internals, which say nothing the user can act on and would
+    flood every probe's and trial's output."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "is deprecated from version" not in record.getMessage()
+        message = record.getMessage()
+        return not any(notice in message for notice in _INTERNAL_NOTICES)
 
 
 def _mindspore_logger() -> logging.Logger | None:
@@ -145,9 +154,9 @@ def _mindspore_logger() -> logging.Logger | None:
 
 
 @contextlib.contextmanager
-def _quiet_deprecations() -> Iterator[None]:
+def _quiet_notices() -> Iterator[None]:
     logger = _mindspore_logger()
-    notice_filter = _DropDeprecationNotices()
+    notice_filter = _DropInternalNotices()
     if logger is not None:
         logger.addFilter(notice_filter)
     try:
@@ -221,18 +230,82 @@ _OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {
 
 # --- losses -------------------------------------------------------------------------------------------------
 
-def _named_loss(name: str) -> Callable[[Any, Any], Any]:
-    if name == "cross_entropy":  # sparse softmax cross entropy from logits, mean over the batch
-        return nn.CrossEntropyLoss(reduction="mean")
+_PROBABILITY_FLOOR = 1e-7  # probabilities are clipped to [1e-7, 1 - 1e-7] before the log, as Keras does
+
+
+class _CrossEntropyOfProbabilities(nn.Cell):
+    """Sparse cross entropy of class probabilities (a model ending in a softmax): mean -log p[target]."""
+
+    def construct(self, probabilities: Any, target: Any) -> Any:
+        return ops.nll_loss(ops.log(ops.clamp(probabilities, _PROBABILITY_FLOOR, 1.0)), target)
+
+
+class _BinaryCrossEntropyOfProbabilities(nn.Cell):
+    """Binary cross entropy of probabilities (a model ending in a sigmoid), mean over the elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bce = nn.BCELoss(reduction="mean")
+
+    def construct(self, probabilities: Any, target: Any) -> Any:
+        return self.bce(ops.clamp(probabilities, _PROBABILITY_FLOOR, 1.0 - _PROBABILITY_FLOOR), target)
+
+
+def _named_loss(name: str, from_logits: bool = True) -> Callable[[Any, Any], Any]:
+    """The loss cell for a neutral name, mean over the batch; ``from_logits`` picks the form of the two cross
+    entropies (False: the outputs are probabilities)."""
+    if name == "cross_entropy":  # sparse: class-index targets
+        return nn.CrossEntropyLoss(reduction="mean") if from_logits else _CrossEntropyOfProbabilities()
     if name == "mse":
         return nn.MSELoss(reduction="mean")
     if name == "mae":
         return nn.L1Loss(reduction="mean")
-    if name == "binary_cross_entropy":  # from logits
-        return nn.BCEWithLogitsLoss(reduction="mean")
+    if name == "binary_cross_entropy":
+        return nn.BCEWithLogitsLoss(reduction="mean") if from_logits else _BinaryCrossEntropyOfProbabilities()
     if name == "huber":
         return nn.HuberLoss(reduction="mean", delta=1.0)
     raise TaskError(f"unknown loss {name!r} for mindspore")
+
+
+_CROSS_ENTROPIES = ("cross_entropy", "binary_cross_entropy")  # the named losses that have two forms
+
+
+def _final_activation(model: Any) -> str:
+    """'softmax' or 'sigmoid' where the model's last cell is one, else ''.
+
+    The last cell is read through nested ``nn.SequentialCell``s (the only cells whose call order is their
+    layout); an ``nn.Dense`` built with ``activation=`` counts as its activation. A custom ``nn.Cell`` is taken
+    to return logits: say ``Task(from_logits=False)`` for one that returns probabilities.
+    """
+    cell = model
+    while isinstance(cell, nn.SequentialCell) and len(cell):
+        cell = cell[len(cell) - 1]
+    if isinstance(cell, nn.Dense) and getattr(cell, "activation_flag", False):
+        cell = cell.activation
+    if isinstance(cell, nn.Softmax):
+        return "softmax"
+    if isinstance(cell, nn.Sigmoid):
+        return "sigmoid"
+    return ""
+
+
+def _model_from_logits(task: Task, model: Any) -> bool:
+    """Whether the named cross entropies take the outputs as logits: the task's ``from_logits`` when it says,
+    else False for a model ending in a softmax or sigmoid."""
+    if task.from_logits is not None:
+        return task.from_logits
+    return not _final_activation(model)
+
+
+def _scalar_loss_error(value: Any) -> str | None:
+    """Why ``value``, what compute_loss returned, is not a scalar loss tensor (None when it is one)."""
+    if not isinstance(value, ms.Tensor):
+        return (f"compute_loss must return a scalar loss tensor, got {type(value).__name__}: "
+                "return the loss itself (reduced, e.g. loss.mean())")
+    if value.ndim != 0:
+        return (f"compute_loss must return a scalar loss tensor, got shape {tuple(value.shape)}: "
+                "reduce it, e.g. loss.mean()")
+    return None
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -241,19 +314,17 @@ def _is_dataset(obj: Any) -> bool:
     return isinstance(obj, msds.Dataset)
 
 
-def _dataset_arrays(dataset: Any, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """The (inputs, targets) of a finite ``mindspore.dataset`` pipeline, read once into arrays."""
+def _dataset_arrays(dataset: Any, label: str) -> tuple[np.ndarray, ...]:
+    """Every column of a finite ``mindspore.dataset`` pipeline, in column order, read once into arrays."""
     if dataset.get_repeat_count() == -1:
         raise TaskError(f"the {label} mindspore.dataset repeats forever: drop .repeat() so that it ends")
-    columns = dataset.get_col_names()
-    if len(columns) < 2:
-        raise TaskError(f"the {label} mindspore.dataset has columns {columns}: it needs (input, target) columns")
     batched = _has_batch_node(dataset)
-    inputs, targets, samples = [], [], 0
+    columns: list[list[np.ndarray]] = [[] for _ in dataset.get_col_names()]
+    samples = 0
     try:
         for row in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1):
-            inputs.append(np.asarray(row[0]))
-            targets.append(np.asarray(row[1]))
+            for column, value in zip(columns, row):
+                column.append(np.asarray(value))
             samples += len(row[0]) if batched else 1
             if samples > _MAX_DATASET_SAMPLES:
                 raise TaskError(f"the {label} mindspore.dataset yields more than {_MAX_DATASET_SAMPLES} samples: "
@@ -269,10 +340,14 @@ def _dataset_arrays(dataset: Any, label: str) -> tuple[np.ndarray, np.ndarray]:
                             "numpy<2") from None
         raise TaskError(f"reading the {label} mindspore.dataset failed: {type(exc).__name__}: "
                         f"{_first_line(text)}") from None
-    if not inputs:
+    if not columns or not columns[0]:
         raise TaskError(f"the {label} mindspore.dataset is empty: it must yield at least one sample")
     join = np.concatenate if batched else np.stack
-    return join(inputs), join(targets)
+    try:
+        return tuple(join(column) for column in columns)
+    except ValueError as exc:
+        raise TaskError(f"the {label} mindspore.dataset yields rows of different shapes ({_first_line(str(exc))}): "
+                        "pad every row of a column to one shape") from None
 
 
 def _has_batch_node(dataset: Any) -> bool:
@@ -286,51 +361,83 @@ def _has_batch_node(dataset: Any) -> bool:
     return False
 
 
-def _part(part: Any, label: str) -> tuple[Any, Any]:
+def _part(part: Any, label: str) -> tuple[np.ndarray, ...]:
+    """One split as a tuple of host arrays: a pipeline's columns, or the (x, y) pair given."""
     if _is_dataset(part):
         return _dataset_arrays(part, label)
     if isinstance(part, (tuple, list)) and len(part) == 2:
-        x, y = part
-        if isinstance(x, ms.Tensor):
-            x = x.asnumpy()
-        if isinstance(y, ms.Tensor):
-            y = y.asnumpy()
-        return np.asarray(x), np.asarray(y)
+        return tuple(np.asarray(v.asnumpy() if isinstance(v, ms.Tensor) else v) for v in part)
     raise TaskError(f"mindspore task {label} data must be a mindspore.dataset pipeline or a pair (x, y); "
                     f"got {type(part).__name__}")
 
 
-def _as_arrays(data: Any) -> ArrayData:
-    """`ArrayData` from arrays, MindSpore tensors or a ``(train, val)`` pair of mindspore.dataset pipelines."""
+@dataclasses.dataclass
+class HostData:
+    """The training and validation splits as tuples of host arrays (columns), one row per sample: (x, y), or
+    a pipeline's columns in order."""
+
+    train: tuple[np.ndarray, ...]
+    val: tuple[np.ndarray, ...]
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train[0])
+
+    @property
+    def n_val(self) -> int:
+        return len(self.val[0])
+
+
+def _checked_rows(columns: tuple[np.ndarray, ...], label: str) -> tuple[np.ndarray, ...]:
+    lengths = [len(column) if column.ndim else 0 for column in columns]
+    if 0 in lengths:
+        raise TaskError(f"task {label} data is empty: data() must return at least one sample")
+    if len(set(lengths)) > 1:
+        if len(lengths) == 2:
+            raise TaskError(f"task {label} data has {lengths[0]} inputs but {lengths[1]} targets: they must match")
+        raise TaskError(f"task {label} data has columns of {lengths} rows: every column needs one row per sample")
+    return columns
+
+
+def _as_arrays(data: Any) -> HostData:
+    """`HostData` from arrays, MindSpore tensors or a ``(train, val)`` pair of mindspore.dataset pipelines."""
     if isinstance(data, ArrayData):
-        return data
+        return HostData((np.asarray(data.x_train), np.asarray(data.y_train)),
+                        (np.asarray(data.x_val), np.asarray(data.y_val)))
     if _is_dataset(data):
         raise TaskError("a single mindspore.dataset is not enough: data() must return "
                         "(train_dataset, val_dataset), each yielding (input, target)")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TaskError(f"mindspore task data must be ((x_train, y_train), (x_val, y_val)) or "
                         f"(train_dataset, val_dataset); got {type(data).__name__}")
-    (x_train, y_train), (x_val, y_val) = _part(data[0], "training"), _part(data[1], "validation")
-    for label, x, y in (("training", x_train, y_train), ("validation", x_val, y_val)):
-        if len(x) == 0:
-            raise TaskError(f"task {label} data is empty: data() must return at least one sample")
-        if len(x) != len(y):
-            raise TaskError(f"task {label} data has {len(x)} inputs but {len(y)} targets: they must match")
-    return ArrayData(x_train, y_train, x_val, y_val)
+    return HostData(_checked_rows(_part(data[0], "training"), "training"),
+                    _checked_rows(_part(data[1], "validation"), "validation"))
 
 
-def _host_arrays(x: Any, y: Any, integer_targets: bool | None) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs as float32 (when floating), targets as int32 class indices or float32 values."""
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
-        x = x.astype(np.float32)
-    y = np.asarray(y)
-    if integer_targets and y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]  # class indices as a column (how a mindspore.dataset must carry them under NumPy 2)
-    if integer_targets is None:  # a user loss: keep integer targets integer, MindSpore's preferred int32
-        integer_targets = np.issubdtype(y.dtype, np.integer)
-    y = y.astype(np.int32 if integer_targets else np.float32)
-    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+def _host_columns(columns: tuple[np.ndarray, ...], named_loss: str | None) -> tuple[np.ndarray, ...]:
+    """A split ready for the step: floating columns as float32, every other dtype as the data has it (integer
+    labels reach a user's loss or compute_loss unchanged); the targets of a named loss in the dtype its cell
+    takes: int32 class indices for cross_entropy (a column of shape (n, 1) flattened: how a mindspore.dataset
+    must carry them under NumPy 2), float32 for the others."""
+    host = [np.asarray(column) for column in columns]
+    host = [column.astype(np.float32, copy=False) if np.issubdtype(column.dtype, np.floating) else column
+            for column in host]
+    if named_loss is not None:
+        y = host[1]
+        if named_loss == "cross_entropy":
+            host[1] = (y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y).astype(np.int32)
+        else:
+            host[1] = y.astype(np.float32)
+    return tuple(np.ascontiguousarray(column) for column in host)
+
+
+def _pair_error(split: tuple[np.ndarray, ...], label: str) -> str | None:
+    """Why a split cannot feed ``loss(model(x), y)`` (None when it has two columns)."""
+    if len(split) == 2:
+        return None
+    count = f"{len(split)} column" + ("" if len(split) == 1 else "s")
+    return (f"the task's {label} data has {count}, not (input, target): give two, or set "
+            "Task(compute_loss=...) to compute the loss from all of them")
 
 
 def _first_line(text: str) -> str:
@@ -435,11 +542,17 @@ def _nvml_info(nvml: list[dict[str, Any]], index: int) -> dict[str, Any]:
 # --- the session ----------------------------------------------------------------------------------------------
 
 class MindSporeSession(TrainingSession):
-    """A ``mindspore.nn.Cell``, its optimizer and the data on one device; data stays on the host, moves per batch."""
+    """A ``mindspore.nn.Cell``, its optimizer and the data on one device; data stays on the host, moves per batch.
+
+    The loss of a batch is ``task.compute_loss(model, batch)`` when the task gives one (``batch``: the tuple of
+    the data's columns as tensors, (x, y) for arrays), else ``loss(model(x), y)``; either is the forward function
+    handed to ``mindspore.value_and_grad``. A named cross entropy takes the outputs as logits unless the task
+    says ``from_logits=False`` or the model's last cell is a softmax or sigmoid (``from_logits`` holds which).
+    """
 
     first_step_compiles = True
 
-    def __init__(self, task: Task, data: ArrayData, device: Device, batch_size: int,
+    def __init__(self, task: Task, data: HostData, device: Device, batch_size: int,
                  optimizer: Mapping[str, Any], seed: int, mode: str) -> None:
         self.batch_size = batch_size
         self.mode = mode
@@ -447,6 +560,12 @@ class MindSporeSession(TrainingSession):
         self._device = device
         _use_device(device)
         ms.set_seed(seed)
+        compute_loss = task.compute_loss
+        loss_name = task.loss if isinstance(task.loss, str) and compute_loss is None else None
+        if compute_loss is None:
+            for label, split in (("training", data.train), ("validation", data.val)):
+                if (error := _pair_error(split, label)) is not None:
+                    raise TaskError(error)
         try:
             with _clear_errors(device):
                 model = task.model()
@@ -461,45 +580,70 @@ class MindSporeSession(TrainingSession):
         params = self.model.trainable_params()
         if not params:
             raise TaskError("the task's model has no trainable parameters")
-        with _quiet_deprecations(), _clear_errors(device):
+        with _quiet_notices(), _clear_errors(device):
             self.optimizer = _OPTIMIZERS[optimizer["name"]](params, optimizer)
-        named = isinstance(task.loss, str)
-        self.loss_fn = _named_loss(task.loss) if named else task.loss
-        integer_targets = (task.loss == "cross_entropy") if named else None
-        self.x_train, self.y_train = _host_arrays(data.x_train, data.y_train, integer_targets)
-        self.x_val, self.y_val = _host_arrays(data.x_val, data.y_val, integer_targets)
+        self.train = _host_columns(data.train, loss_name)
+        self.val = _host_columns(data.val, loss_name)
+        self.from_logits = _model_from_logits(task, model) if loss_name in _CROSS_ENTROPIES else None
+        self.loss_fn = None if compute_loss is not None else (
+            _named_loss(loss_name, self.from_logits is not False) if loss_name else task.loss)
         self._last: Any = None
         self._steps = 0
         self._first_step_seconds = 0.0
 
-        model_, loss_fn, optimizer_ = self.model, self.loss_fn, self.optimizer
+        if compute_loss is not None:
+            self._check_compute_loss(compute_loss)
+        forward = self._forward(compute_loss)
+        grad_fn = ms.value_and_grad(forward, None, self.optimizer.parameters)
+        optimizer_ = self.optimizer
 
-        def forward(inputs: Any, targets: Any) -> Any:
-            return loss_fn(model_(inputs), targets)
-
-        grad_fn = ms.value_and_grad(forward, None, optimizer_.parameters)
-
-        def train_step(inputs: Any, targets: Any) -> Any:
-            loss, grads = grad_fn(inputs, targets)
+        def train_step(*batch: Any) -> Any:
+            loss, grads = grad_fn(*batch)
             return ops.depend(loss, optimizer_(grads))
 
         self._train = ms.jit(train_step) if mode == "graph" else train_step
         self._eval = ms.jit(forward) if mode == "graph" else forward
 
+    def _forward(self, compute_loss: Callable[[Any, Any], Any] | None) -> Callable[..., Any]:
+        """The loss of one batch, given as the data's columns: the function value_and_grad differentiates."""
+        model_, loss_fn = self.model, self.loss_fn
+        if compute_loss is not None:
+            def forward(*batch: Any) -> Any:
+                return compute_loss(model_, batch)
+        else:
+            def forward(inputs: Any, targets: Any) -> Any:
+                return loss_fn(model_(inputs), targets)
+        return forward
+
+    def _check_compute_loss(self, compute_loss: Callable[[Any, Any], Any]) -> None:
+        """Run compute_loss once, eagerly and in evaluation mode, on two training samples: a loss that is no
+        scalar fails here with its fix (value_and_grad would differentiate the sum of a vector, and graph mode
+        cannot say which Python value was wrong)."""
+        sample = tuple(ms.Tensor(column[:2]) for column in self.train)
+        self.model.set_train(False)
+        try:
+            with _clear_errors(self._device):
+                value = compute_loss(self.model, sample)
+        finally:
+            self.model.set_train(True)
+        error = _scalar_loss_error(value)
+        if error is not None:
+            raise TaskError(error)
+
     def _run(self, function: Callable[..., Any], *args: Any) -> Any:
-        with _clear_errors(self._device):
+        with _quiet_notices(), _clear_errors(self._device):
             return function(*args)
 
     def train_step(self, indices: np.ndarray) -> None:
         index = np.asarray(indices, dtype=np.int64)
-        inputs, targets = ms.Tensor(self.x_train[index]), ms.Tensor(self.y_train[index])
+        batch = tuple(ms.Tensor(column[index]) for column in self.train)
         if self._steps >= 2:
-            self._last = self._run(self._train, inputs, targets)
+            self._last = self._run(self._train, *batch)
             return
         # The first step compiles (graph mode) or builds and caches kernels (PyNative); the second is steady.
         # Both are timed to completion: compile_seconds is what the first cost beyond a steady step.
         tick = time.perf_counter()
-        self._last = self._run(self._train, inputs, targets)
+        self._last = self._run(self._train, *batch)
         self.synchronize()
         elapsed = time.perf_counter() - tick
         self._steps += 1
@@ -517,13 +661,13 @@ class MindSporeSession(TrainingSession):
     def evaluate(self, max_batches: int | None = None) -> float:
         self.model.set_train(False)
         total, count = 0.0, 0
-        n_val = len(self.x_val)
+        n_val = len(self.val[0])
         stop = n_val if max_batches is None else min(n_val, max_batches * self.batch_size)
         try:
-            with _clear_errors(self._device):
+            with _quiet_notices(), _clear_errors(self._device):
                 for start in range(0, stop, self.batch_size):
                     end = min(start + self.batch_size, stop)
-                    loss = self._eval(ms.Tensor(self.x_val[start:end]), ms.Tensor(self.y_val[start:end]))
+                    loss = self._eval(*(ms.Tensor(column[start:end]) for column in self.val))
                     total += float(loss.asnumpy()) * (end - start)
                     count += end - start
         finally:
@@ -550,8 +694,7 @@ class MindSporeSession(TrainingSession):
         return None
 
     def close(self) -> None:
-        for name in ("model", "optimizer", "loss_fn", "x_train", "y_train", "x_val", "y_val", "_last",
-                     "_train", "_eval"):
+        for name in ("model", "optimizer", "loss_fn", "train", "val", "_last", "_train", "_eval"):
             setattr(self, name, None)
 
 
@@ -565,7 +708,7 @@ class MindSporeBackend(Backend):
     cpu_pool_block_bytes = 1 << 30  # measured: 1 GiB, whatever set_memory says (ignored on the CPU)
 
     def __init__(self) -> None:
-        self._materialised: tuple[Any, ArrayData] | None = None
+        self._materialised: tuple[Any, HostData] | None = None
         self._memory_limit: str | None = None
 
     def version(self) -> str:
@@ -598,9 +741,9 @@ class MindSporeBackend(Backend):
         arrays = self._arrays(data)
         return arrays.n_train, arrays.n_val
 
-    def _arrays(self, data: Any) -> ArrayData:
-        """`ArrayData` for ``data``; a native pipeline is read once per data object (the last one is kept)."""
-        if isinstance(data, ArrayData):
+    def _arrays(self, data: Any) -> HostData:
+        """`HostData` for ``data``; a native pipeline is read once per data object (the last one is kept)."""
+        if isinstance(data, HostData):
             return data
         if self._materialised is not None and self._materialised[0] is data:
             return self._materialised[1]

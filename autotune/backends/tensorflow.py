@@ -1,5 +1,6 @@
 """TensorFlow/Keras adapter: devices (CPU, GPU, TPU), optimizers from ``keras.optimizers``, a compiled
-``tf.function`` training step, TensorFlow's allocator statistics, OOM recognition, ``tf.data`` input.
+``tf.function`` training step, TensorFlow's allocator statistics, OOM recognition, ``tf.data`` and
+``keras.utils.PyDataset`` input (read into host arrays once), a task's own ``compute_loss``.
 
 Memory: TensorFlow never hands memory back to the system inside a process (its allocators keep what they
 took, and a GPU's memory is reserved when the runtime starts), which is why probes and trials run in worker
@@ -10,12 +11,15 @@ GPU, i.e. before the first operation in the process; the worker runner calls it 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
+import inspect
 import os
 import re
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines off; errors still shown
@@ -34,13 +38,21 @@ _PRE_INIT_NOISE = re.compile(
 )
 
 
-@contextlib.contextmanager
-def _quiet_import_noise() -> Iterator[None]:
-    """Drop the INFO lines TensorFlow's C++ side writes while it loads, before TF_CPP_MIN_LOG_LEVEL applies.
+_NO_ACCELERATOR_NOISE = re.compile(
+    r"^[IWE]\d{4} [0-9:.]+ +\d+ [\w.]+:\d+\] (failed call to cuInit|Could not find cuda drivers"
+    r"|Cannot dlopen some GPU libraries|Unable to register cu\w+ factory).*$"
+)
+"""What a TensorFlow build with GPU support logs when it finds no GPU (here on the CPU with the full
+``tensorflow`` package: ``E ... cuda_platform.cc:52] failed call to cuInit: ... UNKNOWN ERROR (303)``, at the
+first device listing, at ERROR level so that TF_CPP_MIN_LOG_LEVEL=2 keeps it). The device list says it."""
 
-    The oneDNN notice is logged by a static initialiser before absl logging is set up, so the environment
-    variable cannot silence it. Standard error is captured while the libraries load and every line that is
-    not such an INFO line (warnings and errors included) is written back unchanged.
+
+@contextlib.contextmanager
+def _quiet_native_noise(noise: re.Pattern[str]) -> Iterator[None]:
+    """Drop the lines matching ``noise`` that TensorFlow's C++ side writes to standard error in the body.
+
+    Standard error (file descriptor 2) is captured meanwhile and every other line, warnings and errors
+    included, is written back unchanged when the body ends.
     """
     try:
         sys.stderr.flush()
@@ -61,10 +73,19 @@ def _quiet_import_noise() -> Iterator[None]:
         os.close(saved)
         capture.seek(0)
         kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
-                if not _PRE_INIT_NOISE.match(line.rstrip("\n"))]
+                if not noise.match(line.rstrip("\n"))]
         capture.close()
         if kept:
             os.write(2, "".join(kept).encode())
+
+
+def _quiet_import_noise() -> contextlib.AbstractContextManager[None]:
+    """Drop the INFO lines TensorFlow's C++ side writes while it loads, before TF_CPP_MIN_LOG_LEVEL applies.
+
+    The oneDNN notice is logged by a static initialiser before absl logging is set up, so the environment
+    variable cannot silence it.
+    """
+    return _quiet_native_noise(_PRE_INIT_NOISE)
 
 
 with _quiet_import_noise():
@@ -143,34 +164,139 @@ if hasattr(keras.optimizers, "Lamb"):
 
 
 # ---------------------------------------------------------------------------------------------- losses
-def _named_loss(name: str) -> keras.losses.Loss:
-    """The Keras loss for a neutral name (targets: class indices for cross_entropy, floats otherwise)."""
+_PROBABILITY_ACTIVATIONS = ((keras.activations.softmax, "softmax"), (keras.activations.sigmoid, "sigmoid"),
+                            (keras.ops.softmax, "softmax"), (keras.ops.sigmoid, "sigmoid"),
+                            (tf.nn.softmax, "softmax"), (tf.math.sigmoid, "sigmoid"))
+_PROBABILITY_OPS = ("Softmax", "Sigmoid")
+_CROSS_ENTROPIES = ("cross_entropy", "binary_cross_entropy")  # the named losses that have two forms
+
+
+def _named_loss(name: str, from_logits: bool = True) -> keras.losses.Loss:
+    """The Keras loss for a neutral name (targets: class indices for cross_entropy, floats otherwise);
+    ``from_logits`` picks the form of the two cross entropies (False: the outputs are probabilities)."""
     if name == "cross_entropy":
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
     if name == "mse":
         return keras.losses.MeanSquaredError()
     if name == "mae":
         return keras.losses.MeanAbsoluteError()
     if name == "binary_cross_entropy":
-        return keras.losses.BinaryCrossentropy(from_logits=True)
+        return keras.losses.BinaryCrossentropy(from_logits=from_logits)
     if name == "huber":
         return keras.losses.Huber(delta=1.0)
     raise TaskError(f"unknown loss {name!r}")
 
 
+def _final_activation(model: Any) -> str | None:
+    """'softmax' or 'sigmoid' where the model's last layer applies one, '' where it applies something else, None
+    where the layer order says nothing about the output (a subclassed model, several outputs).
+
+    The last layer counts when it is a `Softmax` layer, or has an ``activation`` attribute (Dense, Conv,
+    `Activation`) set to softmax or sigmoid; a nested Sequential or functional model as the last layer is read
+    the same way. Only Sequential and single-output functional models list their layers in call order.
+    """
+    if not isinstance(model, keras.Sequential) and len(getattr(model, "outputs", None) or ()) != 1:
+        return None
+    layers = getattr(model, "layers", None)
+    if not layers:
+        return None
+    last = layers[-1]
+    if isinstance(last, keras.Model):
+        return _final_activation(last)
+    if isinstance(last, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(last, "activation", None)
+    return next((name for function, name in _PROBABILITY_ACTIVATIONS if activation is function), "")
+
+
+def _is_probability(output: Any) -> bool:
+    """Whether a traced output tensor comes out of a softmax or sigmoid, the test Keras's own losses apply."""
+    return hasattr(output, "_keras_logits") or getattr(getattr(output, "op", None), "type", None) in _PROBABILITY_OPS
+
+
+def _model_from_logits(task: Task, model: Any) -> bool | None:
+    """Whether the named cross entropies take the model's outputs as logits: the task's ``from_logits`` when it
+    says, else False for a model ending in a softmax or sigmoid; None when only the traced output can tell."""
+    if task.from_logits is not None:
+        return task.from_logits
+    activation = _final_activation(model)
+    return None if activation is None else not activation
+
+
+def _scalar_loss_error(value: Any) -> str | None:
+    """Why ``value``, what compute_loss returned, is not a scalar loss tensor (None when it is one)."""
+    if not tf.is_tensor(value):
+        return (f"compute_loss must return a scalar loss tensor, got {type(value).__name__}: "
+                "return the loss itself (reduced, e.g. keras.ops.mean(loss))")
+    rank = value.shape.rank
+    if rank is not None and rank != 0:
+        return (f"compute_loss must return a scalar loss tensor, got shape {tuple(value.shape.as_list())}: "
+                "reduce it, e.g. keras.ops.mean(loss)")
+    return None
+
+
+def _loss_caller(compute_loss: Callable[..., Any]) -> Callable[[Any, Any, bool], Any]:
+    """``compute_loss(model, batch)``, given ``training=`` too when it declares that argument: Keras layers such
+    as Dropout and BatchNormalization behave by it, and the same function serves the training and the
+    evaluation step."""
+    try:
+        takes_training = "training" in inspect.signature(compute_loss).parameters
+    except (TypeError, ValueError):  # a callable without a readable signature
+        takes_training = False
+    if takes_training:
+        return lambda model, batch, training: compute_loss(model, batch, training=training)
+    return lambda model, batch, training: compute_loss(model, batch)
+
+
 # ------------------------------------------------------------------------------------------------ data
-def _arrays_of(part: Any, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """One (x, y) pair of arrays, or a tf.data.Dataset of (x, y) elements read into arrays."""
-    if isinstance(part, tf.data.Dataset):
-        return _materialise(part, label)
-    if isinstance(part, (tuple, list)) and len(part) == 2:
-        x, y = (np.asarray(v) for v in part)
-        if x.ndim == 0 or y.ndim == 0 or len(x) == 0:
-            raise TaskError(f"task {label} data must be non-empty arrays with one row per sample")
-        if len(x) != len(y):
-            raise TaskError(f"task {label} data has {len(x)} inputs but {len(y)} targets: they must match")
-        return x, y
-    raise TaskError(f"task {label} data must be a pair (x, y) of arrays or a tf.data.Dataset, got {type(part).__name__}")
+# Each split is held as host arrays: a nest (a tuple, usually (x, y), or a dict; x may itself be a dict or a
+# tuple for a model with several inputs) of NumPy arrays with one row per sample. Steps index the arrays, so
+# the engine's sampler, fit-batch and every trial see the same samples at any batch size.
+
+@dataclasses.dataclass
+class HostData:
+    """The training and validation splits as nests of host arrays, one row per sample (checked on creation)."""
+
+    train: Any
+    val: Any
+
+    def __post_init__(self) -> None:
+        self.n_train = _rows(self.train, "training")
+        self.n_val = _rows(self.val, "validation")
+
+
+def _rows(split: Any, label: str) -> int:
+    """The number of samples in a split: every array's first dimension, which must agree and be non-zero."""
+    lengths = {len(a) for a in tf.nest.flatten(split)}
+    if len(lengths) != 1 or 0 in lengths:
+        sizes = ", ".join(str(n) for n in sorted(lengths))
+        raise TaskError(f"task {label} data must be non-empty arrays with one row per sample: got row counts {sizes}")
+    return lengths.pop()
+
+
+def _arrays(value: Any, where: str) -> Any:
+    """``value`` as a nest of NumPy arrays: dicts and tuples keep their structure, everything else becomes one
+    array (a list included, as NumPy reads it); scalars, strings and None are refused, naming ``where``."""
+    if isinstance(value, dict):
+        return {key: _arrays(item, where) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_arrays(item, where) for item in value)
+    if value is None or isinstance(value, (str, bytes)) or (not hasattr(value, "__len__") and not tf.is_tensor(value)):
+        raise TaskError(f"{where} holds a value that is not an array or tensor (got {type(value).__name__})")
+    array = np.asarray(value)
+    if array.ndim == 0 or array.dtype == object:
+        raise TaskError(f"{where} holds a value that is not an array with one row per sample "
+                        f"(got {type(value).__name__} of shape {array.shape} and dtype {array.dtype})")
+    return array
+
+
+def _pair_of_arrays(part: Any, label: str) -> Any:
+    """An (x, y) pair given as arrays (or tensors, or dicts of them) → a checked nest of arrays."""
+    x, y = (_arrays(v, f"task {label} data") for v in part)
+    n_x, n_y = (_rows(v, label) for v in (x, y))
+    if n_x != n_y:
+        raise TaskError(f"task {label} data has {n_x} inputs but {n_y} targets: they must match")
+    return (x, y)
 
 
 def _is_batched(spec: Any) -> bool:
@@ -179,56 +305,131 @@ def _is_batched(spec: Any) -> bool:
     return all(shape.rank is not None and shape.rank >= 1 and shape[0] is None for shape in shapes)
 
 
-def _materialise(dataset: Any, label: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read a finite dataset of (x, y) elements (single samples, or batches from ``.batch()``) into arrays."""
-    import psutil
+def _joined(items: list[Any], batched: bool, where: str) -> Any:
+    """Items of one structure (batches, or single samples) as one nest of arrays."""
+    join = np.concatenate if batched else np.stack
+    try:
+        for item in items[1:]:
+            tf.nest.assert_same_structure(items[0], item)
+        return tf.nest.map_structure(lambda *parts: join(parts), *items)
+    except (ValueError, TypeError) as exc:
+        detail = str(exc).splitlines()[0][:200]
+        raise TaskError(f"{where} yields items that do not join into one array per part ({detail}): give every "
+                        "item the same structure and the same shape past the batch dimension (pad sequences)") from None
 
-    spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(s, tf.TensorSpec) for s in spec)):
-        raise TaskError(f"the {label} tf.data.Dataset must yield (x, y) pairs of tensors, got elements {spec}")
-    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-        raise TaskError(f"the {label} tf.data.Dataset is infinite (repeat()?): give a finite one, e.g. dataset.take(N)")
-    batched = _is_batched(spec)
-    budget = _MAX_MATERIALISED_FRACTION * psutil.virtual_memory().available
-    xs: list[np.ndarray] = []
-    ys: list[np.ndarray] = []
-    used = 0
-    for x, y in dataset.as_numpy_iterator():
-        xs.append(x)
-        ys.append(y)
-        used += x.nbytes + y.nbytes
-        if used > budget:
-            raise TaskError(f"the {label} tf.data.Dataset does not fit in half the free memory (or never ends): "
+
+class _MemoryBudget:
+    """Bytes read from a dataset so far, against half the free memory (a dataset that never ends stops here)."""
+
+    def __init__(self, where: str) -> None:
+        import psutil
+
+        self.where = where
+        self.left = _MAX_MATERIALISED_FRACTION * psutil.virtual_memory().available
+
+    def spend(self, item: Any) -> None:
+        self.left -= sum(np.asarray(a).nbytes for a in tf.nest.flatten(item))
+        if self.left < 0:
+            raise TaskError(f"{self.where} does not fit in half the free memory (or never ends): "
                             "give a finite one, e.g. dataset.take(N)")
-    if not xs:
-        raise TaskError(f"the {label} tf.data.Dataset is empty: it must yield at least one (x, y) element")
-    if batched:
-        x_all, y_all = np.concatenate(xs), np.concatenate(ys)
-    else:
-        x_all, y_all = np.stack(xs), np.stack(ys)
-    if len(x_all) != len(y_all):
-        raise TaskError(f"the {label} tf.data.Dataset has {len(x_all)} inputs but {len(y_all)} targets")
-    return x_all, y_all
 
 
-_LAST_DATA: list[Any] = []  # [the task's data object, its ArrayData]: a dataset is read once per process
+def _materialise(dataset: Any, label: str) -> Any:
+    """Read a finite tf.data.Dataset of (x, y) pairs (or dicts) of dense tensors, single samples or batches
+    from ``.batch()``, into one nest of arrays."""
+    where = f"the {label} tf.data.Dataset"
+    spec = dataset.element_spec
+    if not isinstance(spec, (tuple, dict)) or not all(isinstance(s, tf.TensorSpec) for s in tf.nest.flatten(spec)):
+        raise TaskError(f"{where} must yield (x, y) pairs of tensors (or dicts of them), got elements {spec}")
+    if int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise TaskError(f"{where} is infinite (repeat()?): give a finite one, e.g. dataset.take(N)")
+    budget = _MemoryBudget(where)
+    items = []
+    for item in dataset.as_numpy_iterator():
+        budget.spend(item)
+        items.append(item)
+    if not items:
+        raise TaskError(f"{where} is empty: it must yield at least one (x, y) element")
+    return _joined(items, _is_batched(spec), where)
 
 
-def _as_arrays(data: Any) -> ArrayData:
-    """`ArrayData` for the task's data: arrays as they are, tf.data.Datasets read into arrays once."""
-    if isinstance(data, ArrayData):
+def _pydataset_item(dataset: Any, index: int, where: str) -> Any:
+    """Batch ``index`` of a PyDataset as a nest of arrays: an (x, y) pair (or a dict, for compute_loss)."""
+    item = dataset[index]
+    fix = "make __getitem__ return (x, y) batches of NumPy arrays or tensors"
+    if isinstance(item, list):
+        item = tuple(item)
+    if not isinstance(item, (tuple, dict)) or not item:
+        raise TaskError(f"{where} item {index} is not an (x, y) pair (got {type(item).__name__}): {fix}")
+    try:
+        arrays = _arrays(item, f"{where} item {index}")
+    except TaskError as exc:
+        raise TaskError(f"{exc}: {fix}") from None
+    lengths = {len(a) for a in tf.nest.flatten(arrays)}
+    if len(lengths) != 1:
+        raise TaskError(f"{where} item {index} has parts of {sorted(lengths)} rows: {fix}, one row per sample in each")
+    return arrays
+
+
+def _read_pydataset(dataset: Any, label: str) -> Any:
+    """Read every batch of a finite keras.utils.PyDataset (``dataset[i]`` for i < num_batches) into arrays."""
+    where = f"the {label} PyDataset"
+    try:
+        count = dataset.num_batches
+    except NotImplementedError:
+        count = None
+    if count is None:
+        raise TaskError(f"{where} has no length (an infinite dataset): define __len__ or num_batches")
+    if count <= 0:
+        raise TaskError(f"{where} is empty: it must yield at least one (x, y) batch")
+    budget = _MemoryBudget(where)
+    items = []
+    for index in range(int(count)):
+        item = _pydataset_item(dataset, index, where)
+        budget.spend(item)
+        items.append(item)
+    return _joined(items, True, where)
+
+
+def _split(part: Any, label: str) -> Any:
+    """One split of the task's data as a nest of host arrays."""
+    if isinstance(part, tf.data.Dataset):
+        return _materialise(part, label)
+    if isinstance(part, keras.utils.PyDataset):
+        return _read_pydataset(part, label)
+    if isinstance(part, (tuple, list)) and len(part) == 2:
+        return _pair_of_arrays(part, label)
+    raise TaskError(f"task {label} data must be a pair (x, y) of arrays, a tf.data.Dataset or a "
+                    f"keras.utils.PyDataset, got {type(part).__name__}")
+
+
+_LAST_DATA: list[Any] = []  # [the task's data object, its HostData]: a dataset is read once per process
+
+
+def _host_data(data: Any) -> HostData:
+    """`HostData` for the task's data: arrays as they are, datasets (tf.data, PyDataset) read into arrays once."""
+    if isinstance(data, HostData):
         return data
+    if isinstance(data, ArrayData):
+        return HostData(_pair_of_arrays((data.x_train, data.y_train), "training"),
+                        _pair_of_arrays((data.x_val, data.y_val), "validation"))
     if _LAST_DATA and _LAST_DATA[0] is data:
         return _LAST_DATA[1]
-    if isinstance(data, tf.data.Dataset):
-        raise TaskError("task data is one tf.data.Dataset: return a pair (train_dataset, validation_dataset)")
+    if isinstance(data, (tf.data.Dataset, keras.utils.PyDataset)):
+        raise TaskError(f"task data is one {type(data).__name__}: return a pair (train_dataset, validation_dataset)")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
         raise TaskError("task data must be ((x_train, y_train), (x_val, y_val)) or (train_dataset, val_dataset); "
                         f"got {type(data).__name__}")
-    (x_train, y_train), (x_val, y_val) = _arrays_of(data[0], "train"), _arrays_of(data[1], "validation")
-    arrays = ArrayData(x_train, y_train, x_val, y_val)
-    _LAST_DATA[:] = [data, arrays]
-    return arrays
+    host = HostData(_split(data[0], "training"), _split(data[1], "validation"))
+    _LAST_DATA[:] = [data, host]
+    return host
+
+
+def _physical_devices(kind: str) -> list[Any]:
+    """TensorFlow's physical devices of ``kind``, without the no-GPU lines a listing logs where it is the first
+    to start CUDA in the process (each worker is a fresh process)."""
+    with _quiet_native_noise(_NO_ACCELERATOR_NOISE):
+        return tf.config.list_physical_devices(kind)
 
 
 def _grow_gpu_memory_on_demand() -> None:
@@ -238,7 +439,7 @@ def _grow_gpu_memory_on_demand() -> None:
     samples); reserving every GPU there would starve the workers. A GPU given a memory cap (a logical device)
     keeps it. No effect once the runtime has started.
     """
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for gpu in _physical_devices("GPU"):
         try:
             if tf.config.get_logical_device_configuration(gpu) is None:
                 tf.config.experimental.set_memory_growth(gpu, True)
@@ -246,16 +447,37 @@ def _grow_gpu_memory_on_demand() -> None:
             pass
 
 
-def _prepared(x: Any, y: Any, integer_targets: bool, float_targets: bool) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
-        x = x.astype(np.float32)
-    y = np.asarray(y)
-    if integer_targets:
-        y = y.astype(np.int64)
-    elif float_targets or (np.issubdtype(y.dtype, np.floating) and y.dtype != np.float32):
-        y = y.astype(np.float32)
-    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+def _float32(array: np.ndarray) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32:
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array)
+
+
+def _prepared(split: Any, named_loss: str | None) -> Any:
+    """A split ready for the step: floating arrays as float32, every other dtype as the data has it (integer
+    labels reach a user's loss or compute_loss unchanged); the targets of a named loss in the dtype it takes
+    (int64 class indices for cross_entropy, float32 for the others)."""
+    split = tf.nest.map_structure(_float32, split)
+    if named_loss is None:
+        return split
+    x, y = split
+    if not isinstance(y, np.ndarray):
+        raise TaskError(f"the loss {named_loss!r} needs one target array, got a {type(y).__name__} of targets: "
+                        "pass a Keras loss callable or a compute_loss for several outputs")
+    return x, np.ascontiguousarray(y.astype(np.int64 if named_loss == "cross_entropy" else np.float32))
+
+
+def _pair_error(split: Any, label: str) -> str | None:
+    """Why a split cannot feed ``loss(model(x), y)`` (None when it is an (x, y) pair)."""
+    if isinstance(split, tuple) and len(split) == 2:
+        return None
+    shape = f"a dict with keys {sorted(split)}" if isinstance(split, dict) else f"{len(split)}-part tuples"
+    return (f"the task's {label} data yields {shape}, not (x, y) pairs: yield (x, y), or set "
+            "Task(compute_loss=...) to compute the loss from the whole batch")
+
+
+def _take(split: Any, index: Any) -> Any:
+    return tf.nest.map_structure(lambda array: array[index], split)
 
 
 def _signature(array: np.ndarray, batch: int | None) -> tf.TensorSpec:
@@ -309,7 +531,7 @@ def _logical_name(device: Device) -> str:
     GPUs (in this process only), and the chosen one becomes logical GPU:0.
     """
     kind = device.kind.upper()
-    physical = tf.config.list_physical_devices(kind)
+    physical = _physical_devices(kind)
     if device.index >= len(physical):
         raise DeviceError(f"{device.id} is not available to tensorflow: it sees {len(physical)} {kind} device(s)")
     if kind == "GPU":
@@ -352,11 +574,18 @@ class TensorFlowSession(TrainingSession):
     Data stays on the host as NumPy arrays and moves per batch, as in the torch adapter. ``compile_seconds`` is
     the wall time of the first call of each compiled function (tracing, graph optimisation or XLA compilation,
     and that first execution), which the engine's warm-up keeps out of the throughput.
+
+    The loss of a batch is ``task.compute_loss(model, batch)`` when the task gives one (``batch`` is the data's
+    (x, y) pair or dict, as tensors; ``training=`` is passed too when the function takes it), else
+    ``loss(y, model(x))``. A named cross entropy takes the outputs as
+    logits unless the task says ``from_logits=False`` or the model ends in a softmax or sigmoid: read from the
+    last layer of a Sequential or functional model, else from the traced output tensor, as Keras's own losses
+    read it. ``from_logits`` is what was decided (None until the first trace when only the output can tell).
     """
 
     first_step_compiles = True
 
-    def __init__(self, task: Task, data: ArrayData, device: Device, batch_size: int,
+    def __init__(self, task: Task, data: HostData, device: Device, batch_size: int,
                  optimizer: Mapping[str, Any], seed: int) -> None:
         if keras.backend.backend() != "tensorflow":
             raise TaskError(f"Keras runs on {keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow for this backend")
@@ -365,34 +594,50 @@ class TensorFlowSession(TrainingSession):
         self._memory_device = None if device.kind == "cpu" else _logical_name(device)
         self._strategy = _tpu_strategy(device.index) if device.kind == "tpu" else None
         self.compile_seconds = 0.0
+        self._contract_error: TaskError | None = None
         keras.utils.set_random_seed(seed)
 
-        named = isinstance(task.loss, str)
-        self.loss_fn = _named_loss(task.loss) if named else task.loss
-        self.x_train, self.y_train = _prepared(data.x_train, data.y_train, task.loss == "cross_entropy", named)
-        self.x_val, self.y_val = _prepared(data.x_val, data.y_val, task.loss == "cross_entropy", named)
+        self._compute_loss = None if task.compute_loss is None else _loss_caller(task.compute_loss)
+        self._loss_name = task.loss if isinstance(task.loss, str) and self._compute_loss is None else None
+        if self._compute_loss is None:
+            for label, split in (("training", data.train), ("validation", data.val)):
+                if (error := _pair_error(split, label)) is not None:
+                    raise TaskError(error)
+        self.train = _prepared(data.train, self._loss_name)
+        self.val = _prepared(data.val, self._loss_name)
 
         with self._scope():
-            try:
-                model = task.model()
-            except Exception as exc:
-                raise TaskError(f"the task's model() raised {type(exc).__name__}: {exc}") from None
-            if not isinstance(model, keras.Model):
-                raise TaskError(f"the task's model() returned {type(model).__name__}, not a keras.Model")
-            if not model.built:
-                model(self.x_train[:1], training=False)  # creates the variables; a wrong input shape fails here
-            self.model = model
+            self.model = self._built_model(task)
             self.optimizer = _OPTIMIZERS[optimizer["name"]](optimizer)
-            self.optimizer.build(model.trainable_variables)
+            self.optimizer.build(self.model.trainable_variables)
+        self.from_logits = _model_from_logits(task, self.model) if self._loss_name in _CROSS_ENTROPIES else None
+        self.loss_fn = None if self._compute_loss is not None else (
+            _named_loss(self._loss_name, self.from_logits is not False) if self._loss_name else task.loss)
         decay = float(optimizer.get("weight_decay", 0.0)) if optimizer["name"] in _COUPLED_DECAY else 0.0
 
         # TPUs compile for static shapes: no relaxed batch dimension there.
-        train_sig = None if self._strategy else (_signature(self.x_train, None), _signature(self.y_train, None))
-        val_sig = None if self._strategy else (_signature(self.x_val, None), _signature(self.y_val, None))
+        train_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None), self.train)]
+        val_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None), self.val)]
         self._train_fn = tf.function(self._replicated(self._make_train_step(decay)), input_signature=train_sig)
         self._eval_fn = tf.function(self._replicated(self._eval_step), input_signature=val_sig)
         self._traced: set[str] = set()
         self._last: Any = None
+
+    def _built_model(self, task: Task) -> Any:
+        """The task's fresh model, its variables created (a wrong input shape fails here)."""
+        try:
+            model = task.model()
+        except Exception as exc:
+            raise TaskError(f"the task's model() raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(model, keras.Model):
+            raise TaskError(f"the task's model() returned {type(model).__name__}, not a keras.Model")
+        if not model.built:  # a subclassed model creates its variables on its first call
+            sample = _take(self.train, slice(0, 1))
+            if self._compute_loss is None:
+                model(sample[0], training=False)
+            else:
+                self._compute_loss(model, sample, False)
+        return model
 
     def _scope(self) -> Any:
         if self._strategy is not None:
@@ -400,14 +645,29 @@ class TensorFlowSession(TrainingSession):
         return tf.device("/CPU:0" if self._memory_device is None else f"/{self._memory_device}")
 
     def _loss(self, y: Any, prediction: Any) -> Any:
+        if self._loss_name in _CROSS_ENTROPIES and self.from_logits is None:  # decided once, at the first trace
+            self.from_logits = not _is_probability(prediction)
+            self.loss_fn = _named_loss(self._loss_name, self.from_logits)
         return tf.reduce_mean(tf.cast(self.loss_fn(y, prediction), tf.float32))
 
-    def _make_train_step(self, decay: float) -> Callable[[Any, Any], Any]:
+    def _batch_loss(self, batch: Any, training: bool) -> Any:
+        """The mean loss of one batch: the task's compute_loss, checked to be a scalar, or loss(y, model(x))."""
+        if self._compute_loss is None:
+            x, y = batch
+            return self._loss(y, self.model(x, training=training))
+        value = self._compute_loss(self.model, batch, training)
+        error = _scalar_loss_error(value)
+        if error is not None:  # kept: tracing re-raises exceptions with the traced code's lines added
+            self._contract_error = TaskError(error)
+            raise self._contract_error
+        return tf.cast(value, tf.float32)
+
+    def _make_train_step(self, decay: float) -> Callable[[Any], Any]:
         model, optimizer = self.model, self.optimizer
 
-        def step(x: Any, y: Any) -> Any:
+        def step(batch: Any) -> Any:
             with tf.GradientTape() as tape:
-                loss = self._loss(y, model(x, training=True))
+                loss = self._batch_loss(batch, training=True)
                 total = loss + tf.add_n(model.losses) if model.losses else loss
                 if self._strategy is not None:
                     total = total / self._strategy.num_replicas_in_sync  # Keras sums gradients over replicas
@@ -420,35 +680,49 @@ class TensorFlowSession(TrainingSession):
 
         return step
 
-    def _eval_step(self, x: Any, y: Any) -> Any:
-        return self._loss(y, self.model(x, training=False))
+    def _eval_step(self, batch: Any) -> Any:
+        return self._batch_loss(batch, training=False)
 
-    def _replicated(self, step: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def _replicated(self, step: Callable[[Any], Any]) -> Callable[[Any], Any]:
         strategy = self._strategy
         if strategy is None:
             return step
 
-        def run(x: Any, y: Any) -> Any:
-            per_replica = strategy.run(step, args=(x, y))
+        def run(batch: Any) -> Any:
+            per_replica = strategy.run(step, args=(batch,))
             return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
         return run
 
-    def _call(self, name: str, function: Any, x: np.ndarray, y: np.ndarray) -> Any:
+    def _call(self, name: str, function: Any, batch: Any) -> Any:
         with self._scope() if self._strategy is None else contextlib.nullcontext():
             if name in self._traced:
-                return function(x, y)
+                return function(batch)
             tick = time.perf_counter()
-            result = function(x, y)
-            result.numpy()  # the first call is done, compiled and run, before the clock is read
+            result = self._first_call(function, batch)
             self.compile_seconds += time.perf_counter() - tick
             self._traced.add(name)
             return result
 
+    def _first_call(self, function: Any, batch: Any) -> Any:
+        """The tracing call, run to completion; a broken compute_loss contract comes out as its one-line error."""
+        try:
+            with warnings.catch_warnings():
+                # Keras warns when from_logits=True meets a softmax output; only an explicit Task(from_logits=True)
+                # gets there, and the user has said what the outputs are.
+                warnings.filterwarnings("ignore", message=r".*received `from_logits=True`")
+                result = function(batch)
+            result.numpy()  # the first call is done, compiled and run, before the clock is read
+        except Exception:
+            if self._contract_error is not None:
+                raise self._contract_error from None
+            raise
+        return result
+
     def train_step(self, indices: np.ndarray) -> None:
         """One compiled optimizer step on the training samples at ``indices`` (the first call also compiles)."""
         index = np.asarray(indices, dtype=np.int64)
-        self._last = self._call("train", self._train_fn, self.x_train[index], self.y_train[index])
+        self._last = self._call("train", self._train_fn, _take(self.train, index))
 
     def set_learning_rate(self, lr: float) -> None:
         """Assign the optimizer's learning-rate variable (read by the compiled step, no retrace)."""
@@ -461,10 +735,11 @@ class TensorFlowSession(TrainingSession):
     def evaluate(self, max_batches: int | None = None) -> float:
         """Mean validation loss, sample-weighted over batches of ``batch_size`` (the first ``max_batches``)."""
         total, count = 0.0, 0
-        stop = len(self.x_val) if max_batches is None else min(len(self.x_val), max_batches * self.batch_size)
+        n_val = len(tf.nest.flatten(self.val)[0])
+        stop = n_val if max_batches is None else min(n_val, max_batches * self.batch_size)
         for start in range(0, stop, self.batch_size):
             end = min(start + self.batch_size, stop)
-            loss = self._call("eval", self._eval_fn, self.x_val[start:end], self.y_val[start:end])
+            loss = self._call("eval", self._eval_fn, _take(self.val, slice(start, end)))
             total += float(loss.numpy()) * (end - start)
             count += end - start
         return total / max(count, 1)
@@ -495,7 +770,7 @@ class TensorFlowSession(TrainingSession):
 
     def close(self) -> None:
         """Drop the model, optimizer, compiled functions and data."""
-        for name in ("model", "optimizer", "_train_fn", "_eval_fn", "x_train", "y_train", "x_val", "y_val", "_last"):
+        for name in ("model", "optimizer", "_train_fn", "_eval_fn", "train", "val", "_last"):
             setattr(self, name, None)
 
 
@@ -539,7 +814,7 @@ class TensorFlowBackend(Backend):
     def devices(self) -> list[Device]:
         """The CPU, every GPU (``GPU:0``...) and every TPU core (``TPU:0``...) TensorFlow sees."""
         devices = [cpu_device("tensorflow")]
-        gpus = tf.config.list_physical_devices("GPU")
+        gpus = _physical_devices("GPU")
         for index, (gpu, nvml) in enumerate(zip(gpus, _nvml_matches(len(gpus)) if gpus else [])):
             details = _device_details(gpu)
             capability = details.get("compute_capability")
@@ -549,7 +824,7 @@ class TensorFlowBackend(Backend):
                 memory_total=(nvml or {}).get("memory_total"), memory_free=(nvml or {}).get("memory_free"),
                 details={"capability": ".".join(map(str, capability)) if capability else None},
             ))
-        for index, tpu in enumerate(tf.config.list_physical_devices("TPU")):
+        for index, tpu in enumerate(_physical_devices("TPU")):
             details = _device_details(tpu)
             devices.append(Device(id=f"TPU:{index}", kind="tpu", index=index,
                                   name=str(details.get("device_name") or tpu.name), backend="tensorflow"))
@@ -560,12 +835,12 @@ class TensorFlowBackend(Backend):
         """A fresh Keras model and optimizer on ``device``, seeded, with the data as host arrays."""
         spec = self.validate_optimizer(optimizer)
         _linear_memory_under_a_cap()
-        return TensorFlowSession(task, _as_arrays(data), device, batch_size, spec, seed)
+        return TensorFlowSession(task, _host_data(data), device, batch_size, spec, seed)
 
     def data_size(self, data: Any) -> tuple[int, int]:
-        """Training and validation sample counts, for arrays or tf.data.Datasets (read once)."""
-        arrays = _as_arrays(data)
-        return arrays.n_train, arrays.n_val
+        """Training and validation sample counts, for arrays or datasets (tf.data, PyDataset: read once)."""
+        host = _host_data(data)
+        return host.n_train, host.n_val
 
     def is_oom(self, exc: BaseException) -> bool:
         """TensorFlow's ResourceExhaustedError, MemoryError, and allocation failures reported as other errors."""
@@ -590,7 +865,7 @@ class TensorFlowBackend(Backend):
         """Cap a GPU at ``limit_bytes`` (a logical device); only possible before TensorFlow initialises the GPU."""
         if device.kind != "gpu":
             return
-        gpu = tf.config.list_physical_devices("GPU")[device.index]
+        gpu = _physical_devices("GPU")[device.index]
         config = tf.config.LogicalDeviceConfiguration(memory_limit=max(1, int(limit_bytes) // 2**20))  # MiB
         try:
             tf.config.experimental.set_memory_growth(gpu, False)  # a logical device and growth exclude each other
@@ -604,7 +879,7 @@ class TensorFlowBackend(Backend):
     def free_memory(self, device: Device) -> int | None:
         """Free bytes on a GPU as NVML reports them (read before TensorFlow reserves its share), else None."""
         if device.kind == "gpu":
-            matches = _nvml_matches(len(tf.config.list_physical_devices("GPU")))
+            matches = _nvml_matches(len(_physical_devices("GPU")))
             if device.index < len(matches) and matches[device.index]:
                 return matches[device.index].get("memory_free")
             return None
