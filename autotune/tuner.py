@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from typing import Any, Iterator, Mapping
 
 import optuna
@@ -68,8 +69,18 @@ class TunerTrial:
         tick = time.perf_counter()
         yield
         self._tuner.backend.synchronize(self._tuner.device)
-        self._steps.append(time.perf_counter() - tick)
+        self.record_step(time.perf_counter() - tick, samples=samples)
+
+    def record_step(self, seconds: float, *, samples: int) -> None:
+        """A training step timed elsewhere (a framework callback), for throughput and step-time percentiles."""
+        self._steps.append(float(seconds))
         self._samples.append(int(samples))
+
+    def callback(self, **options: Any) -> Any:
+        """The framework's training callback bound to this trial: it times steps, reports the validation loss
+        each epoch and stops training when the pruner says so (Keras ``fit``: ``monitor='val_loss'``;
+        MindSpore ``Model.train``: ``evaluate=`` a function returning the validation loss)."""
+        return self._tuner.backend.loop_callback(self, **options)
 
     def report(self, value: float, step: int) -> None:
         """An intermediate validation loss at ``step``, for the pruner and the trial's history."""
@@ -236,7 +247,9 @@ class Tuner:
         for _attempt in range(3 * n + 2):
             if self.finished() >= n:
                 return
-            trial = self.study.ask()
+            with warnings.catch_warnings():  # Optuna's heartbeat runs only under optimize(): nothing to warn of
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = self.study.ask()
             trial.set_user_attr("owner", owner())
             config = self.space.suggest(trial, self.ceiling)
             trial.set_user_attr("config", config)

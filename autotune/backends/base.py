@@ -130,6 +130,13 @@ class Backend(abc.ABC):
         raise AutotuneError(f"the {self.name} backend cannot build optimizers for your own loop yet: build it from "
                             "trial.optimizer_name, trial.lr and trial.params")
 
+    def loop_callback(self, trial: Any, **options: Any) -> Any:
+        """A training callback of the framework's own loop that reports to ``trial`` (`autotune.TunerTrial`)."""
+        from autotune.errors import AutotuneError
+
+        raise AutotuneError(f"the {self.name} backend has no training-loop callback: time steps with "
+                            "trial.step() and report with trial.report()")
+
     def synchronize(self, device: Device) -> None:
         """Wait for ``device``'s queued work (a timed step of the user's own loop ends only when it has run)."""
 

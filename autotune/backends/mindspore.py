@@ -700,6 +700,28 @@ class MindSporeSession(TrainingSession):
 
 # --- the backend -------------------------------------------------------------------------------------------------
 
+class _TrialCallback(ms.train.Callback):
+    """``Model.train`` reporting to an autotune trial: times each step, reports ``evaluate()`` (the validation
+    loss) after each epoch and requests a clean stop when the pruner says so."""
+
+    def __init__(self, trial: Any, evaluate: Callable[[], float]) -> None:
+        super().__init__()
+        self.trial, self.evaluate = trial, evaluate
+        self._tick = 0.0
+
+    def on_train_step_begin(self, run_context: Any) -> None:
+        self._tick = time.perf_counter()
+
+    def on_train_step_end(self, run_context: Any) -> None:
+        self.trial.record_step(time.perf_counter() - self._tick, samples=self.trial.batch_size)
+
+    def on_train_epoch_end(self, run_context: Any) -> None:
+        epoch = run_context.original_args().cur_epoch_num
+        self.trial.report(float(self.evaluate()), int(epoch))
+        if self.trial.should_prune():
+            run_context.request_stop()
+
+
 class MindSporeBackend(Backend):
     """MindSpore 2.x: CPU, NVIDIA GPU and Ascend NPU; PyNative by default, graph mode as a task option."""
 
@@ -736,6 +758,17 @@ class MindSporeBackend(Backend):
         spec = self.validate_optimizer(optimizer)
         mode = task_mode(task)
         return MindSporeSession(task, self._arrays(data), device, batch_size, spec, seed, mode)
+
+    def make_optimizer(self, parameters: Any, spec: Mapping[str, Any]) -> Any:
+        full = self.validate_optimizer(spec)
+        with _quiet_notices():
+            return _OPTIMIZERS[full["name"]](parameters, full)
+
+    def loop_callback(self, trial: Any, *, evaluate: Callable[[], float] | None = None) -> Any:
+        if evaluate is None:
+            raise TaskError("trial.callback(evaluate=...) needs a function returning the validation loss: "
+                            "Model.train reports none of its own")
+        return _TrialCallback(trial, evaluate)
 
     def data_size(self, data: Any) -> tuple[int, int]:
         arrays = self._arrays(data)

@@ -790,6 +790,31 @@ def _nvml_matches(count: int) -> list[dict[str, Any] | None]:
     return (gpus + [None] * count)[:count]
 
 
+class _TrialCallback(keras.callbacks.Callback):
+    """Keras ``fit`` reporting to an autotune trial: times each training batch, reports ``monitor`` after each
+    epoch and stops training cleanly when the pruner says so."""
+
+    def __init__(self, trial: Any, monitor: str = "val_loss") -> None:
+        super().__init__()
+        self.trial, self.monitor = trial, monitor
+        self._tick = 0.0
+
+    def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+        self._tick = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.trial.record_step(time.perf_counter() - self._tick, samples=self.trial.batch_size)
+
+    def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise TaskError(f"the trial callback reports {self.monitor!r}, which fit did not log (it logged "
+                            f"{', '.join(logs) or 'nothing'}): pass validation_data to fit, or monitor= another")
+        self.trial.report(float(logs[self.monitor]), epoch + 1)
+        if self.trial.should_prune():
+            self.model.stop_training = True
+
+
 class TensorFlowBackend(Backend):
     """TensorFlow 2 with Keras 3: CPU, GPUs (allocator peak memory, memory cap) and TPU cores (TPUStrategy).
 
@@ -836,6 +861,15 @@ class TensorFlowBackend(Backend):
         spec = self.validate_optimizer(optimizer)
         _linear_memory_under_a_cap()
         return TensorFlowSession(task, _host_data(data), device, batch_size, spec, seed)
+
+    def make_optimizer(self, parameters: Any, spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
+        """The Keras optimizer for ``spec`` (``parameters`` unused: Keras binds variables when it builds). The
+        L2 ``weight_decay`` of the SGD and Adam families (see `_COUPLED_DECAY`) is the loop's to add to its loss."""
+        full = self.validate_optimizer(spec)
+        return _OPTIMIZERS[full["name"]](full)
+
+    def loop_callback(self, trial: Any, *, monitor: str = "val_loss") -> keras.callbacks.Callback:
+        return _TrialCallback(trial, monitor)
 
     def data_size(self, data: Any) -> tuple[int, int]:
         """Training and validation sample counts, for arrays or datasets (tf.data, PyDataset: read once)."""
