@@ -215,17 +215,23 @@ def train_for_budget(
     """
     if (seconds is None) == (steps is None):
         raise ValueError("give exactly one of seconds or steps")
+    initial_loss = session.evaluate(max_batches=1)  # the untrained model: what "does it learn" is judged against
     tick = time.perf_counter()
-    for index in range(warmup_steps):
+    compiling = 0.0  # a first step that traces or compiles is set-up, reported apart: not training time
+    for index in range(warmup_steps + (1 if session.first_step_compiles else 0)):
+        started = time.perf_counter()
         session.train_step(sampler.next())
         session.synchronize()
-        spent = time.perf_counter() - tick
+        if index == 0 and session.first_step_compiles:
+            compiling = time.perf_counter() - started
+            continue
+        spent = time.perf_counter() - tick - compiling
         if seconds is not None and spent > 0.5 * seconds:
             raise TooSlow(f"one step at batch {sampler.batch_size} takes {spent:.3g} s, over half the "
                           f"{seconds:g} s trial budget: give --trial-time at least {4 * spent:.2g} or lower the batch")
         if seconds is not None and spent > 0.1 * seconds:
             break  # a step this long carries little first-call set-up: one warm-up step is enough
-    warmup_seconds = time.perf_counter() - tick
+    warmup_seconds = time.perf_counter() - tick - compiling
     first_loss = session.last_loss()
     if not math.isfinite(first_loss):
         raise Diverged(f"loss is {first_loss} after the warm-up steps")
@@ -278,6 +284,7 @@ def train_for_budget(
     return {
         "throughput": sampler.batch_size / median if median else None,
         "val_loss": val_loss,
+        "initial_val_loss": initial_loss if math.isfinite(initial_loss) else None,
         "train_loss": session.last_loss(),
         "steps_timed": done,
         "step_seconds_p50": percentile(step_seconds, 50),

@@ -23,20 +23,37 @@ def _reports(trial: optuna.trial.FrozenTrial) -> list[float]:
     return [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
 
 
-def not_learning(study: optuna.Study) -> str | None:
-    """A one-line reason when no finished trial's validation loss fell below its first report, else None.
+UNTRAINED_MARGIN = 0.05
+"""A trial also learns when some report is this fraction below the untrained model's validation loss."""
 
-    Only judged where at least one trial reported twice: one report says nothing about progress."""
+
+def _learned(trial: optuna.trial.FrozenTrial) -> bool | None:
+    """Whether the trial's reports show learning; None when they cannot tell (fewer than two points)."""
+    reports = _reports(trial)
+    initial = (trial.user_attrs.get("measured") or {}).get("initial_val_loss")
+    if initial is not None and reports:
+        if min(reports) < initial * (1 - UNTRAINED_MARGIN):
+            return True
+    elif len(reports) < 2:
+        return None
+    return len(reports) >= 2 and min(reports[1:]) < reports[0] * (1 - IMPROVEMENT)
+
+
+def not_learning(study: optuna.Study) -> str | None:
+    """A one-line reason when no finished trial learnt anything, else None.
+
+    A trial learns when a report falls `UNTRAINED_MARGIN` below the untrained model's loss or `IMPROVEMENT`
+    below its own first report. Judged only where at least two trials can tell: one trial at a hopeless rate
+    says nothing about the model."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    series = [r for r in (_reports(t) for t in study.get_trials(deepcopy=False, states=states)) if len(r) >= 2]
-    if not series:
+    verdicts = [v for v in (_learned(t) for t in study.get_trials(deepcopy=False, states=states)) if v is not None]
+    if len(verdicts) < 2 or any(verdicts):
         return None
-    if any(min(r[1:]) < r[0] * (1 - IMPROVEMENT) for r in series):
-        return None
-    first = sorted(r[0] for r in series)[len(series) // 2]
-    return (f"the model does not learn: no trial's validation loss fell below its first report (median "
-            f"{first:.4g}) in {len(series)} trials; check the loss against the model's outputs (Task from_logits=), "
-            "the data and labels, or give each trial more --trial-time")
+    firsts = sorted(r[0] for r in (_reports(t) for t in study.get_trials(deepcopy=False, states=states)) if r)
+    first = firsts[len(firsts) // 2] if firsts else float("nan")
+    return (f"the model does not learn: no trial's validation loss fell below the untrained model's or its first "
+            f"report (median {first:.4g}) in {len(verdicts)} trials; check the loss against the model's outputs "
+            "(Task from_logits=), the data and labels, or give each trial more --trial-time")
 
 
 def describe_busy(trials: list[Any]) -> str | None:
