@@ -260,7 +260,9 @@ def train_for_budget(
             loss = session.last_loss()
             if not math.isfinite(loss) or loss > DIVERGENCE_FACTOR * max(first_loss, 1e-12):
                 raise Diverged(f"training loss {loss:.4g} at step {done} (first loss {first_loss:.4g})")
-        progress = (train_seconds / training_budget) if training_budget is not None else (done / steps)
+        # a time budget ends at the step that comes nearest to it (half a step early at most), not the one after
+        progress = ((train_seconds + 0.5 * elapsed) / training_budget) if training_budget is not None \
+            else (done / steps)
         while next_report <= reports and progress >= next_report / reports:
             if next_report not in evaluated:
                 next_report += 1

@@ -23,27 +23,27 @@ def _reports(trial: optuna.trial.FrozenTrial) -> list[float]:
     return [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
 
 
-UNTRAINED_MARGIN = 0.05
-"""A trial also learns when some report is this fraction below the untrained model's validation loss."""
+UNTRAINED_MARGIN = 0.02
+"""A trial whose untrained validation loss was measured learns when some report is this fraction below it
+(MobileNetV2 at 32×32 in 4 s trials: 2.299 against ln 10 = 2.3026, 0.15 %, is no learning)."""
 
 
 def _learned(trial: optuna.trial.FrozenTrial) -> bool | None:
     """Whether the trial's reports show learning; None when they cannot tell (fewer than two points)."""
     reports = _reports(trial)
     initial = (trial.user_attrs.get("measured") or {}).get("initial_val_loss")
-    if initial is not None and reports:
-        if min(reports) < initial * (1 - UNTRAINED_MARGIN):
-            return True
-    elif len(reports) < 2:
+    if initial is not None and reports:  # the untrained loss is the baseline where it was measured
+        return min(reports) < initial * (1 - UNTRAINED_MARGIN)
+    if len(reports) < 2:
         return None
-    return len(reports) >= 2 and min(reports[1:]) < reports[0] * (1 - IMPROVEMENT)
+    return min(reports[1:]) < reports[0] * (1 - IMPROVEMENT)
 
 
 def not_learning(study: optuna.Study) -> str | None:
     """A one-line reason when no finished trial learnt anything, else None.
 
-    A trial learns when a report falls `UNTRAINED_MARGIN` below the untrained model's loss or `IMPROVEMENT`
-    below its own first report. Judged only where at least two trials can tell: one trial at a hopeless rate
+    A trial learns when a report falls `UNTRAINED_MARGIN` below the untrained model's loss (where it was
+    measured: trials of autotune's own loop), else `IMPROVEMENT` below its own first report. Judged only where at least two trials can tell: one trial at a hopeless rate
     says nothing about the model."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     verdicts = [v for v in (_learned(t) for t in study.get_trials(deepcopy=False, states=states)) if v is not None]
