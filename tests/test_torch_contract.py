@@ -10,7 +10,6 @@ import time
 import numpy as np
 import optuna
 import pytest
-import torch
 
 import autotune
 from autotune.backends import get_backend
