@@ -39,8 +39,8 @@ def test_a_trial_draws_from_the_study_seed_and_its_number():
 
 def test_two_processes_on_one_study_share_the_fit_and_range_test_and_draw_different_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    command = [sys.executable, "-m", "autotune", "tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "6",
-               "--trial-steps", "25", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
+    command = [sys.executable, "-m", "autotune", "tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "10",
+               "--trial-steps", "150", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
                "--storage", storage, "--study", "both", "--seed", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
