@@ -1,49 +1,47 @@
-"""Optuna orchestration: fit the ceiling, narrow learning rates, run trials, keep every one of them.
+"""The study from start to pick: `tune`, the library call behind ``autotune tune``, and reading a result back.
 
-`tune` is the library call behind ``autotune tune``: it opens (or resumes) a study, records where its numbers
-come from (hardware, versions, task, search space, ceiling), runs trials in workers or in-process, and returns
-the best configuration with the study. Failures never stop the study: an OOM or a diverging loss prunes the
-trial (the sampler learns the region is bad), a crash, hang or error fails it with its reason.
+`tune` composes the study's parts, each a module of its own: open or resume it (`autotune.study_open`),
+ensure the ceiling (`autotune.ceiling`), narrow the learning rates (`autotune.narrowing`), then run trials
+through `autotune.Tuner` (`autotune.objective` trains and records each one, `autotune.stopping` says when to
+stop). Failures never stop the study: an OOM or a diverging loss prunes the trial (the sampler learns the
+region is bad), a crash, hang or error fails it with its reason.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import platform
-import signal
-import statistics
-import threading
 import time
 from importlib import metadata
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import optuna
 
 from autotune.backends import get_backend
-from autotune.budget import Phases, range_test_budget
+from autotune.budget import Phases
+from autotune.ceiling import ensure_ceiling
 from autotune.checks import check_task_data, seconds
 from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
-from autotune.failures import INFEASIBLE_KINDS, finished, mark_infeasible, shortfall, shown_state
-from autotune.guard import guarded, note_new_study
-from autotune.memory import DEFAULT_MARGIN, fit_batch_size
+from autotune.failures import finished, shortfall
+from autotune.guard import guarded
+from autotune.memory import DEFAULT_MARGIN
+from autotune.narrowing import narrow_learning_rates
+from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
-from autotune.resume import check_resumable
+from autotune.records import TrialRecord
+from autotune.records import read as read_record
 from autotune.runner import Worker, run_here
-from autotune.sampler import TrialSeededTPESampler
-from autotune.shared import release, wait_for_shared
-from autotune.space import SearchSpace, load_space
-from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
+from autotune.space import load_space
+from autotune.stopping import Deadline, Interrupts
+from autotune.storage import open_storage, redact
+from autotune.study_open import OBJECTIVES, REPORTS, check_objective, describe_new_study, open_study, resume_space
 from autotune.task import Task, load_task, task_handle
-from autotune.training import RANGE_TEST_MIN_STEPS
-from autotune.trial import run_range_tests, run_trial
+from autotune.trial import run_trial
+from autotune.tuner import Tuner
 from autotune.verdict import describe_busy, not_learning
 
-OBJECTIVES = ("convergence", "throughput", "pareto")
-REPORTS = 8
-PRUNER_REPORTS = (2, 6)
-"""The reports Hyperband (min resource 2, reduction factor 3, max 8) compares trials at."""
-PRUNED_KINDS = ("oom", "diverged", "pruned")
+__all__ = ["OBJECTIVES", "ModelDoesNotLearn", "TuneResult", "best_trial", "load_best", "load_result", "load_study",
+           "result_from_trial", "tune"]
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -113,25 +111,9 @@ def _hardware(device: Any) -> dict[str, Any]:
     return {"host": platform.node(), "cpu": cpu_info(), "nvidia": gpus or note, "device": device.to_dict()}
 
 
-def _directions(objective: str) -> list[str]:
-    return {"convergence": ["minimize"], "throughput": ["maximize"], "pareto": ["minimize", "maximize"]}[objective]
-
-
 def _study_name(task: Task) -> str:
     base = (task.reference or task.name or "task").rsplit("/", 1)[-1]
     return base.replace(".py:task", "").replace(".py", "").replace(":", "-")
-
-
-def _sampler(objective: str, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
-    startup = max(4, min(10, n_trials // 3))
-    return TrialSeededTPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
-                                 constant_liar=True)
-
-
-def _pruner(objective: str) -> optuna.pruners.BasePruner:
-    if objective == "convergence":
-        return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=REPORTS, reduction_factor=3)
-    return optuna.pruners.NopPruner()
 
 
 def _lr_rule(optimizer: str) -> str:
@@ -225,12 +207,14 @@ def tune(
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
+
+    The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
+    and fails them.
     """
     say = progress or (lambda _event: None)
     timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    if objective not in OBJECTIVES:
-        raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    deadline = Deadline(timeout)
+    check_objective(objective)
     if trial_steps is not None:
         trial_time = None
     trial_time = seconds("--trial-time", trial_time)
@@ -246,195 +230,69 @@ def tune(
     check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
     store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
     name = study_name or _study_name(task)
-    try:
-        study = optuna.create_study(study_name=name, storage=store, directions=_directions(objective),
-                                    sampler=_sampler(objective, seed, n_trials),
-                                    pruner=_pruner(objective) if pruning else optuna.pruners.NopPruner(),
-                                    load_if_exists=True)
-    except ValueError as exc:
-        raise StorageError(f"study {name!r} cannot be resumed: {exc}") from None
-    info = study.user_attrs
-    if info.get("objective", objective) != objective:
-        raise StorageError(f"study {name!r} was created with --objective {info['objective']}: resume it with that, "
-                           "or pick a new --study name")
-    orphans = fail_orphaned_trials(study)
-    resumed = bool(info)
-    if not resumed:
-        note_new_study(study)  # removed again if this call fails before it holds a trial or a ceiling
-        for key, value in {
-            "objective": objective, "task": task.reference or task.name, "backend": backend.name,
-            "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
-            "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
-            "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS},
-        }.items():
-            study.set_user_attr(key, value)
-    else:
-        stored = info.get("search_space", {})
-        space.lr_ranges = {k: tuple(v) for k, v in stored.get("lr_ranges", {}).items()}
-        check_resumable(study, space)
+    study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
+                                pruning=pruning)
+    resumed = not describe_new_study(study, {
+        "objective": objective, "task": task.reference or task.name, "backend": backend.name,
+        "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
+        "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
+        "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}})
+    if resumed:
+        resume_space(study, space)
     say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
     phases = Phases()
-    ceiling_key = f"ceiling:{backend.name}:{target.id}:{target.name}"
-    # another process joining the study may be fitting this ceiling: wait for its answer rather than refit
-    ceiling_info = wait_for_shared(study, ceiling_key, lambda attrs: attrs.get(ceiling_key), say=say)
-    if ceiling_info is None:
-        say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
-        with phases.timed("fit"):
-            fit = fit_batch_size(task, device=target.id, memory_limit=memory_limit, margin=margin, isolation=isolation,
-                                 max_batch=space.batch_high, progress=lambda m: say({"event": "fit", "message": m}))
-        ceiling_info = {"batch_size": fit.batch_size, "peak_memory_bytes": fit.peak_memory_bytes,
-                        "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
-                        "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits}}
-        study.set_user_attr(ceiling_key, ceiling_info)
-    ceiling = int(ceiling_info["batch_size"])
-    say({"event": "ceiling", "batch_size": ceiling, "limited_by": ceiling_info.get("limited_by")})
-
+    ceiling = ensure_ceiling(study, task, backend=backend, device=target, memory_limit=memory_limit, margin=margin,
+                             isolation=isolation, max_batch=space.batch_high, phases=phases, say=say)
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
-    preload = backend.worker_preload(task)
     # one worker runs the range test and trial after trial; a failed trial's worker is replaced
-    worker = Worker(memory_limit=cpu_cap, preload=preload) if isolation == "process" else None
+    worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None
+    interrupts = Interrupts()
     try:
-        reference_batch = min(space.reference_batch, ceiling)
-        if range_test and not space.lr_ranges:  # another process on this study may be running it: use its ranges
-            shared = wait_for_shared(study, "range_test", _shared_lr_ranges, say=say) or {}
-            space.lr_ranges = {k: tuple(v) for k, v in shared.get("lr_ranges", {}).items()}
-        rt_seconds, rt_steps = range_test_budget(n_trials=n_trials, trial_time=trial_time, trial_steps=trial_steps,
-                                                 timeout=timeout, optimizers=len(space.optimizers))
-        if range_test and not space.lr_ranges and rt_steps >= RANGE_TEST_MIN_STEPS:
-            say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
-            kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=reference_batch, device=target.id,
-                          low=space.lr_low, high=space.lr_high, seed=seed, steps=rt_steps, seconds=rt_seconds)
-            with phases.timed("range_test"):
-                tests = _run(run_range_tests, kwargs, worker, 600.0 if rt_seconds is None else rt_seconds + 120) or {}
-            for optimizer, value in tests.items():
-                if value is not None and value.get("best_lr"):
-                    space.lr_ranges[optimizer] = _narrowed(space, value)
-            stored = dict(study.user_attrs.get("search_space", {}))
-            stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
-            stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr"),
-                                         "skipped": v.get("skipped")}
-                                     for k, v in tests.items() if v}
-            study.set_user_attr("search_space", stored)
-        release(study, "range_test")
-
-        interrupts = _Interrupts()
-        throughput_seen: dict[str, float] = {}
+        if range_test:
+            narrow_learning_rates(study, space, handle=handle, device=target,
+                                  batch_size=min(space.reference_batch, ceiling), seed=seed, n_trials=n_trials,
+                                  trial_time=trial_time, trial_steps=trial_steps, timeout=timeout,
+                                  run=lambda function, kwargs, limit: _run(function, kwargs, worker, limit),
+                                  phases=phases, say=say)
+        tuner = Tuner.attached(study, store=store, backend=backend, device=target, space=space, objective=objective,
+                               ceiling=ceiling)
+        plan = TrialPlan(objective=objective, seconds=trial_time, steps=trial_steps, pruning=pruning)
         limit = trial_timeout or ((trial_time or 0) * 3 + 120 if trial_time else 600)
-        started = time.monotonic()
 
-        def objective_fn(trial: optuna.Trial) -> Any:
-            trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial we can tell is orphaned
-            config = space.suggest(trial, ceiling)
-            trial.set_user_attr("config", config)
-            key = f"{config['batch_size']}:{config['optimizer']}"
-            budget_seconds, budget_steps = trial_time, trial_steps
-            if objective == "throughput" and key in throughput_seen:
-                # throughput of this batch size and optimizer is known: a quarter budget checks divergence only
-                budget_seconds = trial_time / 4 if trial_time else None
-                budget_steps = max(1, trial_steps // 4) if trial_steps else None
-                trial.set_user_attr("reduced_budget", True)
-
-            def on_report(message: Any) -> bool:
-                # Only the reports the pruner compares are written to the storage (a commit each); every report
-                # is kept in the trial's history attribute, written once at its end.
-                _, index, value = message
-                if objective == "pareto" or not pruning or index not in (*PRUNER_REPORTS, REPORTS):
-                    return False
-                trial.report(value, index)
-                return bool(trial.should_prune())
-
-            kwargs = dict(task=handle, config=config, device=target.id, seconds=budget_seconds, steps=budget_steps,
-                          reports=REPORTS, seed=seed, pruner_reports=PRUNER_REPORTS)
-            try:
-                interrupts.waiting = True
-                if interrupts.requested:
-                    raise Interrupted(interrupts.signum)
-                if isolation == "process":
-                    outcome = worker.run(run_trial, kwargs, timeout=limit, on_message=on_report)
-                    ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-                else:
-                    outcome = run_here(run_trial, kwargs, on_message=on_report)
-                    ok, value, kind, message = outcome.ok, outcome.value, outcome.kind, outcome.message
-            except KeyboardInterrupt as exc:
-                trial.set_user_attr("failure", f"interrupted: {getattr(exc, 'reason', 'Ctrl-C')}")
-                raise
-            finally:
-                interrupts.waiting = False
-            if kind == "fatal":
-                raise AutotuneError(message)
-            if not ok:
-                trial.set_user_attr("failure", f"{kind}: {message}")
-                if kind in INFEASIBLE_KINDS:  # pruned, not failed: TPE reads no FAIL trial (autotune.failures)
-                    mark_infeasible(trial, kind, message)
-                if kind in PRUNED_KINDS or kind in INFEASIBLE_KINDS:
-                    raise optuna.TrialPruned(f"{kind}: {message}")
-                return float("nan") if objective != "pareto" else (float("nan"), float("nan"))
-            history = value.pop("history", [])
-            trial.set_user_attr("measured", value)
-            trial.set_user_attr("history", history)
-            if objective == "throughput":
-                if key in throughput_seen:
-                    value["throughput"] = throughput_seen[key]
-                    trial.set_user_attr("measured", value)
-                else:
-                    throughput_seen[key] = value["throughput"]
-                return value["throughput"]
-            if objective == "pareto":
-                return value["val_loss"], value["throughput"]
-            return value["val_loss"]
-
-        remaining = max(0, n_trials - _finished(study))
-
-        full_runs: list[float] = []
-
-        def after_trial(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-            if interrupts.requested:
-                study_.stop()
-            if frozen.state == optuna.trial.TrialState.COMPLETE and frozen.datetime_start \
-                    and frozen.datetime_complete and not frozen.user_attrs.get("reduced_budget"):
-                full_runs.append((frozen.datetime_complete - frozen.datetime_start).total_seconds())
-            if deadline is not None and full_runs and deadline - time.monotonic() < statistics.median(full_runs):
-                study_.stop()  # a trial started now would end after the deadline: --timeout bounds the whole call
-            best = best_trial(study_, objective)
-            say({"event": "trial", "number": frozen.number, "state": shown_state(frozen),
-                 "value": frozen.values[0] if frozen.values else None,
-                 "failure": frozen.user_attrs.get("failure"),
-                 "config": frozen.user_attrs.get("config"),
-                 "best": best.values[0] if best is not None else None,
-                 "done": _finished(study_), "total": n_trials, "elapsed": time.monotonic() - started,
-                 "time_left": None if deadline is None else max(0.0, deadline - time.monotonic())})
+        def run(kwargs: dict[str, Any], on_report: Callable[[Any], Any]) -> Any:
+            with interrupts.interruptible():
+                if worker is not None:
+                    return worker.run(run_trial, kwargs, timeout=limit, on_message=on_report)
+                return run_here(run_trial, kwargs, on_message=on_report)
 
         # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
-        # (a traceback for an interrupted trial) would only repeat them
+        # would only repeat them
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        short = None
-        if remaining:
-            # failed trials do not count towards n_trials; the bound keeps a task that always fails from looping
-            attempts, attempted = 3 * remaining + 2, []
-
-            def enough(study_: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-                attempted.append(frozen.number)
-                if _finished(study_) >= n_trials:
-                    study_.stop()
-
+        started, attempts, short = time.monotonic(), Tuner.attempts(max(1, n_trials - _finished(study))), None
+        if _finished(study) < n_trials:
             with interrupts.installed(), phases.timed("trials"):
-                left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)  # at least one trial
-                study.optimize(objective_fn, n_trials=attempts, timeout=left,
-                               callbacks=[after_trial, enough], catch=(TrialError,))
+                for trial in tuner.trials(n_trials, stop=lambda: interrupts.requested or deadline.reached()):
+                    deadline.started += 1
+                    run_and_record(trial, plan, run, {"task": handle, "device": target.id, "seed": seed})
+                    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+                    record = read_record(frozen)
+                    deadline.record(record.seconds if record.state == "complete" else None,
+                                    full_budget=not record.reduced_budget)
+                    _say_trial(say, study, objective, record, n_trials=n_trials, started=started, deadline=deadline)
             if interrupts.requested:
                 raise Interrupted(interrupts.signum)
-            short = shortfall(study, n_trials, timed_out=deadline is not None and len(attempted) < attempts,
+            short = shortfall(study, n_trials, timed_out=deadline.at is not None and deadline.started < attempts,
                               attempts=attempts)
             if short and best_trial(study, objective) is not None:
                 say({"event": "shortfall", "message": short})
         study.set_user_attr("phases", [*study.user_attrs.get("phases", []), phases.to_dict()])
         say({"event": "phases", "seconds": phases.to_dict(), "summary": phases.describe()})
-        trial = best_trial(study, objective)
-        if trial is None:
+        chosen = best_trial(study, objective)
+        if chosen is None:
             raise AutotuneError(short or f"no trial of study {name!r} finished")
-        result = result_from_trial(study, trial)
+        result = result_from_trial(study, chosen)
         busy = describe_busy(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         if busy:
             say({"event": "busy", "message": busy})
@@ -447,6 +305,16 @@ def tune(
             worker.close()
 
 
+def _say_trial(say: Progress, study: optuna.Study, objective: str, record: TrialRecord, *, n_trials: int,
+               started: float, deadline: Deadline) -> None:
+    best = best_trial(study, objective)
+    say({"event": "trial", "number": record.number, "state": record.state.upper() if record.state != "failed"
+         else "FAIL", "value": record.values[0] if record.values else None, "failure": record.failure,
+         "config": record.config, "best": best.values[0] if best is not None else None,
+         "done": _finished(study), "total": n_trials, "elapsed": time.monotonic() - started,
+         "time_left": deadline.left()})
+
+
 class ModelDoesNotLearn(AutotuneError):
     """No trial improved on its first validation report: there is no winner to report. ``result`` is the
     best-valued trial anyway, for a caller who wants to look at it."""
@@ -456,56 +324,8 @@ class ModelDoesNotLearn(AutotuneError):
         self.result = result
 
 
-class _Interrupts:
-    """Ctrl-C or SIGTERM during a study: kill the running trial at once (it is recorded as interrupted);
-    anywhere else (sampling, storage writes) only note it, so that Optuna's bookkeeping is never cut half-way.
-    SIGTERM is Ctrl-C's twin: a scheduler's stop must not leave the trial RUNNING until the next run."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.waiting = False
-        self.signum = int(signal.SIGINT)
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        self.signum = signum
-        if self.waiting:
-            raise Interrupted(signum)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {signum: signal.signal(signum, self._handler) for signum in self.SIGNALS}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-
 def _finished(study: optuna.Study) -> int:
     return len(finished(study.get_trials(deepcopy=False)))
-
-
-def _shared_lr_ranges(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The range test's outcome once a process has stored it (``range_tests`` is written with the ranges)."""
-    stored = attrs.get("search_space") or {}
-    return {"lr_ranges": stored.get("lr_ranges") or {}} if "range_tests" in stored else None
-
-
-def _narrowed(space: SearchSpace, test: Mapping[str, Any]) -> tuple[float, float]:
-    """Learning-rate range after a range test: a decade and a half below the best rate, up to the edge."""
-    best = float(test["best_lr"])
-    edge = float(test["diverge_lr"]) if test.get("diverge_lr") else best * 3
-    low = max(space.lr_low, best / 30)
-    high = min(space.lr_high, max(best * 1.5, min(edge, best * 3)))
-    if not low < high:
-        low, high = space.lr_low, space.lr_high
-    return low, high
 
 
 def _run(function: Callable[..., Any], kwargs: dict[str, Any], worker: Worker | None, timeout: float) -> Any:

@@ -13,8 +13,9 @@
             trial.finish(val_loss)
     print(tuner.best)
 
-Trials land in the same storage with the same attributes (``config``, ``measured``, ``history``, ``failure``)
-as CLI trials, so ``autotune best``, ``studies`` and ``report`` read them unchanged.
+``autotune tune`` runs its trials through this same class (`autotune.study`): a trial is sampled, recorded,
+pruned and failed in one place, and both doors' trials have the same record (`autotune.records`), so
+``autotune best``, ``studies`` and ``report`` read them alike.
 """
 
 from __future__ import annotations
@@ -23,21 +24,28 @@ import contextlib
 import math
 import time
 import warnings
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import optuna
 
 from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError
 from autotune.failures import finished, mark_infeasible
+from autotune.heartbeat import Heartbeat, fail_stale
 from autotune.procmem import process_memory
-from autotune.space import load_space
+from autotune.records import store_config, store_measured
+from autotune.space import SearchSpace, load_space
 from autotune.storage import open_storage, owner
+from autotune.study_open import ceiling_key, describe_new_study, open_study, resume_space
 from autotune.training import percentile
 
 
 class TunerTrial:
-    """One sampled configuration for the user's loop; a context manager that records how it ended."""
+    """One sampled configuration; a context manager that records how the user's loop ended it.
+
+    The user's loop calls `optimizer`, `step`, `report`, `should_prune` and `finish`; autotune's own loop
+    records a worker's outcome with `complete`, `prune` and `fail`. Either way the trial is told exactly once.
+    """
 
     def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any]) -> None:
         self._tuner = tuner
@@ -54,6 +62,7 @@ class TunerTrial:
         self._history: list[tuple[int, float, float]] = []
         self._started = time.perf_counter()
         self._last: float | None = None
+        self._heartbeat = Heartbeat(tuner.store, tuner.study, trial.number)
         self.state: str | None = None
         """``complete``, ``pruned`` or ``failed`` once the trial has ended."""
 
@@ -76,16 +85,21 @@ class TunerTrial:
         self._steps.append(float(seconds))
         self._samples.append(int(samples))
 
+    def set_user_attr(self, key: str, value: Any) -> None:
+        """An extra attribute stored with this trial (JSON-serialisable), for the loop's own bookkeeping."""
+        self._trial.set_user_attr(key, value)
+
     def callback(self, **options: Any) -> Any:
         """The framework's training callback bound to this trial: it times steps, reports the validation loss
         each epoch and stops training when the pruner says so (Keras ``fit``: ``monitor='val_loss'``;
         MindSpore ``Model.train``: ``evaluate=`` a function returning the validation loss)."""
         return self._tuner.backend.loop_callback(self, **options)
 
-    def report(self, value: float, step: int) -> None:
-        """An intermediate validation loss at ``step``, for the pruner and the trial's history."""
+    def report(self, value: float, step: int, *, keep: bool = True) -> None:
+        """An intermediate validation loss at ``step``, for the pruner (and, with ``keep``, the history)."""
         value = float(value)
-        self._history.append((int(step), value, time.perf_counter() - self._started))
+        if keep:
+            self._history.append((int(step), value, time.perf_counter() - self._started))
         self._last = value
         if math.isfinite(value):
             self._trial.report(value, int(step))
@@ -102,23 +116,57 @@ class TunerTrial:
         if self.state is not None:
             return
         value = self._last if value is None else float(value)
+        if value is not None and not math.isfinite(value) and self._history:
+            self.prune(f"diverged: the validation loss became {value} after step {self._history[-1][0]}")
+            return  # as in CLI trials: a diverged run is pruned, so the sampler learns the region is bad
         if value is None or not math.isfinite(value):
-            self._fail("error", f"no finite validation loss was reported (got {value})")
+            self.fail("error", f"no finite validation loss was reported (got {value})")
             return
-        if self._pruned_by_pruner():
-            self._end_pruned(f"pruned: pruned after step {self._history[-1][0]} (validation loss {value:.4g})")
+        if self._history and self.should_prune():
+            self.prune(f"pruned: pruned after step {self._history[-1][0]} (validation loss {value:.4g})")
             return
         measured = self._measured(value)
-        self._trial.set_user_attr("measured", measured)
-        self._trial.set_user_attr("history", self._history)
-        objective = self._tuner.objective
-        if objective == "throughput" and measured["throughput"] is None:
-            self._fail("error", "no step was timed: wrap each training step in `with trial.step(samples=...)`")
+        if self._tuner.objective != "convergence" and measured["throughput"] is None:
+            self.fail("error", "no step was timed: wrap each training step in `with trial.step(samples=...)`")
             return
-        values: Any = {"convergence": value, "throughput": measured["throughput"],
-                       "pareto": (value, measured["throughput"] or 0.0)}[objective]
-        self._tuner.study.tell(self._trial, values)
-        self.state = "complete"
+        self.complete(measured, self._history)
+
+    # --- how a trial ends (both doors) -------------------------------------------------------------------
+    def complete(self, measured: Mapping[str, Any], history: list[Any] | None = None) -> None:
+        """A finished trial: its figures stored, its objective value told."""
+        store_measured(self._trial, measured, history)
+        loss, speed = measured.get("val_loss"), measured.get("throughput")
+        values: Any = {"convergence": loss, "throughput": speed, "pareto": (loss, speed or 0.0)}[self._tuner.objective]
+        self._tell(values=values, state="complete")
+
+    def prune(self, reason: str, *, history: list[Any] | None = None) -> None:
+        """A trial the pruner stopped, or that diverged: it counts as finished, with what it reached."""
+        self._trial.set_user_attr("failure", reason)
+        kept = history if history is not None else self._history
+        if kept:
+            self._trial.set_user_attr("history", [list(entry) for entry in kept])
+        self._tell(state="pruned")
+
+    def infeasible(self, kind: str, message: str) -> None:
+        """A configuration that cannot run here (OOM, crash, hang, error): stored pruned with a violated
+        constraint, so that the sampler steers away from it (`autotune.failures`)."""
+        mark_infeasible(self._trial, kind, message)
+        self._tell(state="pruned" if kind == "oom" else "failed", stored=optuna.trial.TrialState.PRUNED)
+
+    def fail(self, kind: str, message: str) -> None:
+        """A trial that failed for a reason that is not its configuration's (an interruption, no result)."""
+        self._trial.set_user_attr("failure", f"{kind}: {message}")
+        self._tell(state="failed", stored=optuna.trial.TrialState.FAIL)
+
+    def _tell(self, *, state: str, values: Any = None, stored: optuna.trial.TrialState | None = None) -> None:
+        if self.state is not None:
+            return
+        self._heartbeat.stop()
+        if values is not None:
+            self._tuner.study.tell(self._trial, values)
+        else:
+            self._tuner.study.tell(self._trial, state=stored or optuna.trial.TrialState.PRUNED)
+        self.state = state
 
     # --- the context manager -----------------------------------------------------------------------------
     def __enter__(self) -> "TunerTrial":
@@ -129,24 +177,17 @@ class TunerTrial:
             self.finish()
             return False
         if isinstance(exc, KeyboardInterrupt):
-            self._fail("interrupted", "Ctrl-C")
+            self.fail("interrupted", getattr(exc, "reason", None) or "Ctrl-C")
             return False
         if isinstance(exc, optuna.TrialPruned):
-            self._end_pruned(f"pruned: {exc}" if str(exc) else "pruned: by the loop")
+            self.prune(f"pruned: {exc}" if str(exc) else "pruned: by the loop")
             return True
         message = f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
         kind = "oom" if self._tuner.backend.is_oom(exc) else "error"
         if kind == "oom":
             self._tuner.backend.release_memory(self._tuner.device)
-        # as in CLI trials: stored pruned with a violated constraint, so that the sampler steers away from it
-        mark_infeasible(self._trial, kind, message)
-        self._tuner.study.tell(self._trial, state=optuna.trial.TrialState.PRUNED)
-        self.state = "pruned" if kind == "oom" else "failed"
+        self.infeasible(kind, message)
         return True  # this trial only: the loop goes on
-
-    # --- records -----------------------------------------------------------------------------------------
-    def _pruned_by_pruner(self) -> bool:
-        return bool(self._history) and self.should_prune()
 
     def _measured(self, value: float) -> dict[str, Any]:
         median = percentile(self._steps, 50)
@@ -161,20 +202,6 @@ class TunerTrial:
             "device": self._tuner.device.id, "door": "loop",
         }
 
-    def _end_pruned(self, reason: str) -> None:
-        self._trial.set_user_attr("failure", reason)
-        if self._history:
-            self._trial.set_user_attr("history", self._history)
-        self._tuner.study.tell(self._trial, state=optuna.trial.TrialState.PRUNED)
-        self.state = "pruned"
-
-    def _fail(self, kind: str, message: str) -> None:
-        if self.state is not None:
-            return
-        self._trial.set_user_attr("failure", f"{kind}: {message}")
-        self._tuner.study.tell(self._trial, state=optuna.trial.TrialState.FAIL)
-        self.state = "failed"
-
 
 class Tuner:
     """Ask-and-tell over autotune's search space for any training loop (see the module docstring).
@@ -184,54 +211,62 @@ class Tuner:
     A stored study of the same name is resumed: its finished trials count towards ``trials(n)``.
     """
 
+    study: optuna.Study
+    store: Any
+    backend: Any
+    device: Any
+    space: SearchSpace
+    objective: str
+    ceiling: int
+
     def __init__(self, study: str, *, backend: str, storage: str | None = None, search_space: str | None = None,
                  space_overrides: Mapping[str, Any] | None = None, objective: str = "convergence",
                  ceiling: int | str | None = None, device: str | None = None, task: Any = None,
                  memory_limit: int | None = None, seed: int = 0) -> None:
-        from autotune.study import OBJECTIVES, _directions, _pruner, _sampler
-
-        if objective not in OBJECTIVES:
-            raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
-        self.backend = get_backend(backend)
-        self.device = self.backend.resolve_device(device)
-        self.objective = objective
-        self.space = load_space(self.backend.name, self.backend.optimizer_names, search_space, space_overrides)
+        chosen = get_backend(backend)
+        target = chosen.resolve_device(device)
+        space = load_space(chosen.name, chosen.optimizer_names, search_space, space_overrides)
         store = open_storage(storage)
-        try:
-            self.study = optuna.create_study(study_name=study, storage=store, directions=_directions(objective),
-                                             sampler=_sampler(objective, seed, 20), pruner=_pruner(objective),
-                                             load_if_exists=True)
-        except ValueError as exc:
-            raise StorageError(f"study {study!r} cannot be resumed: {exc}") from None
-        stored = self.study.user_attrs.get("objective")
-        if stored is not None and stored != objective:
-            raise StorageError(f"study {study!r} was created with objective {stored}: use that, or a new study name")
-        self.ceiling = self._ceiling(ceiling, task, memory_limit)
-        if not self.study.user_attrs:
-            for key, value in {"objective": objective, "task": "own training loop", "backend": self.backend.name,
-                               "device": self.device.id, "search_space": self.space.to_dict(),
-                               "reference_batch": self.space.reference_batch, "seed": seed, "door": "loop",
-                               f"ceiling:{self.backend.name}:{self.device.id}:{self.device.name}":
-                                   {"batch_size": self.ceiling, "limited_by": "given"}}.items():
-                self.study.set_user_attr(key, value)
-        else:
-            ranges = self.study.user_attrs.get("search_space", {}).get("lr_ranges", {})
-            self.space.lr_ranges = {k: tuple(v) for k, v in ranges.items()}
+        opened, _ = open_study(study, store=store, objective=objective, seed=seed)
+        self._attach(opened, store=store, backend=chosen, device=target, space=space, objective=objective,
+                     ceiling=self._ceiling(ceiling, task, memory_limit, chosen, target, space))
+        new = describe_new_study(self.study, {
+            "objective": objective, "task": "own training loop", "backend": chosen.name, "device": target.id,
+            "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed, "door": "loop",
+            ceiling_key(chosen.name, target): {"batch_size": self.ceiling, "limited_by": "given"}})
+        if not new:
+            resume_space(self.study, self.space)
 
-    def _ceiling(self, ceiling: int | str | None, task: Any, memory_limit: int | None) -> int:
+    @classmethod
+    def attached(cls, study: optuna.Study, *, store: Any, backend: Any, device: Any, space: SearchSpace,
+                 objective: str, ceiling: int) -> "Tuner":
+        """A Tuner over a study autotune's own loop has already opened and prepared (`autotune.study.tune`)."""
+        tuner = cls.__new__(cls)
+        tuner._attach(study, store=store, backend=backend, device=device, space=space, objective=objective,
+                      ceiling=ceiling)
+        return tuner
+
+    def _attach(self, study: optuna.Study, *, store: Any, backend: Any, device: Any, space: SearchSpace,
+                objective: str, ceiling: int) -> None:
+        self.study, self.store, self.backend, self.device = study, store, backend, device
+        self.space, self.objective, self.ceiling = space, objective, ceiling
+
+    @staticmethod
+    def _ceiling(ceiling: int | str | None, task: Any, memory_limit: int | None, backend: Any, device: Any,
+                 space: SearchSpace) -> int:
         if ceiling == "fit":
             if task is None:
                 raise AutotuneError("ceiling='fit' needs task=: the Task (or path/file.py:attr) to fit the batch for")
             from autotune.memory import fit_batch_size
 
-            return fit_batch_size(task, device=self.device.id, memory_limit=memory_limit,
-                                  max_batch=self.space.batch_high).batch_size
+            return fit_batch_size(task, device=device.id, memory_limit=memory_limit,
+                                  max_batch=space.batch_high).batch_size
         if ceiling is not None:
             if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 1:
                 raise AutotuneError(f"ceiling must be a positive batch size or 'fit', got {ceiling!r}")
             return ceiling
-        if self.space.batch_high or self.space.batch_choices:
-            return int(self.space.batch_high or max(self.space.batch_choices))
+        if space.batch_high or space.batch_choices:
+            return int(space.batch_high or max(space.batch_choices))
         raise AutotuneError("no batch-size ceiling: give Tuner(ceiling=N), ceiling='fit' with task=, or "
                             "batch_size.high in the search space")
 
@@ -239,26 +274,38 @@ class Tuner:
         """Complete and pruned trials in the study, not failed ones (those of earlier runs included)."""
         return len(finished(self.study.get_trials(deepcopy=False)))
 
-    def trials(self, n: int) -> Iterator[TunerTrial]:
-        """Yield trials until ``n`` have finished (complete or pruned); failed ones are retried, at most
-        ``3 n + 2`` attempts in all, so that a loop that always raises ends."""
-        if not isinstance(n, int) or n < 1:
+    def ask(self) -> TunerTrial:
+        """One new trial: its owner recorded first (a kill from then on leaves a trial known to be orphaned),
+        then its configuration sampled under the ceiling; its heartbeat runs until it is told."""
+        fail_stale(self.study)
+        with warnings.catch_warnings():  # the heartbeat is ours (`autotune.heartbeat`), not Optuna's optimize's
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            trial = self.study.ask()
+        trial.set_user_attr("owner", owner())
+        config = self.space.suggest(trial, self.ceiling)
+        store_config(trial, config)
+        return TunerTrial(self, trial, config)
+
+    def trials(self, n: int, *, stop: Callable[[], bool] | None = None) -> Iterator[TunerTrial]:
+        """Yield trials until ``n`` have finished (complete or pruned) or ``stop()`` says so; failed ones are
+        retried, at most ``3 n + 2`` attempts in all, so that a loop that always raises ends."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise AutotuneError(f"trials(n) needs a positive number of trials, got {n!r}")
-        for _attempt in range(3 * n + 2):
-            if self.finished() >= n:
+        for _attempt in range(self.attempts(max(1, n - self.finished()))):
+            if self.finished() >= n or (stop is not None and stop()):
                 return
-            with warnings.catch_warnings():  # Optuna's heartbeat runs only under optimize(): nothing to warn of
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                trial = self.study.ask()
-            trial.set_user_attr("owner", owner())
-            config = self.space.suggest(trial, self.ceiling)
-            trial.set_user_attr("config", config)
-            handle = TunerTrial(self, trial, config)
+            handle = self.ask()
             try:
                 yield handle
             finally:
                 if handle.state is None:  # the loop left the trial open (a break, or a generator closed)
                     handle.finish()
+
+    @staticmethod
+    def attempts(n: int) -> int:
+        """Trials started at most to finish ``n``: failed ones do not count, and a task that always fails
+        must still end."""
+        return 3 * n + 2
 
     @property
     def best(self) -> Any:

@@ -8,7 +8,7 @@ import autotune
 from autotune.backends import get_backend
 from autotune.failures import failed, finished, mark_infeasible, shown_state
 from autotune.space import load_space
-from autotune.study import _sampler
+from autotune.study_open import sampler
 from tests.conftest import ROOT, TASKS, assert_one_line_error, run_cli
 
 SPACE = load_space("torch", get_backend("torch").optimizer_names,
@@ -18,7 +18,7 @@ SPACE = load_space("torch", get_backend("torch").optimizer_names,
 def _draws_at_the_failing_size(seed, *, seen_by_sampler, attempts=40):
     """Trials after the startup ones that went to batch 32, where every trial fails (as `tune` records it
     now, or as a FAIL trial, which TPE cannot see)."""
-    study = optuna.create_study(sampler=_sampler("convergence", seed, attempts // 3))
+    study = optuna.create_study(sampler=sampler(seed, attempts // 3))
 
     def objective(trial):
         config = SPACE.suggest(trial, 1000)

@@ -7,7 +7,7 @@ from autotune import SearchSpaceError
 from autotune.backends import get_backend
 from autotune.resume import check_resumable
 from autotune.space import BATCH_PARAM, batch_exponent_range, load_space, snap_batch_size
-from autotune.study import _sampler
+from autotune.study_open import sampler as _study_sampler
 from tests.conftest import ROOT, TASKS, assert_one_line_error, run_cli
 
 TORCH_OPTIMIZERS = get_backend("torch").optimizer_names
@@ -43,10 +43,10 @@ def _fill(study, space, ceiling, n, value):
 def _picks_of_16_after_resume(seed, informative):
     """How often a resumed study, under a narrowed list and a lower ceiling, draws batch 16 in 10 trials whose
     own results say nothing (all 1.0): what steers it is the 30 earlier trials, sampled from another list."""
-    study = optuna.create_study(sampler=_sampler("convergence", seed, 30))
+    study = optuna.create_study(sampler=_study_sampler(seed, 30))
     _fill(study, _space([16, 32, 64, 128, 256, 512]), 10_000, 30,
           lambda c: (0.1 if c["batch_size"] == 16 else 1.0 + c["batch_size"] / 512) if informative else 1.0)
-    study.sampler = _sampler("convergence", seed + 1, 30)
+    study.sampler = _study_sampler(seed + 1, 30)
     narrowed = _space([16, 48, 128, 256])
     check_resumable(study, narrowed)
     sizes = []

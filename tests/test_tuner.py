@@ -9,23 +9,14 @@ import torch
 import autotune
 from autotune.errors import AutotuneError
 from autotune.failures import failed
-from tests.conftest import EXAMPLES, run_cli
+from tests.conftest import load_example, run_cli
 
 SPACE = {"batch_size": {"choices": [16, 32, 64]}, "optimizers": {"adam": {}, "sgd": {}}}
 
 
-def _load_example():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("torch_own_loop", EXAMPLES / "torch_own_loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_own_loop_example_stores_trials_that_best_reads(tmp_path):
     storage = f"sqlite:///{tmp_path / 'loop.db'}"
-    best = _load_example().main(trials=5, storage=storage)
+    best = load_example("torch_own_loop").main(trials=5, storage=storage)
     assert best.backend == "torch" and best.val_loss < 1.0
     study = optuna.load_study(study_name="own-loop-digits", storage=storage)
     done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]

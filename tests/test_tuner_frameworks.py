@@ -2,7 +2,6 @@
 with the trial's callback (timed steps, a validation loss per epoch, pruning by stopping training), stored as
 CLI trials are."""
 
-import importlib.util
 import json
 
 import optuna
@@ -10,14 +9,7 @@ import pytest
 
 import autotune
 from autotune.errors import TaskError
-from tests.conftest import EXAMPLES, run_cli
-
-
-def _example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_example, run_cli
 
 
 def _check_stored(tuner, storage, study, backend):
@@ -34,7 +26,7 @@ def _check_stored(tuner, storage, study, backend):
 def test_the_keras_fit_example_reports_through_the_trial_callback(tmp_path):
     pytest.importorskip("tensorflow")
     storage = f"sqlite:///{tmp_path / 'k.db'}"
-    _check_stored(_example("keras_own_loop").main(trials=3, storage=storage), storage, "keras-own-loop",
+    _check_stored(load_example("keras_own_loop").main(trials=3, storage=storage), storage, "keras-own-loop",
                   "tensorflow")
 
 
@@ -42,7 +34,7 @@ def test_keras_callback_without_validation_data_is_one_line(tmp_path):
     pytest.importorskip("tensorflow")
     import keras
 
-    example = _example("keras_own_loop")
+    example = load_example("keras_own_loop")
     (x, y), _ = example.blobs()
     tuner = autotune.Tuner(study="keras-noval", backend="tensorflow", storage=f"sqlite:///{tmp_path / 'n.db'}",
                            space_overrides=example.SPACE)
@@ -57,5 +49,5 @@ def test_keras_callback_without_validation_data_is_one_line(tmp_path):
 def test_the_mindspore_model_train_example_reports_through_the_trial_callback(tmp_path):
     pytest.importorskip("mindspore")
     storage = f"sqlite:///{tmp_path / 'm.db'}"
-    _check_stored(_example("mindspore_own_loop").main(trials=2, storage=storage), storage, "mindspore-own-loop",
+    _check_stored(load_example("mindspore_own_loop").main(trials=2, storage=storage), storage, "mindspore-own-loop",
                   "mindspore")

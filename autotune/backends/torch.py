@@ -266,6 +266,12 @@ class TorchBackend(Backend):
         full = self.validate_optimizer(spec)
         return _OPTIMIZERS[full["name"]](parameters, full)
 
+    def loop_callback(self, trial: Any, **options: Any) -> Any:
+        """A PyTorch Lightning callback for ``Trainer(callbacks=[trial.callback()])`` (`torch_lightning`)."""
+        from autotune.backends.torch_lightning import lightning_callback
+
+        return lightning_callback(trial, **options)
+
     def synchronize(self, device: Device) -> None:
         if device.id.startswith("cuda"):
             torch.cuda.synchronize(torch.device(device.id))

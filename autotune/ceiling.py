@@ -1,0 +1,46 @@
+"""The batch-size ceiling of a study: fitted once per backend and device, stored, shared with every process
+that joins the study (`autotune.shared`), read back by the report."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import optuna
+
+from autotune.budget import Phases
+from autotune.memory import fit_batch_size
+from autotune.study_open import ceiling_key
+
+Say = Callable[[dict[str, Any]], None]
+
+
+def ensure_ceiling(study: optuna.Study, task: Any, *, backend: Any, device: Any, memory_limit: int | None,
+                   margin: float, isolation: str, max_batch: int | None, phases: Phases, say: Say) -> int:
+    """The stored ceiling for ``device``, or a fresh fit stored for the next process and the next run; a
+    process that finds another one fitting waits for its answer rather than fitting twice."""
+    from autotune.shared import wait_for_shared
+
+    key = ceiling_key(backend.name, device)
+    record = wait_for_shared(study, key, lambda attrs: attrs.get(key), say=say)
+    if record is None:
+        say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
+        with phases.timed("fit"):
+            fit = fit_batch_size(task, device=device.id, memory_limit=memory_limit, margin=margin,
+                                 isolation=isolation, max_batch=max_batch,
+                                 progress=lambda message: say({"event": "fit", "message": message}))
+        record = ceiling_record(fit)
+        study.set_user_attr(key, record)
+    say({"event": "ceiling", "batch_size": int(record["batch_size"]), "limited_by": record.get("limited_by")})
+    return int(record["batch_size"])
+
+
+def ceiling_record(fit: Any) -> dict[str, Any]:
+    """What the study keeps of a fit: the answer, its budget, and each probe (for the report's memory plot)."""
+    return {"batch_size": fit.batch_size, "peak_memory_bytes": fit.peak_memory_bytes,
+            "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
+            "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits},
+            "probes": [{"batch_size": p.batch_size, "fits": p.fits, "peak_memory_bytes": p.peak_memory_bytes,
+                        "throughput": p.throughput, "oom": p.oom, "reason": p.reason} for p in fit.probes],
+            "model": None if fit.model is None else {"intercept_bytes": fit.model.intercept_bytes,
+                                                     "bytes_per_sample": fit.model.bytes_per_sample},
+            "granularity": fit.granularity, "memory_metric": fit.memory_metric}

@@ -1,0 +1,65 @@
+"""Narrowing the learning rates before the search: one range test per optimizer at the reference batch,
+within the share of the study's budget `autotune.budget` allows, its outcome stored for the report and for
+every process that joins the study."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import optuna
+
+from autotune.budget import Phases, range_test_budget
+from autotune.space import SearchSpace
+from autotune.training import RANGE_TEST_MIN_STEPS
+from autotune.trial import run_range_tests
+
+Say = Callable[[dict[str, Any]], None]
+Run = Callable[[Callable[..., Any], dict[str, Any], float], Any]
+"""Runs a function with keyword arguments within a timeout (in the study's worker, or here); None on failure."""
+
+
+def narrow_learning_rates(study: optuna.Study, space: SearchSpace, *, handle: Any, device: Any, batch_size: int,
+                          seed: int, n_trials: int, trial_time: float | None, trial_steps: int | None,
+                          timeout: float | None, run: Run, phases: Phases, say: Say) -> None:
+    """Set ``space.lr_ranges`` from a range test (or from another process's, or a resumed study's)."""
+    from autotune.shared import release, wait_for_shared
+
+    if not space.lr_ranges:  # another process on this study may be running it: use its ranges
+        shared = wait_for_shared(study, "range_test", shared_lr_ranges, say=say) or {}
+        space.lr_ranges = {k: tuple(v) for k, v in shared.get("lr_ranges", {}).items()}
+    seconds, steps = range_test_budget(n_trials=n_trials, trial_time=trial_time, trial_steps=trial_steps,
+                                       timeout=timeout, optimizers=len(space.optimizers))
+    if not space.lr_ranges and steps >= RANGE_TEST_MIN_STEPS:
+        say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
+        kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=batch_size, device=device.id,
+                      low=space.lr_low, high=space.lr_high, seed=seed, steps=steps, seconds=seconds)
+        with phases.timed("range_test"):
+            tests = run(run_range_tests, kwargs, 600.0 if seconds is None else seconds + 120) or {}
+        for optimizer, value in tests.items():
+            if value is not None and value.get("best_lr"):
+                space.lr_ranges[optimizer] = narrowed(space, value)
+        stored = dict(study.user_attrs.get("search_space", {}))
+        stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
+        stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr"),
+                                     "skipped": v.get("skipped"), "rates": v.get("rates"),
+                                     "losses": v.get("losses")}
+                                 for k, v in tests.items() if v}
+        study.set_user_attr("search_space", stored)
+    release(study, "range_test")
+
+
+def shared_lr_ranges(attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The range test's outcome once a process has stored it (``range_tests`` is written with the ranges)."""
+    stored = attrs.get("search_space") or {}
+    return {"lr_ranges": stored.get("lr_ranges") or {}} if "range_tests" in stored else None
+
+
+def narrowed(space: SearchSpace, test: Mapping[str, Any]) -> tuple[float, float]:
+    """Learning-rate range after a range test: a decade and a half below the best rate, up to the edge."""
+    best = float(test["best_lr"])
+    edge = float(test["diverge_lr"]) if test.get("diverge_lr") else best * 3
+    low = max(space.lr_low, best / 30)
+    high = min(space.lr_high, max(best * 1.5, min(edge, best * 3)))
+    if not low < high:
+        low, high = space.lr_low, space.lr_high
+    return low, high

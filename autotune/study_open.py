@@ -1,0 +1,88 @@
+"""Opening a study, new or resumed, the same way for both doors: its directions, sampler and pruner, the
+attributes that say where its numbers come from, and the checks that keep a resumed study consistent."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import optuna
+
+from autotune.errors import AutotuneError, StorageError
+from autotune.guard import note_new_study
+from autotune.resume import check_resumable
+from autotune.sampler import TrialSeededTPESampler
+from autotune.space import SearchSpace
+from autotune.storage import fail_orphaned_trials
+
+OBJECTIVES = ("convergence", "throughput", "pareto")
+REPORTS = 8
+"""Validation reports per CLI trial; Hyperband's largest resource."""
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+
+
+def directions(objective: str) -> list[str]:
+    return {"convergence": ["minimize"], "throughput": ["maximize"], "pareto": ["minimize", "maximize"]}[objective]
+
+
+def sampler(seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+    """Grouped multivariate TPE; the constant liar keeps parallel workers off each other's running trials."""
+    startup = max(4, min(10, n_trials // 3))
+    return TrialSeededTPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=startup,
+                                 constant_liar=True)
+
+
+def pruner(objective: str, *, pruning: bool = True) -> optuna.pruners.BasePruner:
+    """Hyperband over the reports for convergence; throughput and Pareto studies prune nothing."""
+    if objective == "convergence" and pruning:
+        return optuna.pruners.HyperbandPruner(min_resource=2, max_resource=REPORTS, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(name: str, *, store: Any, objective: str, seed: int = 0, n_trials: int = 20,
+               pruning: bool = True) -> tuple[optuna.Study, int]:
+    """The study ``name`` in ``store`` (created if new), and how many of its orphaned trials were failed.
+
+    A resumed study must keep its objective; RUNNING trials whose process is gone are failed first.
+    """
+    check_objective(objective)
+    try:
+        study = optuna.create_study(study_name=name, storage=store, directions=directions(objective),
+                                    sampler=sampler(seed, n_trials), pruner=pruner(objective, pruning=pruning),
+                                    load_if_exists=True)
+    except ValueError as exc:
+        raise StorageError(f"study {name!r} cannot be resumed: {exc}") from None
+    stored = study.user_attrs.get("objective")
+    if stored is not None and stored != objective:
+        raise StorageError(f"study {name!r} was created with --objective {stored}: resume it with that, "
+                           "or pick a new study name")
+    return study, fail_orphaned_trials(study)
+
+
+def describe_new_study(study: optuna.Study, attrs: Mapping[str, Any]) -> bool:
+    """Store ``attrs`` on a new study and return True; leave a resumed one as it is and return False.
+
+    A new study created by a call that then fails before any trial or ceiling is removed again
+    (`autotune.guard`), so an early error never leaves an empty study behind.
+    """
+    if study.user_attrs:
+        return False
+    note_new_study(study)
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return True
+
+
+def resume_space(study: optuna.Study, space: SearchSpace) -> None:
+    """Carry a resumed study's narrowed learning rates into ``space`` and check the space still fits it."""
+    stored = study.user_attrs.get("search_space", {})
+    space.lr_ranges = {k: tuple(v) for k, v in stored.get("lr_ranges", {}).items()}
+    check_resumable(study, space)
+
+
+def ceiling_key(backend: str, device: Any) -> str:
+    """The study attribute holding the batch-size ceiling fitted for one backend on one device."""
+    return f"ceiling:{backend}:{device.id}:{device.name}"
