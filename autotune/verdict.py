@@ -6,21 +6,21 @@ from typing import Any
 
 import optuna
 
+from autotune.records import read
+
 IMPROVEMENT = 0.01
 """A trial learns when some later validation report is this fraction below its first one."""
 
 
 def _reports(trial: optuna.trial.FrozenTrial) -> list[float]:
     """Validation reports with training between them (reports that followed the same step are one report)."""
-    history = trial.user_attrs.get("history")
-    if history:
-        reports, trained = [], None
-        for _index, value, seconds in history:
-            if seconds != trained:
-                reports.append(float(value))
-                trained = seconds
-        return reports
-    return [trial.intermediate_values[k] for k in sorted(trial.intermediate_values)]
+    reports: list[float] = []
+    trained = None
+    for _index, value, seconds in read(trial).history:  # the pruner's reports where the history was not kept
+        if seconds != trained:
+            reports.append(float(value))
+            trained = seconds
+    return reports
 
 
 UNTRAINED_MARGIN = 0.02
@@ -31,7 +31,7 @@ UNTRAINED_MARGIN = 0.02
 def _learned(trial: optuna.trial.FrozenTrial) -> bool | None:
     """Whether the trial's reports show learning; None when they cannot tell (fewer than two points)."""
     reports = _reports(trial)
-    initial = (trial.user_attrs.get("measured") or {}).get("initial_val_loss")
+    initial = read(trial).measured.get("initial_val_loss")
     if initial is not None and reports:  # the untrained loss is the baseline where it was measured
         return min(reports) < initial * (1 - UNTRAINED_MARGIN)
     if len(reports) < 2:
@@ -58,9 +58,9 @@ def not_learning(study: optuna.Study) -> str | None:
 
 def describe_busy(trials: list[Any]) -> str | None:
     """One line when some of these trials were measured while other processes used the CPU."""
-    busy = [t for t in trials if (t.user_attrs.get("measured") or {}).get("busy")]
+    busy = [record for record in map(read, trials) if record.measured.get("busy")]
     if not busy:
         return None
-    worst = max((t.user_attrs["measured"].get("other_cpu_cores") or 0.0) for t in busy)
+    worst = max((record.measured.get("other_cpu_cores") or 0.0) for record in busy)
     return (f"{len(busy)} of {len(trials)} trials were measured on a busy machine (other processes used up to "
             f"{worst:.1f} CPU cores): their throughput is flagged; rerun on a quiet machine to trust it")

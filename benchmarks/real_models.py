@@ -531,15 +531,17 @@ def _stored_study(storage: str) -> Any:
 
 def study_figures(study: Any, trial_time: float) -> dict[str, Any]:
     """Trials, Σ measured training seconds, pruned trials' estimated training, phases, the chosen trial's steps."""
+    from autotune import records
+
     trials = study.get_trials(deepcopy=False)
-    measured = [t.user_attrs.get("measured", {}) for t in trials]
+    measured = [records.read(t).measured for t in trials]
     train = sum(m.get("train_seconds") or 0.0 for m in measured)
     # a pruned trial's last stored report (reports are 1..8 at even fractions of the budget) says how far it trained
     estimated = sum(max(t.intermediate_values, default=0) / 8 * trial_time for t, m in zip(trials, measured) if not m)
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     return {"trials": len(trials), "counts": counts, "train_seconds": train, "pruned_train_estimate": estimated,
             "phases": dict((study.user_attrs.get("phases") or [{}])[-1]),
-            "failures": [t.user_attrs.get("failure") for t in trials if t.user_attrs.get("failure")]}
+            "failures": [r.failure for r in map(records.read, trials) if r.failure]}
 
 
 def plain_loop(task: Any, ceiling: int, budget: dict[str, Any], timeout: float, seed: int) -> dict[str, Any]:
