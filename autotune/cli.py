@@ -219,9 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     from autotune.redact import redact, url_secrets  # no optuna: probe and fit-batch do not import it
 
+    from autotune.scoped import quiet_optuna
+
     secrets = url_secrets(getattr(args, "storage", None))
     try:
-        return handler(args)
+        with quiet_optuna():  # the commands report trials themselves: Optuna's INFO lines would repeat them
+            return handler(args)
     except AutotuneError as exc:
         print(redact(f"autotune: error: {exc}", secrets), file=sys.stderr)
         return EXIT_USAGE

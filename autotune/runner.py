@@ -1,7 +1,7 @@
 """Run one unit of work (a memory probe, a trial) in an isolated worker process.
 
-Workers come from a fork server that has already imported the backend's framework, so each starts in well
-under a second, with a clean allocator, and dies with its memory. A worker can be capped: on the CPU its
+Workers come from a fork server (`autotune.forkserver`, one per set of preloaded modules) that has already
+imported the backend's framework, so each starts in well under a second, with a clean allocator, and dies with its memory. A worker can be capped: on the CPU its
 address space is limited with ``RLIMIT_AS`` (the framework included), so going over is a genuine allocation
 failure. Whatever happens in the worker (an exception, an OOM, a segfault, a hang past the timeout, a kill by
 the kernel's OOM killer) comes back as a `WorkerOutcome`; the caller never crashes.
@@ -25,6 +25,7 @@ import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 from autotune.errors import AutotuneError, TrialError
+from autotune.forkserver import server_for
 from autotune.procmem import process_memory, return_freed_memory_at_once, single_malloc_arena
 from autotune.units import format_size
 
@@ -47,13 +48,6 @@ class WorkerOutcome:
     @property
     def killed_by_signal(self) -> bool:
         return self.kind == "crash" and self.exitcode is not None and self.exitcode < 0
-
-
-_servers: dict[tuple[str, ...], Any] = {}
-
-
-def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    return multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
 
 
 def _process_environment() -> dict[str, str]:
@@ -81,66 +75,17 @@ it mapped 40 MiB less (one OpenMP thread), and their capped fits disagreed with 
 (1360 against 1184). Every worker server starts in this environment."""
 
 
-@contextlib.contextmanager
-def _environment(environment: dict[str, str]) -> Iterator[None]:
-    """Run the body with the process environment (the C library's, which children inherit) set to ``environment``."""
-    current = _process_environment()
-    if current == environment:
-        yield
-        return
-
-    def apply(target: dict[str, str], present: dict[str, str]) -> None:
-        for key in present.keys() - target.keys():
-            os.environ.pop(key, None)
-            os.unsetenv(key)
-        for key, value in target.items():
-            if present.get(key) != value:
-                os.environ[key] = value
-
-    apply(environment, current)
-    try:
-        yield
-    finally:
-        apply(current, _process_environment())
-
-
-@contextlib.contextmanager
-def _fork_server(preload: Sequence[str]) -> Iterator[None]:
-    """Start the next worker from a fork server that preloaded ``preload`` (one server per set of modules).
-
-    multiprocessing keeps a single fork server per process; a process that tunes several frameworks (a test
-    run, a notebook) would otherwise fork TensorFlow workers from a server that loaded torch. The server to
-    use is swapped in only while a worker starts; without the expected internals, the default server is used.
-    """
-    from multiprocessing import forkserver
-
-    if not sys.platform.startswith("linux") or not hasattr(forkserver, "ForkServer") \
-            or not hasattr(forkserver, "connect_to_new_process"):
-        yield
-        return
-    key = tuple(preload)
-    server = _servers.get(key)
-    if server is None:
-        server = _servers[key] = forkserver.ForkServer()
-        server.set_forkserver_preload(list(key))
-        if hasattr(server, "ensure_running"):
-            with _environment(_ENVIRONMENT):
-                server.ensure_running()
-    saved = forkserver.connect_to_new_process
-    forkserver.connect_to_new_process = server.connect_to_new_process
-    try:
-        yield
-    finally:
-        forkserver.connect_to_new_process = saved
+def _forking() -> bool:
+    """Workers fork from a server of autotune's own on Linux; elsewhere (fork is unsafe after a framework
+    loaded threads, as on macOS) each is a fresh ``spawn`` process."""
+    return sys.platform.startswith("linux")
 
 
 def warm_up_server(preload: Sequence[str]) -> None:
     """Start the fork server for ``preload`` now: it imports the framework while the caller does other work,
     and the first worker starts without waiting for it (the server's start does not block)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with _main_module_hidden(), _fork_server(preload):
-        pass  # a new server is started as it is set up
+    if _forking():
+        server_for(preload, _ENVIRONMENT).ensure_running()
 
 
 def _limit_address_space(limit_bytes: int) -> None:
@@ -257,15 +202,23 @@ def _serve(conn: Any, memory_limit: int | None, preload: Sequence[str]) -> None:
 
 
 def _start(target: Callable[..., Any], args: tuple[Any, ...], preload: Sequence[str]) -> tuple[Any, Any]:
-    ctx = _context(preload)
-    parent_end, child_end = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=target, daemon=True, args=(child_end, *args))
+    parent_end, child_end = multiprocessing.Pipe(duplex=True)
+    process: Any = None
     try:
-        with _main_module_hidden(), _fork_server(preload):
-            process.start()
+        if _forking():
+            process = server_for(preload, _ENVIRONMENT).start(child_end)
+            try:
+                parent_end.send((target, args))
+            except OSError:  # the worker ended before taking its work: the caller sees that as a crash
+                pass
+        else:
+            process = multiprocessing.get_context("spawn").Process(target=target, daemon=True,
+                                                                   args=(child_end, *args))
+            with _main_module_hidden():
+                process.start()
     except BaseException:  # Ctrl-C while it starts: leave nothing behind
         parent_end.close()
-        if process.pid is not None:
+        if process is not None and process.pid is not None:
             _kill(process)
         raise
     finally:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import optuna
 
+from autotune.scoped import quiet_optuna
+
 
 def trial_seed(seed: int, number: int) -> int:
     """A 32-bit seed for trial ``number`` of a study seeded with ``seed`` (well mixed, so neighbours differ)."""
@@ -22,7 +24,8 @@ class TrialSeededTPESampler(optuna.samplers.TPESampler):
     """`optuna.samplers.TPESampler` reseeded before each trial with `trial_seed` (same options otherwise)."""
 
     def __init__(self, *, seed: int = 0, **options: Any) -> None:
-        super().__init__(seed=seed, **options)
+        with quiet_optuna():  # multivariate and grouped TPE are experimental options
+            super().__init__(seed=seed, **options)
         self._study_seed = seed
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

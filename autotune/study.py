@@ -257,10 +257,10 @@ def tune(
     if info.get("objective", objective) != objective:
         raise StorageError(f"study {name!r} was created with --objective {info['objective']}: resume it with that, "
                            "or pick a new --study name")
-    orphans = fail_orphaned_trials(study)
+    orphans = fail_orphaned_trials(study, storage=store)
     resumed = bool(info)
     if not resumed:
-        note_new_study(study)  # removed again if this call fails before it holds a trial or a ceiling
+        note_new_study(study, storage=store)  # removed again if this call fails before it holds a trial or a ceiling
         for key, value in {
             "objective": objective, "task": task.reference or task.name, "backend": backend.name,
             "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),

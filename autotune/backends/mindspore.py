@@ -15,10 +15,10 @@ NumPy 2 and MindSpore 2.10 (measured; see tests/test_mindspore_backend.py). Mind
 parser (``py_parse.cc``) uses the NumPy 1.x C API, whose import fails under NumPy 2 once per process: that
 prints NumPy's "compiled using NumPy 1.x" message and a ``Numpy init failed`` log line, leaves an ImportError
 pending so that the first operator taking a Python number (``tensor * 1.01``) raises a spurious SystemError,
-and from then on NumPy scalars are refused as operator arguments. This module spends that failure at import
-with an argument that fails parsing before any kernel runs, and drops exactly those two messages; a model
-that passes NumPy scalars gets a one-line TaskError. Separately, ``mindspore.dataset`` reads every row with
-``np.array(item, copy=False)``, which NumPy 2 refuses for scalars: a NumpySlicesDataset with 1-D labels or a
+and from then on NumPy scalars are refused as operator arguments. The backend spends that failure when it is
+created (`prime_numpy_bridge`; importing this module runs no operator) with an argument that fails parsing
+before any kernel runs, and drops exactly those two messages; a model that passes NumPy scalars gets a
+one-line TaskError. Separately, ``mindspore.dataset`` reads every row with ``np.array(item, copy=False)``, which NumPy 2 refuses for scalars: a NumpySlicesDataset with 1-D labels or a
 GeneratorDataset yielding numbers fails, with a TaskError saying what to change. Tensor <-> ndarray
 conversion (pybind11, NumPy-2 aware) is exact and training matches PyTorch to float32 precision. All of this
 goes away with ``numpy<2`` (1.26.4 with ml_dtypes 0.5.x, which tensorflow-cpu 2.21 accepts).
@@ -113,18 +113,25 @@ def _without_numpy_abi_messages() -> Iterator[None]:
         saved_stderr.flush()
 
 
-def _prime_numpy_bridge() -> None:
-    """Run MindSpore's NumPy scalar check once (it fails under NumPy 2) with an argument that fails parsing
-    before any kernel runs, so that no later operator pays for it with a spurious SystemError."""
+_numpy_bridge_primed = False
+
+
+def prime_numpy_bridge() -> None:
+    """Run MindSpore's NumPy scalar check once per process (it fails under NumPy 2) with an argument that fails
+    parsing before any kernel runs, so that no later operator pays for it with a spurious SystemError.
+
+    Called when the backend is created, not at import: importing the module runs no operator.
+    """
+    global _numpy_bridge_primed
+    if _numpy_bridge_primed:
+        return
+    _numpy_bridge_primed = True
     probe = ms.Tensor(np.zeros(1, dtype=np.float32))
     with _without_numpy_abi_messages():
         try:
             ops.add(probe, "autotune: numpy bridge probe")
         except (TypeError, SystemError, ImportError, ValueError, RuntimeError):
             pass
-
-
-_prime_numpy_bridge()
 
 
 # --- logging ----------------------------------------------------------------------------------------------
@@ -732,6 +739,7 @@ class MindSporeBackend(Backend):
     def __init__(self) -> None:
         self._materialised: tuple[Any, HostData] | None = None
         self._memory_limit: str | None = None
+        prime_numpy_bridge()
 
     def version(self) -> str:
         return ms.__version__

@@ -22,15 +22,13 @@ import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines off; errors still shown
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from autotune.backends.base import Backend, TrainingSession  # noqa: E402
-from autotune.devices import Device, cpu_device, nvidia_gpus  # noqa: E402
-from autotune.errors import DeviceError, TaskError  # noqa: E402
-from autotune.task import ArrayData, Task  # noqa: E402
+from autotune.backends.base import Backend, TrainingSession
+from autotune.devices import Device, cpu_device, nvidia_gpus
+from autotune.errors import DeviceError, TaskError
+from autotune.scoped import environment_defaults
+from autotune.task import ArrayData, Task
 
 _PRE_INIT_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -88,9 +86,11 @@ def _quiet_import_noise() -> contextlib.AbstractContextManager[None]:
     return _quiet_native_noise(_PRE_INIT_NOISE)
 
 
-with _quiet_import_noise():
-    import keras  # noqa: E402
-    import tensorflow as tf  # noqa: E402
+# TensorFlow reads its C++ log level once, while it loads: INFO and WARNING lines off, errors still shown; the
+# variables are set for the import only, so the caller's environment (and its children's) stays as it was.
+with _quiet_import_noise(), environment_defaults(TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow"):
+    import keras
+    import tensorflow as tf
 
 _CPU_OOM_MESSAGES = ("OOM when allocating tensor", "could not allocate memory", "std::bad_alloc")
 _GPU_OOM_MESSAGES = ("Dst tensor is not initialized", "CUDA_ERROR_OUT_OF_MEMORY", "failed to allocate memory")
