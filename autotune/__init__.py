@@ -4,6 +4,7 @@ Probe the devices, fit the batch size to memory, search batch size × optimizer 
 and keep every trial. Importing this package imports no deep-learning framework.
 """
 
+from autotune.backends import register_backend
 from autotune.devices import Device, probe
 from autotune.errors import (
     AutotuneError,
@@ -48,6 +49,7 @@ __all__ = [
     "load_result",
     "load_space",
     "probe",
+    "register_backend",
     "SearchSpace",
     "tune",
     "TuneResult",

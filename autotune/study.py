@@ -92,7 +92,7 @@ def _versions(backend: str) -> dict[str, str]:
     from autotune.backends import framework_module
 
     names = {"autotune": "autotune", "optuna": "optuna", "numpy": "numpy",
-             backend: {"torch": "torch", "tensorflow": "tensorflow", "mindspore": "mindspore"}.get(backend, backend)}
+             backend: framework_module(backend)}
     found = {}
     for label, dist in names.items():
         for candidate in (dist, f"{dist}-cpu"):
