@@ -219,7 +219,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
     from autotune.redact import redact, url_secrets  # no optuna: probe and fit-batch do not import it
-
     from autotune.scoped import quiet_optuna
 
     secrets = url_secrets(getattr(args, "storage", None))

@@ -1,10 +1,11 @@
 """Run one unit of work (a memory probe, a trial) in an isolated worker process.
 
 Workers come from a fork server (`autotune.forkserver`, one per set of preloaded modules) that has already
-imported the backend's framework, so each starts in well under a second, with a clean allocator, and dies with its memory. A worker can be capped: on the CPU its
-address space is limited with ``RLIMIT_AS`` (the framework included), so going over is a genuine allocation
-failure. Whatever happens in the worker (an exception, an OOM, a segfault, a hang past the timeout, a kill by
-the kernel's OOM killer) comes back as a `WorkerOutcome`; the caller never crashes.
+imported the backend's framework, so each starts in well under a second, with a clean allocator, and dies
+with its memory. A worker can be capped: on the CPU its address space is limited with ``RLIMIT_AS`` (the
+framework included), so going over is a genuine allocation failure. Whatever happens in the worker (an
+exception, an OOM, a segfault, a hang past the timeout, a kill by the kernel's OOM killer) comes back as a
+`WorkerOutcome`; the caller never crashes.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from autotune.errors import AutotuneError, TrialError
 from autotune.forkserver import server_for
 from autotune.procmem import process_memory, return_freed_memory_at_once, single_malloc_arena
 from autotune.units import format_size
-
 
 
 @dataclasses.dataclass
@@ -397,7 +397,7 @@ def _main_module_hidden() -> Iterator[None]:
     again when it lacks an ``if __name__ == "__main__"`` guard. Workers here only run autotune functions, so
     the main module is hidden from the start-up data while a worker starts.
     """
-    main = sys.modules.get("__main__")
+    main: Any = sys.modules.get("__main__")
     had_file = hasattr(main, "__file__")
     saved_file, saved_spec = getattr(main, "__file__", None), getattr(main, "__spec__", None)
     if had_file:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.resources
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import optuna.storages.journal
 
 from autotune.errors import StorageError
 from autotune.journal import mend_journal

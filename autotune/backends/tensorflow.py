@@ -154,12 +154,14 @@ if hasattr(keras.optimizers, "Adafactor"):
     )
 if hasattr(keras.optimizers, "Ftrl"):
     _OPTIMIZERS["ftrl"] = lambda s: keras.optimizers.Ftrl(
-        learning_rate=s["lr"], learning_rate_power=s["lr_power"], initial_accumulator_value=s["initial_accumulator_value"],
+        learning_rate=s["lr"], learning_rate_power=s["lr_power"],
+        initial_accumulator_value=s["initial_accumulator_value"],
         l1_regularization_strength=s["l1"], l2_regularization_strength=s["l2"],
     )
 if hasattr(keras.optimizers, "Lamb"):
     _OPTIMIZERS["lamb"] = lambda s: keras.optimizers.Lamb(
-        learning_rate=s["lr"], beta_1=s["beta1"], beta_2=s["beta2"], epsilon=s["eps"], weight_decay=s["weight_decay"] or None
+        learning_rate=s["lr"], beta_1=s["beta1"], beta_2=s["beta2"], epsilon=s["eps"],
+        weight_decay=s["weight_decay"] or None
     )
 
 
@@ -611,7 +613,7 @@ class TensorFlowSession(TrainingSession):
             self.optimizer = _OPTIMIZERS[optimizer["name"]](optimizer)
             self.optimizer.build(self.model.trainable_variables)
         self.from_logits = _model_from_logits(task, self.model) if self._loss_name in _CROSS_ENTROPIES else None
-        self.loss_fn = None if self._compute_loss is not None else (
+        self.loss_fn: Any = None if self._compute_loss is not None else (
             _named_loss(self._loss_name, self.from_logits is not False) if self._loss_name else task.loss)
         decay = float(optimizer.get("weight_decay", 0.0)) if optimizer["name"] in _COUPLED_DECAY else 0.0
 
@@ -777,12 +779,13 @@ class TensorFlowSession(TrainingSession):
 # --------------------------------------------------------------------------------------------- backend
 def _nvml_matches(count: int) -> list[dict[str, Any] | None]:
     """NVML's record for each of TensorFlow's ``count`` GPUs (CUDA order through CUDA_VISIBLE_DEVICES), or None."""
-    gpus, _reason = nvidia_gpus()
-    if not gpus:
+    found, _reason = nvidia_gpus()
+    if not found:
         return [None] * count
+    gpus: list[dict[str, Any] | None] = list(found)
     visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
     if visible:
-        by_key = {str(g["index"]): g for g in gpus} | {str(g["uuid"]): g for g in gpus if g.get("uuid")}
+        by_key = {str(g["index"]): g for g in found} | {str(g["uuid"]): g for g in found if g.get("uuid")}
         gpus = [by_key.get(key) for key in visible]
     # Without CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA may order unlike NVML: trust the order only on identical GPUs.
     if os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID" and len({g["name"] for g in gpus if g}) > 1:
@@ -868,7 +871,9 @@ class TensorFlowBackend(Backend):
         full = self.validate_optimizer(spec)
         return _OPTIMIZERS[full["name"]](full)
 
-    def loop_callback(self, trial: Any, *, monitor: str = "val_loss") -> keras.callbacks.Callback:
+    # each framework's loop takes its own options (the base accepts any): a narrower signature on purpose
+    def loop_callback(self, trial: Any, *,  # type: ignore[override]
+                      monitor: str = "val_loss") -> keras.callbacks.Callback:
         return _TrialCallback(trial, monitor)
 
     def data_size(self, data: Any) -> tuple[int, int]:
@@ -914,9 +919,8 @@ class TensorFlowBackend(Backend):
         """Free bytes on a GPU as NVML reports them (read before TensorFlow reserves its share), else None."""
         if device.kind == "gpu":
             matches = _nvml_matches(len(_physical_devices("GPU")))
-            if device.index < len(matches) and matches[device.index]:
-                return matches[device.index].get("memory_free")
-            return None
+            match = matches[device.index] if device.index < len(matches) else None
+            return match.get("memory_free") if match else None
         return device.memory_free
 
     def preload_modules(self) -> Sequence[str]:

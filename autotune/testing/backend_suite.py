@@ -213,7 +213,7 @@ class BackendConformanceSuite:
         fit = fit_batch_size(case.task("hungry"), memory_limit=cap, margin=0.0)
         assert fit.limited_by == "memory" and fit.batch_size >= 64, fit
         assert fit.ooms <= 1 and fit.memory_metric == "address_space"
-        assert fit.peak_memory_bytes <= cap
+        assert fit.peak_memory_bytes is not None and fit.peak_memory_bytes <= cap
         assert all(p.throughput and p.throughput > 0 for p in fit.probes if p.fits)
         # at margin 0 either side of the edge may land on the other in a re-run: see JITTER
         assert capped_run(case, fit.batch_size, cap + JITTER).ok
