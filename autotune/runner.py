@@ -69,10 +69,9 @@ def _process_environment() -> dict[str, str]:
 
 
 _ENVIRONMENT = _process_environment()
-"""The environment as it was when autotune was imported, before a framework's import changed it. MindSpore's
-sets OMP_NUM_THREADS=1 (in native code), LD_LIBRARY_PATH and others; torch workers from a server started after
-it mapped 40 MiB less (one OpenMP thread), and their capped fits disagreed with those of servers started before
-(1360 against 1184). Every worker server starts in this environment."""
+"""The environment as it was when autotune was imported, before a framework's import changed it (MindSpore's
+sets OMP_NUM_THREADS=1 in native code). Every worker server starts in this environment, so that a worker's
+memory does not depend on which framework the caller imported first (benchmarks/RESULTS.md, 2026-12-02)."""
 
 
 def _forking() -> bool:
@@ -128,7 +127,7 @@ def _prepare_worker(memory_limit: int | None, preload: Sequence[str]) -> None:
         except ImportError:  # a task's sibling module, importable only once the task is loaded
             pass
     # Everything imported so far lives as long as the worker: keep it out of the cycle collector, whose full
-    # passes (a session's release runs one) would otherwise walk all of torch's objects (0.2 s a trial).
+    # passes (a session's release runs one) would otherwise walk all of the framework's objects every trial.
     gc.freeze()
     return_freed_memory_at_once()
     if memory_limit:
@@ -302,9 +301,8 @@ class Worker:
     behind never decides it.
 
     The isolation is that of `run_in_worker` (a crash, a hang or an OOM fails that unit only), at a fraction of
-    the start-up cost per unit: measured on a digits MLP, a 100-step trial took 0.27 s as the first unit of a
-    worker and 0.08 to 0.1 s after it (the framework's first-step set-up is paid once). Use as a context
-    manager, or call `close`.
+    the start-up cost per unit: the framework's first-step set-up is paid once per worker, not per unit
+    (figures in benchmarks/RESULTS.md). Use as a context manager, or call `close`.
     """
 
     def __init__(self, *, memory_limit: int | None = None, preload: Sequence[str] = ()) -> None:

@@ -492,19 +492,18 @@ def _linear_memory_under_a_cap() -> bool:
     Two things would otherwise make the peak address space a poor, non-linear picture of the memory a step needs:
 
     * oneDNN builds of TensorFlow serve every CPU tensor above 256 KiB from a BFC allocator that grows by regions
-      of doubling size and never returns them: the address space climbs in steps (here +67 MiB between batch
-      384 and 512, +132 MiB at 520) while the live tensors grow smoothly. TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends
+      of doubling size and never returns them: the address space climbs in steps while the live tensors grow
+      smoothly. TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends
       them to malloc, which (with the worker's pinned mmap threshold) maps and unmaps each tensor exactly.
       TensorFlow reads the variable at its first CPU allocation, so this must run before the first operation.
-    * glibc reserves a 64 MiB malloc arena for each allocating thread of TensorFlow's pools (about 320 MiB
-      here, hardly any of it used); under RLIMIT_AS an arena that cannot be reserved is silently skipped, so
+    * glibc reserves a 64 MiB malloc arena for each allocating thread of TensorFlow's pools, hardly any of it
+      used; under RLIMIT_AS an arena that cannot be reserved is silently skipped, so
       near the cap the peak stops growing while the real memory still does. One arena keeps the address space
       the framework plus live memory.
 
-    Measured here on the hungry test task: 1.22 GiB + 0.25 MiB × batch, linear to the cap, and the first size
-    that fails is the one predicted. The cost is page faults on fresh tensors each step: in capped workers that
-    memory-bound task runs at 3.1k instead of 8.0k samples/s (batch 512); the digits MLP shows no difference
-    beyond noise. Uncapped processes are not touched. Called when the backend is created (a worker does that
+    With both, the capped address space grows linearly with the batch up to the cap; the cost is page faults on
+    fresh tensors each step, so memory-bound steps run slower in capped workers (figures: benchmarks/RESULTS.md,
+    2026-12-02). Uncapped processes are not touched. Called when the backend is created (a worker does that
     before it calls the task's data(), which may start the runtime) and again for each session.
     """
     import resource
