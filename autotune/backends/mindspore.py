@@ -615,16 +615,14 @@ class MindSporeSession(TrainingSession):
     def _forward(self, compute_loss: Callable[[Any, Any], Any] | None) -> Callable[..., Any]:
         """The loss of one batch, given as the data's columns: the function value_and_grad differentiates."""
         model_, loss_fn = self.model, self.loss_fn
+        # one name in both branches: MindSpore's graph-mode parser reads this function's source to compile it
         if compute_loss is not None:
-            def forward_batch(*batch: Any) -> Any:
+            def forward(*batch: Any) -> Any:
                 return compute_loss(model_, batch)
-
-            return forward_batch
-
-        def forward_pair(inputs: Any, targets: Any) -> Any:
-            return loss_fn(model_(inputs), targets)
-
-        return forward_pair
+        else:
+            def forward(inputs: Any, targets: Any) -> Any:  # type: ignore[misc]
+                return loss_fn(model_(inputs), targets)
+        return forward
 
     def _check_compute_loss(self, compute_loss: Callable[[Any, Any], Any]) -> None:
         """Run compute_loss once, eagerly and in evaluation mode, on two training samples: a loss that is no
