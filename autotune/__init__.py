@@ -1,9 +1,11 @@
 """autotune: tune a training job to the hardware it runs on.
 
 Probe the devices, fit the batch size to memory, search batch size × optimizer × learning rate with Optuna,
-and keep every trial. Importing this package imports no deep-learning framework.
+and keep every trial. Importing this package imports no deep-learning framework and changes nothing global
+of the caller (warnings filters, loggers, environment variables, file descriptors).
 """
 
+from autotune.backends import register_backend
 from autotune.devices import Device, probe
 from autotune.errors import (
     AutotuneError,
@@ -48,6 +50,7 @@ __all__ = [
     "load_result",
     "load_space",
     "probe",
+    "register_backend",
     "SearchSpace",
     "tune",
     "TuneResult",

@@ -13,6 +13,7 @@ import re
 import sys
 from typing import Any, Callable, Sequence
 
+from autotune.backends import backend_names
 from autotune.console import key_values, number, status, table
 from autotune.errors import AutotuneError
 from autotune.units import format_size, parse_size
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     probe = sub.add_parser("probe", help="show every device the installed backends can use")
-    probe.add_argument("--backend", help="only this framework (torch, tensorflow, mindspore)")
+    probe.add_argument("--backend", help=f"only this framework ({', '.join(backend_names())})")
     probe.add_argument("--json", action="store_true", help="print one JSON object")
     probe.set_defaults(handler=cmd_probe)
 
@@ -218,10 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
     from autotune.redact import redact, url_secrets  # no optuna: probe and fit-batch do not import it
+    from autotune.scoped import quiet_optuna
 
     secrets = url_secrets(getattr(args, "storage", None))
     try:
-        return handler(args)
+        with quiet_optuna():  # the commands report trials themselves: Optuna's INFO lines would repeat them
+            return handler(args)
     except AutotuneError as exc:
         print(redact(f"autotune: error: {exc}", secrets), file=sys.stderr)
         return EXIT_USAGE

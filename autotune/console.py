@@ -9,7 +9,8 @@ from typing import Any, Sequence
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A left-aligned text table; None shows as '-'."""
     cells = [[("-" if value is None else str(value)) for value in row] for row in rows]
-    widths = [max(len(str(h)), *(len(row[i]) for row in cells)) if cells else len(str(h)) for i, h in enumerate(headers)]
+    widths = [max(len(str(h)), *(len(row[i]) for row in cells)) if cells else len(str(h))
+              for i, h in enumerate(headers)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(headers, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines.extend("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)

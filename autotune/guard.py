@@ -22,15 +22,17 @@ from autotune.errors import AutotuneError, StorageError
 from autotune.redact import redact, url_secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
-_created: contextvars.ContextVar[list[optuna.Study] | None] = contextvars.ContextVar("autotune_created", default=None)
+_created: contextvars.ContextVar[list[tuple[optuna.Study, Any]] | None] = contextvars.ContextVar(
+    "autotune_created", default=None)
 _STORAGE_CODE = (f"{os.sep}optuna{os.sep}storages{os.sep}", f"{os.sep}sqlalchemy{os.sep}")
 
 
-def note_new_study(study: optuna.Study) -> None:
-    """Record that the running `tune` call created ``study`` (removed again if the call fails early)."""
+def note_new_study(study: optuna.Study, *, storage: optuna.storages.BaseStorage) -> None:
+    """Record that the running `tune` call created ``study`` in ``storage`` (the storage object it was opened
+    with; removed again if the call fails early)."""
     created = _created.get()
     if created is not None:
-        created.append(study)
+        created.append((study, storage))
 
 
 def guarded(function: F) -> F:
@@ -52,8 +54,8 @@ def guarded(function: F) -> F:
         try:
             return function(*args, **kwargs)
         except (AutotuneError, KeyboardInterrupt):
-            for study in _created.get() or []:
-                _remove_if_empty(study)
+            for study, storage in _created.get() or []:
+                _remove_if_empty(study, storage)
             raise
         except Exception as exc:
             fault = storage_fault(exc)
@@ -102,7 +104,7 @@ def _is_storage_error(exc: BaseException) -> bool:
     return in_storage and (not isinstance(exc, ValueError) or any("journal" in name for name in frames))
 
 
-def _remove_if_empty(study: optuna.Study) -> None:
+def _remove_if_empty(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
     try:
         attrs = study.user_attrs
         if study.get_trials(deepcopy=False) or any(k.startswith("ceiling:") for k in attrs):
@@ -111,7 +113,7 @@ def _remove_if_empty(study: optuna.Study) -> None:
 
         if claimed_by_another(attrs):  # a process that joined meanwhile is working on it: not a husk
             return
-        optuna.delete_study(study_name=study.study_name, storage=study._storage)
+        optuna.delete_study(study_name=study.study_name, storage=storage)
     except Exception:  # the storage may be what failed: leaving the husk is all that is lost
         pass
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import optuna
+import optuna.storages.journal
 
 log = logging.getLogger("autotune")
 _RECORD_START = b'{"op_code":'

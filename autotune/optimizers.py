@@ -48,7 +48,8 @@ def validate_spec(spec: Mapping[str, Any], supported: Iterable[str], backend: st
     name = str(spec["name"]).lower()
     supported = sorted(supported)
     if name not in OPTIMIZERS or name not in supported:
-        raise AutotuneError(f"optimizer {name!r} is not available on backend {backend}: use one of {', '.join(supported)}")
+        raise AutotuneError(f"optimizer {name!r} is not available on backend {backend}: "
+                            f"use one of {', '.join(supported)}")
     known = OPTIMIZERS[name]
     full: dict[str, Any] = {"name": name, "lr": float(spec.get("lr", DEFAULT_LR)), **known}
     for key, value in spec.items():

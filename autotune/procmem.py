@@ -37,9 +37,9 @@ def return_freed_memory_at_once() -> bool:
     """Pin glibc's mmap threshold (128 KiB) so that every large block is returned to the OS when freed.
 
     glibc raises the threshold after each free of a large block, so later tensors of that size come from
-    the heap and stay mapped: peak memory then jumps up and down with the batch size (seen here: 1.16 GiB at
-    batch 512, 1.04 GiB at 1024). Pinned, a worker's peak is its live tensors plus a constant, which is what
-    a device allocator sees, and the memory model is linear. Measured here: no change in step time.
+    the heap and stay mapped: peak memory then jumps up and down with the batch size. Pinned, a worker's peak
+    is its live tensors plus a constant, which is what a device allocator sees, and the memory model is
+    linear, at no cost in step time (benchmarks/RESULTS.md, 2026-12-02).
     """
     try:
         import ctypes
@@ -56,8 +56,8 @@ def single_malloc_arena() -> bool:
     """Make glibc use one malloc arena (for address-space-capped workers).
 
     Each thread's arena reserves 64 MiB of address space at a moment that depends on thread timing, and under
-    a cap glibc silently falls back when it cannot: the same batch then fits in one run and fails in the next
-    (seen here: 944 failed while 948 to 960 fitted). With one arena the capped peak is reproducible.
+    a cap glibc silently falls back when it cannot: the same batch then fits in one run and fails in the next.
+    With one arena the capped peak is reproducible (benchmarks/RESULTS.md, 2026-12-02).
     """
     try:
         import ctypes

@@ -93,7 +93,7 @@ def read(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     state = "failed" if failed(trial) else _STATES.get(trial.state, trial.state.name.lower())
     return TrialRecord(
         number=trial.number, state=state, config=dict(attrs.get("config") or {}),
-        measured=dict(attrs.get("measured") or {}), history=history,  # type: ignore[arg-type]
+        measured=dict(attrs.get("measured") or {}), history=history,
         failure=attrs.get("failure"), failure_kind=attrs.get("failure_kind"), owner=dict(attrs.get("owner") or {}),
         reduced_budget=bool(attrs.get("reduced_budget")), role=attrs.get("role"),
         values=tuple(trial.values) if trial.values else None, seconds=seconds,

@@ -1,10 +1,11 @@
 """Run one unit of work (a memory probe, a trial) in an isolated worker process.
 
-Workers come from a fork server that has already imported the backend's framework, so each starts in well
-under a second, with a clean allocator, and dies with its memory. A worker can be capped: on the CPU its
-address space is limited with ``RLIMIT_AS`` (the framework included), so going over is a genuine allocation
-failure. Whatever happens in the worker (an exception, an OOM, a segfault, a hang past the timeout, a kill by
-the kernel's OOM killer) comes back as a `WorkerOutcome`; the caller never crashes.
+Workers come from a fork server (`autotune.forkserver`, one per set of preloaded modules) that has already
+imported the backend's framework, so each starts in well under a second, with a clean allocator, and dies
+with its memory. A worker can be capped: on the CPU its address space is limited with ``RLIMIT_AS`` (the
+framework included), so going over is a genuine allocation failure. Whatever happens in the worker (an
+exception, an OOM, a segfault, a hang past the timeout, a kill by the kernel's OOM killer) comes back as a
+`WorkerOutcome`; the caller never crashes.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 from autotune.errors import AutotuneError, TrialError
+from autotune.forkserver import server_for
 from autotune.procmem import process_memory, return_freed_memory_at_once, single_malloc_arena
 from autotune.units import format_size
-
 
 
 @dataclasses.dataclass
@@ -49,13 +50,6 @@ class WorkerOutcome:
         return self.kind == "crash" and self.exitcode is not None and self.exitcode < 0
 
 
-_servers: dict[tuple[str, ...], Any] = {}
-
-
-def _context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    return multiprocessing.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
-
-
 def _process_environment() -> dict[str, str]:
     """The C library's environment, which child processes inherit: a framework's native code can change it
     without ``os.environ`` seeing (MindSpore sets OMP_NUM_THREADS=1 that way)."""
@@ -75,72 +69,22 @@ def _process_environment() -> dict[str, str]:
 
 
 _ENVIRONMENT = _process_environment()
-"""The environment as it was when autotune was imported, before a framework's import changed it. MindSpore's
-sets OMP_NUM_THREADS=1 (in native code), LD_LIBRARY_PATH and others; torch workers from a server started after
-it mapped 40 MiB less (one OpenMP thread), and their capped fits disagreed with those of servers started before
-(1360 against 1184). Every worker server starts in this environment."""
+"""The environment as it was when autotune was imported, before a framework's import changed it (MindSpore's
+sets OMP_NUM_THREADS=1 in native code). Every worker server starts in this environment, so that a worker's
+memory does not depend on which framework the caller imported first (benchmarks/RESULTS.md, 2026-12-02)."""
 
 
-@contextlib.contextmanager
-def _environment(environment: dict[str, str]) -> Iterator[None]:
-    """Run the body with the process environment (the C library's, which children inherit) set to ``environment``."""
-    current = _process_environment()
-    if current == environment:
-        yield
-        return
-
-    def apply(target: dict[str, str], present: dict[str, str]) -> None:
-        for key in present.keys() - target.keys():
-            os.environ.pop(key, None)
-            os.unsetenv(key)
-        for key, value in target.items():
-            if present.get(key) != value:
-                os.environ[key] = value
-
-    apply(environment, current)
-    try:
-        yield
-    finally:
-        apply(current, _process_environment())
-
-
-@contextlib.contextmanager
-def _fork_server(preload: Sequence[str]) -> Iterator[None]:
-    """Start the next worker from a fork server that preloaded ``preload`` (one server per set of modules).
-
-    multiprocessing keeps a single fork server per process; a process that tunes several frameworks (a test
-    run, a notebook) would otherwise fork TensorFlow workers from a server that loaded torch. The server to
-    use is swapped in only while a worker starts; without the expected internals, the default server is used.
-    """
-    from multiprocessing import forkserver
-
-    if not sys.platform.startswith("linux") or not hasattr(forkserver, "ForkServer") \
-            or not hasattr(forkserver, "connect_to_new_process"):
-        yield
-        return
-    key = tuple(preload)
-    server = _servers.get(key)
-    if server is None:
-        server = _servers[key] = forkserver.ForkServer()
-        server.set_forkserver_preload(list(key))
-        if hasattr(server, "ensure_running"):
-            with _environment(_ENVIRONMENT):
-                server.ensure_running()
-    saved = forkserver.connect_to_new_process
-    forkserver.connect_to_new_process = server.connect_to_new_process
-    try:
-        yield
-    finally:
-        forkserver.connect_to_new_process = saved
+def _forking() -> bool:
+    """Workers fork from a server of autotune's own on Linux; elsewhere (fork is unsafe after a framework
+    loaded threads, as on macOS) each is a fresh ``spawn`` process."""
+    return sys.platform.startswith("linux")
 
 
 def warm_up_server(preload: Sequence[str]) -> None:
     """Start the fork server for ``preload`` now: it imports the framework while the caller does other work,
     and the first worker starts without waiting for it (the server's start does not block)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with _main_module_hidden(), _fork_server(preload):
-        pass  # a new server is started as it is set up
+    if _forking():
+        server_for(preload, _ENVIRONMENT).ensure_running()
 
 
 def _limit_address_space(limit_bytes: int) -> None:
@@ -183,7 +127,7 @@ def _prepare_worker(memory_limit: int | None, preload: Sequence[str]) -> None:
         except ImportError:  # a task's sibling module, importable only once the task is loaded
             pass
     # Everything imported so far lives as long as the worker: keep it out of the cycle collector, whose full
-    # passes (a session's release runs one) would otherwise walk all of torch's objects (0.2 s a trial).
+    # passes (a session's release runs one) would otherwise walk all of the framework's objects every trial.
     gc.freeze()
     return_freed_memory_at_once()
     if memory_limit:
@@ -257,15 +201,23 @@ def _serve(conn: Any, memory_limit: int | None, preload: Sequence[str]) -> None:
 
 
 def _start(target: Callable[..., Any], args: tuple[Any, ...], preload: Sequence[str]) -> tuple[Any, Any]:
-    ctx = _context(preload)
-    parent_end, child_end = ctx.Pipe(duplex=True)
-    process = ctx.Process(target=target, daemon=True, args=(child_end, *args))
+    parent_end, child_end = multiprocessing.Pipe(duplex=True)
+    process: Any = None
     try:
-        with _main_module_hidden(), _fork_server(preload):
-            process.start()
+        if _forking():
+            process = server_for(preload, _ENVIRONMENT).start(child_end)
+            try:
+                parent_end.send((target, args))
+            except OSError:  # the worker ended before taking its work: the caller sees that as a crash
+                pass
+        else:
+            process = multiprocessing.get_context("spawn").Process(target=target, daemon=True,
+                                                                   args=(child_end, *args))
+            with _main_module_hidden():
+                process.start()
     except BaseException:  # Ctrl-C while it starts: leave nothing behind
         parent_end.close()
-        if process.pid is not None:
+        if process is not None and process.pid is not None:
             _kill(process)
         raise
     finally:
@@ -349,9 +301,8 @@ class Worker:
     behind never decides it.
 
     The isolation is that of `run_in_worker` (a crash, a hang or an OOM fails that unit only), at a fraction of
-    the start-up cost per unit: measured on a digits MLP, a 100-step trial took 0.27 s as the first unit of a
-    worker and 0.08 to 0.1 s after it (the framework's first-step set-up is paid once). Use as a context
-    manager, or call `close`.
+    the start-up cost per unit: the framework's first-step set-up is paid once per worker, not per unit
+    (figures in benchmarks/RESULTS.md). Use as a context manager, or call `close`.
     """
 
     def __init__(self, *, memory_limit: int | None = None, preload: Sequence[str] = ()) -> None:
@@ -444,7 +395,7 @@ def _main_module_hidden() -> Iterator[None]:
     again when it lacks an ``if __name__ == "__main__"`` guard. Workers here only run autotune functions, so
     the main module is hidden from the start-up data while a worker starts.
     """
-    main = sys.modules.get("__main__")
+    main: Any = sys.modules.get("__main__")
     had_file = hasattr(main, "__file__")
     saved_file, saved_spec = getattr(main, "__file__", None), getattr(main, "__spec__", None)
     if had_file:

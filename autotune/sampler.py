@@ -7,10 +7,14 @@ seed and that number gives every process its own draws, and a single process's r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from autotune.scoped import quiet_optuna
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -18,17 +22,44 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, number]).generate_state(1)[0])
 
 
-class TrialSeededTPESampler(optuna.samplers.TPESampler):
-    """`optuna.samplers.TPESampler` reseeded before each trial with `trial_seed` (same options otherwise)."""
+class TrialSeededTPESampler(optuna.samplers.BaseSampler):
+    """`optuna.samplers.TPESampler` (same ``options``) seeded per trial with `trial_seed`.
+
+    Each trial gets its own TPE sampler, built with that seed when the trial starts: TPE keeps no state between
+    trials but its random generator (it reads the history from the study), so this is TPE seeded per trial
+    through its public constructor.
+    """
 
     def __init__(self, *, seed: int = 0, **options: Any) -> None:
-        super().__init__(seed=seed, **options)
         self._study_seed = seed
+        self._options = options
+        self._per_trial: dict[int, optuna.samplers.TPESampler] = {}
 
-    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        seed = trial_seed(self._study_seed, trial.number)
-        # TPE and its start-up random sampler each draw from their own state; both are reseeded
-        for state in (getattr(self, "_rng", None), getattr(getattr(self, "_random_sampler", None), "_rng", None)):
-            if state is not None:
-                state.rng.seed(seed)
-        super().before_trial(study, trial)
+    def _for(self, trial: FrozenTrial) -> optuna.samplers.TPESampler:
+        sampler = self._per_trial.get(trial.number)
+        if sampler is None:
+            with quiet_optuna():  # multivariate and grouped TPE are experimental options
+                sampler = optuna.samplers.TPESampler(seed=trial_seed(self._study_seed, trial.number),
+                                                     **self._options)
+            self._per_trial[trial.number] = sampler
+        return sampler
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        sampler = self._per_trial.pop(trial.number, None)
+        if sampler is not None:
+            sampler.after_trial(study, trial, state, values)

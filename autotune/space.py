@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.resources
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -157,12 +156,10 @@ def snap_batch_size(sizes: Sequence[int], exponent: float) -> int:
 
 
 def default_space_text(backend: str) -> str:
-    """The YAML text of a backend's default space, read from the installed package (or, when autotune runs
-    from a source checkout put on ``PYTHONPATH`` without installing, from its ``search_spaces/`` folder)."""
-    try:
-        resource: Any = importlib.resources.files("autotune.search_spaces").joinpath(f"{backend}.yaml")
-    except ModuleNotFoundError:
-        resource = Path(__file__).resolve().parent.parent / "search_spaces" / f"{backend}.yaml"
+    """The YAML text of a backend's default space: the file it registered (`autotune.register_backend`)."""
+    from autotune.backends import default_space_file
+
+    resource = default_space_file(backend)
     if not resource.is_file():
         raise SearchSpaceError(f"no default search space for backend {backend!r}: pass --search-space FILE")
     return resource.read_text(encoding="utf-8")

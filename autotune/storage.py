@@ -13,17 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import warnings
-
 import optuna
+import optuna.storages.journal
 
 from autotune.errors import StorageError
 from autotune.journal import mend_journal
 from autotune.redact import redact as _redact, unencoded_at_in_password, url_secrets
-
-# Heartbeats and grouped TPE are marked experimental by Optuna; they are what we rely on, so say it once here.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+from autotune.scoped import quiet_optuna
 
 DEFAULT_STORAGE = "sqlite:///studies/autotune.db"
 HEARTBEAT_SECONDS = 10
@@ -78,10 +74,11 @@ _CREATION_RACE = ("alembic_version", "already exists", "database is locked")
 def _rdb_storage(url: str, heartbeat: int, grace: int, attempts: int = 4) -> Any:
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=grace,
-                engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-            )
+            with quiet_optuna():  # the heartbeat is an experimental option
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat, grace_period=grace,
+                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+                )
         except Exception as exc:
             if attempt == attempts - 1 or not any(sign in str(exc) for sign in _CREATION_RACE):
                 raise
@@ -112,25 +109,28 @@ def owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
-def fail_orphaned_trials(study: optuna.Study) -> int:
+def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseStorage) -> int:
     """Fail RUNNING trials whose owner process on this host is gone (storages without a heartbeat).
 
-    Returns how many were failed; with a heartbeat storage, Optuna's own stale-trial check runs as well.
+    ``storage`` is the one ``study`` was opened with (`open_storage`). Returns how many were failed; with a
+    heartbeat storage, Optuna's own stale-trial check runs as well.
     """
     failed = 0
-    if isinstance(study._storage, optuna.storages.RDBStorage):
+    if isinstance(storage, optuna.storages.RDBStorage):
         try:
-            failed += len(optuna.storages.fail_stale_trials(study) or [])
+            with quiet_optuna():  # fail_stale_trials is experimental
+                failed += len(optuna.storages.fail_stale_trials(study) or [])
         except Exception:
             pass
     host = socket.gethostname()
+    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         who = trial.user_attrs.get("owner") or {}
         if who.get("host") != host or not isinstance(who.get("pid"), int) or _alive(who["pid"]):
             continue
-        storage = study._storage
-        storage.set_trial_user_attr(trial._trial_id, "failure", "interrupted: its process ended without finishing")
-        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "failure", "interrupted: its process ended without finishing")
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         failed += 1
     return failed
 

@@ -28,8 +28,7 @@ from autotune.memory import DEFAULT_MARGIN
 from autotune.narrowing import narrow_learning_rates
 from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
-from autotune.records import TrialRecord
-from autotune.records import read as read_record
+from autotune.records import TrialRecord, read as read_record
 from autotune.runner import Worker, run_here
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
@@ -90,7 +89,7 @@ def _versions(backend: str) -> dict[str, str]:
     from autotune.backends import framework_module
 
     names = {"autotune": "autotune", "optuna": "optuna", "numpy": "numpy",
-             backend: {"torch": "torch", "tensorflow": "tensorflow", "mindspore": "mindspore"}.get(backend, backend)}
+             backend: framework_module(backend)}
     found = {}
     for label, dist in names.items():
         for candidate in (dist, f"{dist}-cpu"):
@@ -236,7 +235,7 @@ def tune(
         "objective": objective, "task": task.reference or task.name, "backend": backend.name,
         "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
         "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
-        "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}})
+        "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}}, store=store)
     if resumed:
         resume_space(study, space)
     say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),

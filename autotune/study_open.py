@@ -24,7 +24,7 @@ def check_objective(objective: str) -> None:
         raise AutotuneError(f"unknown objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
 
 
-def directions(objective: str) -> list[str]:
+def directions(objective: str) -> list[Any]:
     return {"convergence": ["minimize"], "throughput": ["maximize"], "pareto": ["minimize", "maximize"]}[objective]
 
 
@@ -59,10 +59,10 @@ def open_study(name: str, *, store: Any, objective: str, seed: int = 0, n_trials
     if stored is not None and stored != objective:
         raise StorageError(f"study {name!r} was created with --objective {stored}: resume it with that, "
                            "or pick a new study name")
-    return study, fail_orphaned_trials(study)
+    return study, fail_orphaned_trials(study, storage=store)
 
 
-def describe_new_study(study: optuna.Study, attrs: Mapping[str, Any]) -> bool:
+def describe_new_study(study: optuna.Study, attrs: Mapping[str, Any], *, store: Any) -> bool:
     """Store ``attrs`` on a new study and return True; leave a resumed one as it is and return False.
 
     A new study created by a call that then fails before any trial or ceiling is removed again
@@ -70,7 +70,7 @@ def describe_new_study(study: optuna.Study, attrs: Mapping[str, Any]) -> bool:
     """
     if study.user_attrs:
         return False
-    note_new_study(study)
+    note_new_study(study, storage=store)
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     return True

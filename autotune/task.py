@@ -107,7 +107,8 @@ class Task:
                 f"Task compute_loss must be a function (model, batch) -> loss, got {type(self.compute_loss).__name__}"
             )
         if self.from_logits is not None and not isinstance(self.from_logits, bool):
-            raise TaskError(f"Task from_logits must be True, False or None (follow the model), got {self.from_logits!r}")
+            raise TaskError("Task from_logits must be True, False or None (follow the model), "
+                            f"got {self.from_logits!r}")
         if not isinstance(self.options, dict):
             raise TaskError(f"Task options must be a dict such as {{'mode': 'graph'}}, got {self.options!r}")
         if self.name is None:
@@ -139,7 +140,8 @@ def validate_data(raw: Any) -> Any:
     for label, part in (("train", train), ("validation", val)):
         if not isinstance(part, (tuple, list)) or len(part) != 2:
             if _is_dataset_like(part):
-                return raw  # backend-native datasets (torch Dataset, tf.data, PyDataset, ...): the backend validates them
+                # backend-native datasets (torch Dataset, tf.data, PyDataset, ...): the backend validates them
+                return raw
             raise TaskError(f"task {label} data must be a pair (x, y); got {type(part).__name__}")
         x, y = part
         if not hasattr(x, "__len__") or not hasattr(y, "__len__") or not hasattr(x, "shape"):

@@ -233,7 +233,7 @@ class Tuner:
         new = describe_new_study(self.study, {
             "objective": objective, "task": "own training loop", "backend": chosen.name, "device": target.id,
             "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed, "door": "loop",
-            ceiling_key(chosen.name, target): {"batch_size": self.ceiling, "limited_by": "given"}})
+            ceiling_key(chosen.name, target): {"batch_size": self.ceiling, "limited_by": "given"}}, store=store)
         if not new:
             resume_space(self.study, self.space)
 

@@ -43,8 +43,8 @@ def not_learning(study: optuna.Study) -> str | None:
     """A one-line reason when no finished trial learnt anything, else None.
 
     A trial learns when a report falls `UNTRAINED_MARGIN` below the untrained model's loss (where it was
-    measured: trials of autotune's own loop), else `IMPROVEMENT` below its own first report. Judged only where at least two trials can tell: one trial at a hopeless rate
-    says nothing about the model."""
+    measured: trials of autotune's own loop), else `IMPROVEMENT` below its own first report. Judged only where
+    at least two trials can tell: one trial at a hopeless rate says nothing about the model."""
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     verdicts = [v for v in (_learned(t) for t in study.get_trials(deepcopy=False, states=states)) if v is not None]
     if len(verdicts) < 2 or any(verdicts):

@@ -77,16 +77,3 @@ def backend_params():
             marks.append(pytest.mark.skip(reason=f"no test tasks for {name} yet"))
         params.append(pytest.param(name, id=name, marks=marks))
     return params
-
-
-@pytest.fixture(params=backend_params())
-def backend_case(request):
-    """(backend name, case dict with task references 'small', 'hungry', 'broken', 'regression', and 'cap')."""
-    name = request.param
-    case = dict(BACKEND_CASES[name])
-    reason = case.get("xfail", {}).get(request.node.originalname)
-    if reason:  # a known gap of this backend, reported where it is declared; strict: a pass flags it fixed
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-    for attr in ("small", "hungry", "broken", "regression"):
-        case[attr] = f"{case['tasks']}:{attr}"
-    return name, case

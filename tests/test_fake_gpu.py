@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 import autotune
-from autotune.backends import _BUILTIN, _INSTANCES, BackendEntry
+from autotune.backends import get_backend
 from autotune.backends.base import Backend, TrainingSession
 from autotune.devices import Device, cpu_device
+from autotune.testing import temporarily_registered
 
 GIB = 1024**3
 INTERCEPT, PER_SAMPLE = 1.5 * GIB, 3 * 1024**2
@@ -71,13 +72,13 @@ class FakeGpuBackend(Backend):
 
 
 @pytest.fixture
-def fake_gpu(monkeypatch):
-    backend = FakeGpuBackend()
-    monkeypatch.setitem(_BUILTIN, "fakegpu", BackendEntry("fakegpu", "unused:Unused", "numpy", "fakegpu"))
-    monkeypatch.setitem(_INSTANCES, "fakegpu", backend)
-    data = lambda: ((np.zeros((100_000, 2), np.float32), np.zeros(100_000)), (np.zeros((10, 2)), np.zeros(10)))  # noqa: E731
-    task = autotune.Task(backend="fakegpu", model=lambda: None, data=data)
-    return backend, task
+def fake_gpu():
+    with temporarily_registered("fakegpu", class_path=f"{__name__}:FakeGpuBackend", framework="numpy",
+                                install_hint="-", default_space="-"):
+        backend = get_backend("fakegpu")
+        data = lambda: ((np.zeros((100_000, 2), np.float32), np.zeros(100_000)), (np.zeros((10, 2)), np.zeros(10)))  # noqa: E731
+        task = autotune.Task(backend="fakegpu", model=lambda: None, data=data)
+        yield backend, task
 
 
 def _expected(budget, margin):

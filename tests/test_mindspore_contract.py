@@ -16,7 +16,7 @@ from mindspore import nn, ops  # noqa: E402
 
 from autotune import Task, TaskError, load_task  # noqa: E402
 from autotune.backends import get_backend  # noqa: E402
-from tests.contract import cpu_session, train as _train  # noqa: E402
+from autotune.testing import cpu_session, train as _train  # noqa: E402
 from tests.conftest import TASKS, assert_one_line_error, run_cli  # noqa: E402
 from tests.tasks.blobs import make_blobs  # noqa: E402
 

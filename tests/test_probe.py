@@ -5,7 +5,7 @@ import json
 import psutil
 
 from autotune import probe
-from autotune.backends import _BUILTIN, BackendEntry
+from autotune.testing import temporarily_registered
 from tests.conftest import run_cli
 
 
@@ -36,9 +36,10 @@ def test_probe_cli_table_and_json():
     assert list(data["backends"]) == ["torch"]
 
 
-def test_backend_not_installed_is_listed_and_never_imported(monkeypatch):
-    monkeypatch.setitem(_BUILTIN, "ghost", BackendEntry("ghost", "ghost_backend:Ghost", "ghost_framework_xyz", "ghost"))
-    result = probe(["ghost"])
+def test_backend_not_installed_is_listed_and_never_imported():
+    with temporarily_registered("ghost", class_path="ghost_backend:Ghost", framework="ghost_framework_xyz",
+                                install_hint="pip install 'autotune[ghost]'", default_space="ghost.yaml"):
+        result = probe(["ghost"])
     assert result["backends"]["ghost"] == {"installed": False, "hint": "pip install 'autotune[ghost]'"}
 
 

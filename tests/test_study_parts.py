@@ -48,9 +48,9 @@ def test_open_study_keeps_its_objective_and_describes_a_new_study_once(tmp_path)
     study, orphans = open_study("s", store=store, objective="pareto")
     assert orphans == 0 and study.directions == [optuna.study.StudyDirection.MINIMIZE,
                                                  optuna.study.StudyDirection.MAXIMIZE]
-    assert describe_new_study(study, {"objective": "pareto", "task": "t"}) is True
+    assert describe_new_study(study, {"objective": "pareto", "task": "t"}, store=store) is True
     again, _ = open_study("s", store=store, objective="pareto")
-    assert describe_new_study(again, {"objective": "pareto", "task": "other"}) is False
+    assert describe_new_study(again, {"objective": "pareto", "task": "other"}, store=store) is False
     assert again.user_attrs["task"] == "t"
     with pytest.raises(StorageError, match="created with --objective pareto"):
         open_study("s", store=store, objective="convergence")

@@ -1,7 +1,9 @@
 """The backend registry: a name maps to the class that adapts one framework, imported on first use.
 
-Third-party backends register through the ``autotune.backends`` entry-point group
-(``name = "package.module:Class"``). Nothing here imports a framework.
+`register_backend` is the one door: the three built-in backends come in through it below, and a third-party
+backend calls it too, from its own code or from a function named in the ``autotune.backends`` entry-point group
+(``name = "package.module:register"``, loaded when the registry is first read). A backend is its module plus
+the conformance suite its tests run (`autotune.testing`). Nothing here imports a framework.
 """
 
 from __future__ import annotations
@@ -9,10 +11,13 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import importlib.resources
 import importlib.util
-from typing import TYPE_CHECKING
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
-from autotune.errors import BackendNotInstalled, UnknownBackend
+from autotune.errors import AutotuneError, BackendNotInstalled, UnknownBackend
 
 if TYPE_CHECKING:
     from autotune.backends.base import Backend
@@ -20,31 +25,60 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class BackendEntry:
-    """Where a backend lives and what it needs: ``target`` is ``module:Class``, ``framework`` the import name."""
+    """Where a backend lives and what it needs (see `register_backend`)."""
 
     name: str
-    target: str
+    class_path: str
     framework: str
-    extra: str
+    install_hint: str
+    default_space: str
+    aliases: tuple[str, ...] = ()
 
 
-_BUILTIN = {
-    "torch": BackendEntry("torch", "autotune.backends.torch:TorchBackend", "torch", "torch"),
-    "tensorflow": BackendEntry("tensorflow", "autotune.backends.tensorflow:TensorFlowBackend", "tensorflow", "tensorflow"),
-    "mindspore": BackendEntry("mindspore", "autotune.backends.mindspore:MindSporeBackend", "mindspore", "mindspore"),
-}
-_ALIASES = {"pytorch": "torch", "tf": "tensorflow", "keras": "tensorflow", "ms": "mindspore"}
+_REGISTRY: dict[str, BackendEntry] = {}
+_ALIASES: dict[str, str] = {}
 _INSTANCES: dict[str, "Backend"] = {}
+_PLUGINS_LOADED = False
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def register_backend(name: str, *, class_path: str, framework: str, install_hint: str, default_space: str,
+                     aliases: Sequence[str] = ()) -> None:
+    """Make backend ``name`` known to autotune (`Task(backend=name)`, ``--backend name``, ``autotune probe``).
+
+    ``class_path`` is ``"module:Class"`` of its `Backend` subclass, imported on first use; ``framework`` the
+    import name of the framework it needs (checked without importing it); ``install_hint`` the line a user runs
+    when it is missing; ``default_space`` its default search space, a package resource ``"package:file.yaml"``
+    (shipped in the wheel) or a file path; ``aliases`` other names for it. Registering a name again replaces it.
+    """
+    key = name.strip().lower()
+    if not _NAME.match(key):
+        raise AutotuneError(f"backend name {name!r} must be a lower-case identifier such as 'torch'")
+    module, _, cls = class_path.partition(":")
+    if not module or not cls:
+        raise AutotuneError(f"backend {key!r}: class_path must be 'module:Class', got {class_path!r}")
+    entry = BackendEntry(key, class_path, framework, install_hint, default_space,
+                         tuple(alias.strip().lower() for alias in aliases))
+    _REGISTRY[key] = entry
+    _INSTANCES.pop(key, None)
+    for alias in entry.aliases:
+        _ALIASES[alias] = key
 
 
 def _registry() -> dict[str, BackendEntry]:
-    entries = dict(_BUILTIN)
-    try:
-        for point in importlib.metadata.entry_points(group="autotune.backends"):
-            entries.setdefault(point.name, BackendEntry(point.name, point.value, point.value.split(".")[0], point.name))
-    except Exception:  # a broken third-party distribution must not break the built-in backends
-        pass
-    return entries
+    global _PLUGINS_LOADED
+    if not _PLUGINS_LOADED:
+        _PLUGINS_LOADED = True
+        try:
+            points = list(importlib.metadata.entry_points(group="autotune.backends"))
+        except Exception:  # a broken third-party distribution must not break the built-in backends
+            points = []
+        for point in points:
+            try:
+                point.load()()
+            except Exception:  # likewise: that plugin is missing, the others stay
+                pass
+    return _REGISTRY
 
 
 def backend_names() -> list[str]:
@@ -54,27 +88,49 @@ def backend_names() -> list[str]:
 
 def canonical_backend_name(name: str) -> str:
     """``'pytorch'`` → ``'torch'``; an unknown name raises `UnknownBackend` listing the known ones."""
+    registry = _registry()
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
-    if key not in _registry():
+    if key not in registry:
         raise UnknownBackend(f"unknown backend {name!r}: use one of {', '.join(backend_names())}")
     return key
 
 
+def backend_entry(name: str) -> BackendEntry:
+    """The registration of backend ``name`` (an alias included)."""
+    return _registry()[canonical_backend_name(name)]
+
+
 def is_installed(name: str) -> bool:
     """Whether the framework of backend ``name`` can be imported, without importing it."""
-    entry = _registry()[canonical_backend_name(name)]
-    return importlib.util.find_spec(entry.framework) is not None
+    return importlib.util.find_spec(backend_entry(name).framework) is not None
 
 
 def install_hint(name: str) -> str:
-    entry = _registry()[canonical_backend_name(name)]
-    return f"pip install 'autotune[{entry.extra}]'"
+    return backend_entry(name).install_hint
 
 
 def framework_module(name: str) -> str:
     """The import name of the framework behind backend ``name`` (``'tensorflow'`` for ``'keras'``)."""
-    return _registry()[canonical_backend_name(name)].framework
+    return backend_entry(name).framework
+
+
+def default_space_file(name: str) -> Any:
+    """The default search space of backend ``name`` as a readable file (``read_text``, ``is_file``).
+
+    A resource of ``autotune.search_spaces`` is read from the installed package, or, when autotune runs from a
+    source checkout put on ``PYTHONPATH`` without installing, from its ``search_spaces/`` folder.
+    """
+    location = backend_entry(name).default_space
+    package, colon, resource = location.partition(":")
+    if not colon or "/" in package or "\\" in package:
+        return Path(location)
+    try:
+        return importlib.resources.files(package).joinpath(resource)
+    except ModuleNotFoundError:
+        if package != "autotune.search_spaces":
+            raise AutotuneError(f"backend {name!r}: its default space package {package!r} is not installed") from None
+        return Path(__file__).resolve().parent.parent.parent / "search_spaces" / resource
 
 
 def get_backend(name: str) -> "Backend":
@@ -84,14 +140,25 @@ def get_backend(name: str) -> "Backend":
         return _INSTANCES[key]
     entry = _registry()[key]
     if importlib.util.find_spec(entry.framework) is None:
-        raise BackendNotInstalled(f"backend {key!r} is not installed: {install_hint(key)}")
-    module_name, _, class_name = entry.target.partition(":")
+        raise BackendNotInstalled(f"backend {key!r} is not installed: {entry.install_hint}")
+    module_name, _, class_name = entry.class_path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BackendNotInstalled(
-            f"backend {key!r} failed to import ({type(exc).__name__}: {exc}): reinstall with {install_hint(key)}"
+            f"backend {key!r} failed to import ({type(exc).__name__}: {exc}): reinstall with {entry.install_hint}"
         ) from None
     instance = getattr(module, class_name)()
     _INSTANCES[key] = instance
     return instance
+
+
+register_backend("torch", class_path="autotune.backends.torch:TorchBackend", framework="torch",
+                 install_hint="pip install 'autotune[torch]'", default_space="autotune.search_spaces:torch.yaml",
+                 aliases=("pytorch",))
+register_backend("tensorflow", class_path="autotune.backends.tensorflow:TensorFlowBackend", framework="tensorflow",
+                 install_hint="pip install 'autotune[tensorflow]'",
+                 default_space="autotune.search_spaces:tensorflow.yaml", aliases=("tf", "keras"))
+register_backend("mindspore", class_path="autotune.backends.mindspore:MindSporeBackend", framework="mindspore",
+                 install_hint="pip install 'autotune[mindspore]'",
+                 default_space="autotune.search_spaces:mindspore.yaml", aliases=("ms",))

@@ -15,13 +15,14 @@ NumPy 2 and MindSpore 2.10 (measured; see tests/test_mindspore_backend.py). Mind
 parser (``py_parse.cc``) uses the NumPy 1.x C API, whose import fails under NumPy 2 once per process: that
 prints NumPy's "compiled using NumPy 1.x" message and a ``Numpy init failed`` log line, leaves an ImportError
 pending so that the first operator taking a Python number (``tensor * 1.01``) raises a spurious SystemError,
-and from then on NumPy scalars are refused as operator arguments. This module spends that failure at import
-with an argument that fails parsing before any kernel runs, and drops exactly those two messages; a model
-that passes NumPy scalars gets a one-line TaskError. Separately, ``mindspore.dataset`` reads every row with
-``np.array(item, copy=False)``, which NumPy 2 refuses for scalars: a NumpySlicesDataset with 1-D labels or a
-GeneratorDataset yielding numbers fails, with a TaskError saying what to change. Tensor <-> ndarray
-conversion (pybind11, NumPy-2 aware) is exact and training matches PyTorch to float32 precision. All of this
-goes away with ``numpy<2`` (1.26.4 with ml_dtypes 0.5.x, which tensorflow-cpu 2.21 accepts).
+and from then on NumPy scalars are refused as operator arguments. The backend spends that failure when it is
+created (`prime_numpy_bridge`; importing this module runs no operator) with an argument that fails parsing
+before any kernel runs, and drops exactly those two messages; a model that passes NumPy scalars gets a
+one-line TaskError. Separately, ``mindspore.dataset`` reads every row with ``np.array(item, copy=False)``, which
+NumPy 2 refuses for scalars: a NumpySlicesDataset with 1-D labels or a GeneratorDataset yielding numbers fails,
+with a TaskError saying what to change. Tensor <-> ndarray conversion (pybind11, NumPy-2 aware) is exact and
+training matches PyTorch to float32 precision. All of this goes away with ``numpy<2`` (1.26.4 with ml_dtypes
+0.5.x, which tensorflow-cpu 2.21 accepts).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
 import mindspore as ms
 import mindspore.dataset as msds
 import mindspore.experimental.optim as ms_optim
+import numpy as np
 from mindspore import nn, ops
 
 from autotune.backends.base import Backend, TrainingSession
@@ -98,7 +99,7 @@ def _without_numpy_abi_messages() -> Iterator[None]:
     finally:
         sys.stderr = saved_stderr
         native = ""
-        if capture is not None:
+        if capture is not None and saved_fd is not None:
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
             capture.seek(0)
@@ -113,18 +114,25 @@ def _without_numpy_abi_messages() -> Iterator[None]:
         saved_stderr.flush()
 
 
-def _prime_numpy_bridge() -> None:
-    """Run MindSpore's NumPy scalar check once (it fails under NumPy 2) with an argument that fails parsing
-    before any kernel runs, so that no later operator pays for it with a spurious SystemError."""
+_numpy_bridge_primed = False
+
+
+def prime_numpy_bridge() -> None:
+    """Run MindSpore's NumPy scalar check once per process (it fails under NumPy 2) with an argument that fails
+    parsing before any kernel runs, so that no later operator pays for it with a spurious SystemError.
+
+    Called when the backend is created, not at import: importing the module runs no operator.
+    """
+    global _numpy_bridge_primed
+    if _numpy_bridge_primed:
+        return
+    _numpy_bridge_primed = True
     probe = ms.Tensor(np.zeros(1, dtype=np.float32))
     with _without_numpy_abi_messages():
         try:
             ops.add(probe, "autotune: numpy bridge probe")
         except (TypeError, SystemError, ImportError, ValueError, RuntimeError):
             pass
-
-
-_prime_numpy_bridge()
 
 
 # --- logging ----------------------------------------------------------------------------------------------
@@ -176,7 +184,7 @@ def _quiet_log() -> Iterator[None]:
     try:
         yield
     finally:
-        if logger is not None:
+        if logger is not None and level is not None:
             logger.setLevel(level)
 
 
@@ -585,7 +593,7 @@ class MindSporeSession(TrainingSession):
         self.train = _host_columns(data.train, loss_name)
         self.val = _host_columns(data.val, loss_name)
         self.from_logits = _model_from_logits(task, model) if loss_name in _CROSS_ENTROPIES else None
-        self.loss_fn = None if compute_loss is not None else (
+        self.loss_fn: Any = None if compute_loss is not None else (
             _named_loss(loss_name, self.from_logits is not False) if loss_name else task.loss)
         self._last: Any = None
         self._steps = 0
@@ -607,11 +615,12 @@ class MindSporeSession(TrainingSession):
     def _forward(self, compute_loss: Callable[[Any, Any], Any] | None) -> Callable[..., Any]:
         """The loss of one batch, given as the data's columns: the function value_and_grad differentiates."""
         model_, loss_fn = self.model, self.loss_fn
+        # one name in both branches: MindSpore's graph-mode parser reads this function's source to compile it
         if compute_loss is not None:
             def forward(*batch: Any) -> Any:
                 return compute_loss(model_, batch)
         else:
-            def forward(inputs: Any, targets: Any) -> Any:
+            def forward(inputs: Any, targets: Any) -> Any:  # type: ignore[misc]
                 return loss_fn(model_(inputs), targets)
         return forward
 
@@ -732,6 +741,7 @@ class MindSporeBackend(Backend):
     def __init__(self) -> None:
         self._materialised: tuple[Any, HostData] | None = None
         self._memory_limit: str | None = None
+        prime_numpy_bridge()
 
     def version(self) -> str:
         return ms.__version__
@@ -764,7 +774,8 @@ class MindSporeBackend(Backend):
         with _quiet_notices():
             return _OPTIMIZERS[full["name"]](parameters, full)
 
-    def loop_callback(self, trial: Any, *, evaluate: Callable[[], float] | None = None) -> Any:
+    # each framework's loop takes its own options (the base accepts any): a narrower signature on purpose
+    def loop_callback(self, trial: Any, *, evaluate: Callable[[], float] | None = None) -> Any:  # type: ignore[override]
         if evaluate is None:
             raise TaskError("trial.callback(evaluate=...) needs a function returning the validation loss: "
                             "Model.train reports none of its own")

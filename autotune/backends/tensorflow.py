@@ -22,15 +22,13 @@ import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # C++ INFO and WARNING lines off; errors still shown
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from autotune.backends.base import Backend, TrainingSession  # noqa: E402
-from autotune.devices import Device, cpu_device, nvidia_gpus  # noqa: E402
-from autotune.errors import DeviceError, TaskError  # noqa: E402
-from autotune.task import ArrayData, Task  # noqa: E402
+from autotune.backends.base import Backend, TrainingSession
+from autotune.devices import Device, cpu_device, nvidia_gpus
+from autotune.errors import DeviceError, TaskError
+from autotune.scoped import environment_defaults
+from autotune.task import ArrayData, Task
 
 _PRE_INIT_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -88,9 +86,11 @@ def _quiet_import_noise() -> contextlib.AbstractContextManager[None]:
     return _quiet_native_noise(_PRE_INIT_NOISE)
 
 
-with _quiet_import_noise():
-    import keras  # noqa: E402
-    import tensorflow as tf  # noqa: E402
+# TensorFlow reads its C++ log level once, while it loads: INFO and WARNING lines off, errors still shown; the
+# variables are set for the import only, so the caller's environment (and its children's) stays as it was.
+with _quiet_import_noise(), environment_defaults(TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow"):
+    import keras
+    import tensorflow as tf
 
 _CPU_OOM_MESSAGES = ("OOM when allocating tensor", "could not allocate memory", "std::bad_alloc")
 _GPU_OOM_MESSAGES = ("Dst tensor is not initialized", "CUDA_ERROR_OUT_OF_MEMORY", "failed to allocate memory")
@@ -154,12 +154,14 @@ if hasattr(keras.optimizers, "Adafactor"):
     )
 if hasattr(keras.optimizers, "Ftrl"):
     _OPTIMIZERS["ftrl"] = lambda s: keras.optimizers.Ftrl(
-        learning_rate=s["lr"], learning_rate_power=s["lr_power"], initial_accumulator_value=s["initial_accumulator_value"],
+        learning_rate=s["lr"], learning_rate_power=s["lr_power"],
+        initial_accumulator_value=s["initial_accumulator_value"],
         l1_regularization_strength=s["l1"], l2_regularization_strength=s["l2"],
     )
 if hasattr(keras.optimizers, "Lamb"):
     _OPTIMIZERS["lamb"] = lambda s: keras.optimizers.Lamb(
-        learning_rate=s["lr"], beta_1=s["beta1"], beta_2=s["beta2"], epsilon=s["eps"], weight_decay=s["weight_decay"] or None
+        learning_rate=s["lr"], beta_1=s["beta1"], beta_2=s["beta2"], epsilon=s["eps"],
+        weight_decay=s["weight_decay"] or None
     )
 
 
@@ -490,19 +492,18 @@ def _linear_memory_under_a_cap() -> bool:
     Two things would otherwise make the peak address space a poor, non-linear picture of the memory a step needs:
 
     * oneDNN builds of TensorFlow serve every CPU tensor above 256 KiB from a BFC allocator that grows by regions
-      of doubling size and never returns them: the address space climbs in steps (here +67 MiB between batch
-      384 and 512, +132 MiB at 520) while the live tensors grow smoothly. TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends
+      of doubling size and never returns them: the address space climbs in steps while the live tensors grow
+      smoothly. TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends
       them to malloc, which (with the worker's pinned mmap threshold) maps and unmaps each tensor exactly.
       TensorFlow reads the variable at its first CPU allocation, so this must run before the first operation.
-    * glibc reserves a 64 MiB malloc arena for each allocating thread of TensorFlow's pools (about 320 MiB
-      here, hardly any of it used); under RLIMIT_AS an arena that cannot be reserved is silently skipped, so
+    * glibc reserves a 64 MiB malloc arena for each allocating thread of TensorFlow's pools, hardly any of it
+      used; under RLIMIT_AS an arena that cannot be reserved is silently skipped, so
       near the cap the peak stops growing while the real memory still does. One arena keeps the address space
       the framework plus live memory.
 
-    Measured here on the hungry test task: 1.22 GiB + 0.25 MiB × batch, linear to the cap, and the first size
-    that fails is the one predicted. The cost is page faults on fresh tensors each step: in capped workers that
-    memory-bound task runs at 3.1k instead of 8.0k samples/s (batch 512); the digits MLP shows no difference
-    beyond noise. Uncapped processes are not touched. Called when the backend is created (a worker does that
+    With both, the capped address space grows linearly with the batch up to the cap; the cost is page faults on
+    fresh tensors each step, so memory-bound steps run slower in capped workers (figures: benchmarks/RESULTS.md,
+    2026-12-02). Uncapped processes are not touched. Called when the backend is created (a worker does that
     before it calls the task's data(), which may start the runtime) and again for each session.
     """
     import resource
@@ -611,7 +612,7 @@ class TensorFlowSession(TrainingSession):
             self.optimizer = _OPTIMIZERS[optimizer["name"]](optimizer)
             self.optimizer.build(self.model.trainable_variables)
         self.from_logits = _model_from_logits(task, self.model) if self._loss_name in _CROSS_ENTROPIES else None
-        self.loss_fn = None if self._compute_loss is not None else (
+        self.loss_fn: Any = None if self._compute_loss is not None else (
             _named_loss(self._loss_name, self.from_logits is not False) if self._loss_name else task.loss)
         decay = float(optimizer.get("weight_decay", 0.0)) if optimizer["name"] in _COUPLED_DECAY else 0.0
 
@@ -777,12 +778,13 @@ class TensorFlowSession(TrainingSession):
 # --------------------------------------------------------------------------------------------- backend
 def _nvml_matches(count: int) -> list[dict[str, Any] | None]:
     """NVML's record for each of TensorFlow's ``count`` GPUs (CUDA order through CUDA_VISIBLE_DEVICES), or None."""
-    gpus, _reason = nvidia_gpus()
-    if not gpus:
+    found, _reason = nvidia_gpus()
+    if not found:
         return [None] * count
+    gpus: list[dict[str, Any] | None] = list(found)
     visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part.strip()]
     if visible:
-        by_key = {str(g["index"]): g for g in gpus} | {str(g["uuid"]): g for g in gpus if g.get("uuid")}
+        by_key = {str(g["index"]): g for g in found} | {str(g["uuid"]): g for g in found if g.get("uuid")}
         gpus = [by_key.get(key) for key in visible]
     # Without CUDA_DEVICE_ORDER=PCI_BUS_ID, CUDA may order unlike NVML: trust the order only on identical GPUs.
     if os.environ.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID" and len({g["name"] for g in gpus if g}) > 1:
@@ -868,7 +870,9 @@ class TensorFlowBackend(Backend):
         full = self.validate_optimizer(spec)
         return _OPTIMIZERS[full["name"]](full)
 
-    def loop_callback(self, trial: Any, *, monitor: str = "val_loss") -> keras.callbacks.Callback:
+    # each framework's loop takes its own options (the base accepts any): a narrower signature on purpose
+    def loop_callback(self, trial: Any, *,  # type: ignore[override]
+                      monitor: str = "val_loss") -> keras.callbacks.Callback:
         return _TrialCallback(trial, monitor)
 
     def data_size(self, data: Any) -> tuple[int, int]:
@@ -914,9 +918,8 @@ class TensorFlowBackend(Backend):
         """Free bytes on a GPU as NVML reports them (read before TensorFlow reserves its share), else None."""
         if device.kind == "gpu":
             matches = _nvml_matches(len(_physical_devices("GPU")))
-            if device.index < len(matches) and matches[device.index]:
-                return matches[device.index].get("memory_free")
-            return None
+            match = matches[device.index] if device.index < len(matches) else None
+            return match.get("memory_free") if match else None
         return device.memory_free
 
     def preload_modules(self) -> Sequence[str]:

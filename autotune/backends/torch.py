@@ -48,7 +48,8 @@ _OPTIMIZERS = {
         p, lr=s["lr"], eps=s["eps"], weight_decay=s["weight_decay"],
         initial_accumulator_value=s["initial_accumulator_value"],
     ),
-    "adadelta": lambda p, s: torch.optim.Adadelta(p, lr=s["lr"], rho=s["rho"], eps=s["eps"], weight_decay=s["weight_decay"]),
+    "adadelta": lambda p, s: torch.optim.Adadelta(p, lr=s["lr"], rho=s["rho"], eps=s["eps"],
+                                                  weight_decay=s["weight_decay"]),
     "asgd": lambda p, s: torch.optim.ASGD(p, lr=s["lr"], weight_decay=s["weight_decay"]),
 }
 if hasattr(torch.optim, "Adafactor"):
@@ -56,7 +57,7 @@ if hasattr(torch.optim, "Adafactor"):
         p, lr=s["lr"], beta2_decay=s["beta2_decay"], eps=(None, s["eps"]), weight_decay=s["weight_decay"]
     )
 
-_LOGIT_LOSSES = {
+_LOGIT_LOSSES: dict[str, Callable[..., Any]] = {
     "cross_entropy": F.cross_entropy,
     "mse": F.mse_loss,
     "mae": F.l1_loss,
@@ -74,7 +75,7 @@ def _binary_cross_entropy_of_probabilities(probabilities: torch.Tensor, targets:
     return F.binary_cross_entropy(probabilities.clamp(_PROBABILITY_EPS, 1 - _PROBABILITY_EPS), targets)
 
 
-_PROBABILITY_LOSSES = {"cross_entropy": _cross_entropy_of_probabilities,
+_PROBABILITY_LOSSES: dict[str, Callable[..., Any]] = {"cross_entropy": _cross_entropy_of_probabilities,
                        "binary_cross_entropy": _binary_cross_entropy_of_probabilities}
 
 
@@ -106,6 +107,7 @@ def named_loss(name: str, model: torch.nn.Module, from_logits: bool | None) -> C
     if name == "cross_entropy" and activation == "log_softmax" and from_logits is not False:
         return lambda outputs, targets: F.nll_loss(outputs, targets.long())
     probabilities = (activation in ("softmax", "sigmoid")) if from_logits is None else not from_logits
+    function: Callable[..., Any]
     if name in _PROBABILITY_LOSSES and probabilities:
         function = _PROBABILITY_LOSSES[name]
     else:

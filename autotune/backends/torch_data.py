@@ -104,7 +104,8 @@ def check_item(item: Any, label: str) -> None:
     if not valid(item, 0):
         raise TaskError(
             f"the {label} dataset's items must be tensors, arrays or numbers, or a tuple or dict of them; "
-            f"item 0 is {describe_batch(item)}: make __getitem__ return e.g. (x, y) or {{'input_ids': ..., 'labels': ...}}"
+            f"item 0 is {describe_batch(item)}: make __getitem__ return e.g. (x, y) or "
+            "{'input_ids': ..., 'labels': ...}"
         )
 
 

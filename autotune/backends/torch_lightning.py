@@ -9,17 +9,16 @@ from typing import Any
 
 
 def _lightning() -> Any:
-    try:
-        import lightning.pytorch as pl
-    except ImportError:
-        try:
-            import pytorch_lightning as pl
-        except ImportError:
-            from autotune.errors import AutotuneError
+    import importlib
 
-            raise AutotuneError("trial.callback() for a Lightning Trainer needs Lightning: "
-                                "pip install lightning") from None
-    return pl
+    for name in ("lightning.pytorch", "pytorch_lightning"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    from autotune.errors import AutotuneError
+
+    raise AutotuneError("trial.callback() for a Lightning Trainer needs Lightning: pip install lightning")
 
 
 def batch_samples(batch: Any) -> int:
@@ -41,7 +40,7 @@ def lightning_callback(trial: Any, *, monitor: str = "val_loss") -> Any:
     pl = _lightning()
     import torch
 
-    class AutotuneCallback(pl.Callback):  # type: ignore[misc, name-defined]
+    class AutotuneCallback(pl.Callback):  # type: ignore[name-defined]
         def __init__(self) -> None:
             self._tick = 0.0
 
