@@ -5,7 +5,7 @@ list of probes run so far, one more at each call; the executor that runs them is
 (`autotune.fitting.executor`), so a rule can be tested on synthetic memory curves in milliseconds.
 
 The rules: grow the batch (8, 64, 512) to learn the slope; aim at the largest size the memory model puts
-under the budget less margin (a far, still-moving extrapolation is approached 85 % of the way first); prove
+under the budget less margin (a far, still-moving extrapolation is approached halfway first, as one more growth probe); prove
 the edge with a real run (a fit below it, a failure above); after an overshoot step back once, a granule or
 1 % under the failure; then bisect.
 """
@@ -25,8 +25,8 @@ MAX_PROBES = 14
 GROWTH = 8
 FAR = 1.2  # a prediction this many times the largest size that ran is an extrapolation ...
 SETTLED = 0.05  # ... that is trusted once it moved less than this fraction since the previous probe ...
-TOO_FAR = 4.0  # ... and reaches less than this many times that size; else it is ...
-AIM = 0.85  # ... aimed at only this fraction of the way, then refitted
+TOO_FAR = 2.0  # ... and reaches less than this many times that size; else it is ...
+AIM = 0.5  # ... approached this fraction of the way (a growth probe), then refitted
 BACK_OFF = 0.01  # after the model overshot, the next probe sits this fraction (at least a granule) below the failure
 
 
@@ -69,6 +69,7 @@ class Planner:
         self._previous_prediction: float | None = None
         self._explore = 0  # granule steps taken past a spent block-pool estimate
         self._backed_off = False  # after an overshoot, the one step back below the failure has been tried
+        self._approached = False  # a far, unsettled prediction has been approached halfway once
         self._asked: ProbeAt | None = None
         self._answer: Answer | None = None
 
@@ -120,9 +121,15 @@ class Planner:
         settled = self._previous_prediction is not None and math.isfinite(predicted) \
             and abs(predicted - self._previous_prediction) <= SETTLED * predicted
         self._previous_prediction = predicted if math.isfinite(predicted) else None
-        if math.isfinite(predicted) and predicted > FAR * fits_at and not searching \
-                and (not settled or predicted > TOO_FAR * fits_at):
-            predicted = fits_at + AIM * (predicted - fits_at)  # land short, then refit
+        # An unsettled extrapolation is approached once; past that halfway point the line is trusted (a second
+        # approach would be a probe near the edge that is not the answer).
+        approach = math.isfinite(predicted) and predicted > FAR * fits_at and not searching \
+            and ((not settled and not self._approached) or predicted > TOO_FAR * fits_at)
+        if approach:
+            self._approached = True
+            # Land halfway, in the growth probes' worker, then refit: a probe near the edge that is not the answer
+            # costs nearly a whole step at the answer's size, one halfway about half that and no worker start.
+            predicted = fits_at + AIM * (predicted - fits_at)
         # Aim at the answer itself, rounded down: rounding to the nearest granule can cross an edge where the
         # address space jumps by tens of MB.
         candidate = _round_down(int(min(predicted, fits_at * GROWTH, ceiling)), step)
@@ -151,7 +158,8 @@ class Planner:
                               "an OOM it would risk a second one")
             self.step = fails_at - fits_at
             return self._answer_now()
-        return ProbeAt(candidate, growth=candidate < ceiling and candidate == fits_at * GROWTH < predicted)
+        growth = candidate == fits_at * GROWTH < predicted or (approach and candidate < fails_at)
+        return ProbeAt(candidate, growth=candidate < ceiling and growth)
 
     def _prediction(self, probes: Sequence[Probe], model: MemoryModel | None,
                     budget: Budget) -> tuple[float, bool]:
