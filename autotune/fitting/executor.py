@@ -75,17 +75,32 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
     `_probe_run` would.
     """
     task, backend, target, data = _probe_setup(task, device, device_memory_limit)
+
+    def measure(batch_size: int, first: bool) -> dict[str, Any]:
+        # the fit's first probe (a small growth size) carries the process's first-call set-up: a second,
+        # timed step costs little there
+        return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
+                        first_in_process=retime_first and first)
+
+    def limit_device(limit: int) -> None:
+        if target.kind != "cpu":
+            backend.limit_memory(target, limit)
+
+    return serve_probes(channel, measure, limit_device, device_memory_limit)
+
+
+def serve_probes(channel: Any, measure: Callable[[int, bool], dict[str, Any]], limit_device: Callable[[int], Any],
+                 device_memory_limit: int | None) -> int:
+    """A worker's side of a run of probes: ask the parent for a size (and the device cap), ``measure(size,
+    first)``, send the figures, until the parent answers None; returns how many ran."""
     reply = channel.ask(("ready", None))
     count = 0
     while reply is not None:
         batch_size, limit = reply
-        if limit and target.kind != "cpu" and limit != device_memory_limit:
-            backend.limit_memory(target, limit)
+        if limit and limit != device_memory_limit:
+            limit_device(limit)
             device_memory_limit = limit
-        # the fit's first probe (a small growth size) carries the process's first-call set-up: a second,
-        # timed step costs little there
-        result = _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
-                          first_in_process=retime_first and count == 0)
+        result = measure(batch_size, count == 0)
         count += 1
         reply = channel.ask(("ok", result))
     return count
