@@ -16,7 +16,8 @@ def test_a_module_level_step_runs_in_a_capped_worker_and_a_real_oom_proves_the_e
     assert fit.memory_metric == "address_space" and fit.limited_by == "memory" and fit.batch_size >= 64, fit
     assert fit.ooms == 1 and fit.peak_memory_bytes <= parse_size("1GiB"), [(p.batch_size, p.fits) for p in fit.probes]
     above = min(p.batch_size for p in fit.probes if p.oom)
-    assert above <= fit.batch_size + fit.granularity and all(p.fits for p in fit.probes if p.batch_size <= fit.batch_size)
+    assert above <= fit.batch_size + fit.granularity
+    assert all(p.fits for p in fit.probes if p.batch_size <= fit.batch_size)
     assert not any("in-process" in note for note in fit.notes)
 
 
@@ -51,3 +52,14 @@ def test_bad_steps_are_clear_errors():
     with pytest.raises(FitError, match="callable"):
         autotune.find_batch_size(64, backend="torch")
     assert step_reference(torch_steps.hungry_step) == "tests.tasks.torch_steps:hungry_step"
+
+
+def test_a_keras_step_in_a_capped_worker():
+    pytest.importorskip("tensorflow")
+    from tests.tasks import keras_steps
+
+    fit = autotune.find_batch_size(keras_steps.hungry_step, memory_limit=parse_size("1.4GiB"), margin=0.0,
+                                   backend="tensorflow")
+    sizes = [(p.batch_size, p.fits) for p in fit.probes]
+    assert fit.backend == "tensorflow" and fit.memory_metric == "address_space" and fit.batch_size >= 64, sizes
+    assert fit.limited_by == "memory" and fit.ooms <= 1, sizes

@@ -5,9 +5,9 @@ list of probes run so far, one more at each call; the executor that runs them is
 (`autotune.fitting.executor`), so a rule can be tested on synthetic memory curves in milliseconds.
 
 The rules: grow the batch (8, 64, 512) to learn the slope; aim at the largest size the memory model puts
-under the budget less margin (a far, still-moving extrapolation is approached halfway first, as one more growth probe); prove
-the edge with a real run (a fit below it, a failure above); after an overshoot step back once, a granule or
-1 % under the failure; then bisect.
+under the budget less margin (a far, still-moving extrapolation is approached halfway first, as one more
+growth probe); prove the edge with a real run (a fit below it, a failure above); after an overshoot step back
+once, a granule or 1 % under the failure; then bisect.
 """
 
 from __future__ import annotations

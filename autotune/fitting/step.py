@@ -16,6 +16,7 @@ from autotune.fitting.budget import Budget
 from autotune.fitting.executor import ProbeExecutor, serve_probes
 from autotune.fitting.model import Probe
 from autotune.fitting.planner import Planner
+from autotune.fitting.result import BatchFit, result_of, run_plan
 from autotune.procmem import process_memory, reset_resident_peak
 
 DEFAULT_MAX_BATCH = 65536
@@ -34,7 +35,7 @@ def find_batch_size(
     isolation: str | None = None,
     probe_timeout: float = 600.0,
     progress: Callable[[str], None] | None = None,
-) -> Any:
+) -> BatchFit:
     """The largest batch size at which ``step(batch_size)`` (one training step of your code) fits the memory
     budget, found as fit-batch finds it; returns the same `BatchFit`.
 
@@ -91,8 +92,6 @@ def find_batch_size(
         kwargs={"step": reference if in_worker else step, "backend": name, "device": target.id},
         preload=(*framework.preload_modules(), reference.partition(":")[0]) if in_worker else (),
         timeout=probe_timeout, say=progress or (lambda _message: None))
-    from autotune.memory import result_of, run_plan
-
     answer = run_plan(planner, executor, probes)
     return result_of(answer, budget, probes, limit=ceiling, device=target.id, backend=name, started=started,
                      notes=notes)
