@@ -18,6 +18,7 @@ from autotune.errors import (
     TrialError,
     UnknownBackend,
 )
+from autotune.fitting.step import find_batch_size
 from autotune.memory import BatchFit, MemoryModel, fit_batch_size
 from autotune.space import SearchSpace, load_space
 from autotune.study import TuneResult, load_best, load_result, tune
@@ -42,6 +43,7 @@ __all__ = [
     "TaskError",
     "TrialError",
     "UnknownBackend",
+    "find_batch_size",
     "fit_batch_size",
     "format_size",
     "load_task",

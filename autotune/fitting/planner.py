@@ -1,0 +1,196 @@
+"""Where to probe next, from the probes so far: a pure policy with explicit state (no I/O, no clock).
+
+`Planner.next(probes)` returns the next size to probe (`ProbeAt`) or the answer (`Answer`). It is fed the
+list of probes run so far, one more at each call; the executor that runs them is elsewhere
+(`autotune.fitting.executor`), so a rule can be tested on synthetic memory curves in milliseconds.
+
+The rules: grow the batch (8, 64, 512) to learn the slope; aim at the largest size the memory model puts
+under the budget less margin (a far, still-moving extrapolation is approached halfway first, as one more
+growth probe); prove the edge with a real run (a fit below it, a failure above); after an overshoot step back
+once, a granule or 1 % under the failure; then bisect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+from autotune.errors import FitError
+from autotune.fitting.budget import Budget
+from autotune.fitting.model import MemoryModel, Probe, largest_in_blocks
+from autotune.units import format_size
+
+MAX_PROBES = 14
+GROWTH = 8
+FAR = 1.2  # a prediction this many times the largest size that ran is an extrapolation ...
+SETTLED = 0.05  # ... that is trusted once it moved less than this fraction since the previous probe ...
+TOO_FAR = 2.0  # ... and reaches less than this many times that size; else it is ...
+AIM = 0.5  # ... approached this fraction of the way (a growth probe), then refitted
+BACK_OFF = 0.01  # after the model overshot, the next probe sits this fraction (at least a granule) below the failure
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeAt:
+    """Probe this batch size next; ``growth``: it only grows the batch to learn the slope, it is not the answer."""
+
+    batch_size: int
+    growth: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """The largest size that fitted, the resolution proven (the next size up at it does not fit), and why."""
+
+    batch_size: int
+    granularity: int
+    notes: tuple[str, ...] = ()
+
+
+class Planner:
+    """The fit's search policy. State: the bracket (largest fit, smallest failure), the granule, the previous
+    prediction, and whether the one step back after an overshoot is spent."""
+
+    def __init__(self, budget: Budget, *, ceiling: int, granularity: int | None = None,
+                 resident_slope: bool = True, max_probes: int = MAX_PROBES) -> None:
+        if granularity is not None and granularity < 1:
+            raise FitError(f"granularity must be a positive integer, got {granularity}")
+        if ceiling < 1:
+            raise FitError("max batch must be at least 1")
+        self.budget = budget
+        self.ceiling = ceiling
+        self.granularity_given = granularity is not None
+        self.step = granularity or 1
+        self.resident_slope = resident_slope
+        self.max_probes = max_probes
+        self.fits_at = 0
+        self.fails_at = ceiling + 1
+        self.notes: list[str] = []
+        self._previous_prediction: float | None = None
+        self._explore = 0  # granule steps taken past a spent block-pool estimate
+        self._backed_off = False  # after an overshoot, the one step back below the failure has been tried
+        self._approached = False  # a far, unsettled prediction has been approached halfway once
+        self._asked: ProbeAt | None = None
+        self._answer: Answer | None = None
+
+    def next(self, probes: Sequence[Probe]) -> ProbeAt | Answer:
+        """The next size to probe, or the answer, given every probe run so far (the last one: the size asked)."""
+        if self._answer is not None:
+            return self._answer
+        if self._asked is None:
+            self._asked = ProbeAt(min(max(self.step, _round_down(8, self.step)), self.ceiling), growth=True)
+            return self._asked
+        if not probes or probes[-1].batch_size != self._asked.batch_size:
+            raise ValueError(f"the planner asked for batch {self._asked.batch_size}: pass its probe last")
+        decision = self._decide(probes)
+        if isinstance(decision, Answer):
+            self._answer = decision
+        else:
+            self._asked = decision
+        return decision
+
+    def _answer_now(self) -> Answer:
+        return Answer(self.fits_at, self.step, tuple(self.notes))
+
+    def _decide(self, probes: Sequence[Probe]) -> ProbeAt | Answer:
+        probe, budget = probes[-1], self.budget.resolve(probes)
+        if probe.fits:
+            self.fits_at = probe.batch_size
+        else:
+            self.fails_at = probe.batch_size
+        fits_at, fails_at, step, ceiling = self.fits_at, self.fails_at, self.step, self.ceiling
+        if fits_at == 0:
+            if probe.batch_size <= step:
+                raise FitError(_too_small_message(probe, budget))
+            # even the first size failed: halve (still a growth probe: nothing is known of the slope)
+            return ProbeAt(max(step, _round_down(probe.batch_size // 2, step)), growth=self._asked.growth)
+        if fits_at >= ceiling or fails_at - fits_at <= step:
+            return self._answer_now()
+        if len(probes) >= self.max_probes:
+            self.notes.append(f"stopped after {self.max_probes} probes: sizes between {fits_at} and "
+                              f"{min(fails_at, ceiling + 1) - 1} were not tried")
+            self.step = max(step, min(fails_at, ceiling + 1) - fits_at)  # the resolution actually reached
+            return self._answer_now()
+        model = MemoryModel.local(list(probes), resident_slope=self.resident_slope)
+        predicted, searching = self._prediction(probes, model, budget)
+        if not self.granularity_given and model is not None and math.isfinite(predicted) and predicted > 0:
+            self.step = step = max(step, 2 ** int(math.log2(max(1.0, min(predicted, ceiling) / 64))))
+        # No stop on the model's word alone: peaks grow in chunks (pages, arenas, allocator segments) about as
+        # large as one step's worth of memory, so the edge is proven by a real run (a fit below, a failure above).
+        # An extrapolation whose prediction still moves from probe to probe is not trusted (see RESULTS.md).
+        settled = self._previous_prediction is not None and math.isfinite(predicted) \
+            and abs(predicted - self._previous_prediction) <= SETTLED * predicted
+        self._previous_prediction = predicted if math.isfinite(predicted) else None
+        # An unsettled extrapolation is approached once; past that halfway point the line is trusted (a second
+        # approach would be a probe near the edge that is not the answer).
+        approach = math.isfinite(predicted) and predicted > FAR * fits_at and not searching \
+            and ((not settled and not self._approached) or predicted > TOO_FAR * fits_at)
+        if approach:
+            self._approached = True
+            # Land halfway, in the growth probes' worker, then refit: a probe near the edge that is not the answer
+            # costs nearly a whole step at the answer's size, one halfway about half that and no worker start.
+            predicted = fits_at + AIM * (predicted - fits_at)
+        # Aim at the answer itself, rounded down: rounding to the nearest granule can cross an edge where the
+        # address space jumps by tens of MB.
+        candidate = _round_down(int(min(predicted, fits_at * GROWTH, ceiling)), step)
+        candidate = max(candidate, fits_at + step)
+        if candidate >= ceiling - step and ceiling < fails_at:
+            candidate = ceiling  # within one step of the data or max-batch limit: try the limit itself
+        if candidate >= fails_at:
+            # The model overshot a size already seen to fail; an OOM adds no point, so the prediction stays. Step
+            # back from the failure by a granule or 1 % (overshoots are small), once; else (no model, or after
+            # that) bisect.
+            below = 0
+            if not self._backed_off and math.isfinite(predicted):
+                below = min(_round_down(int(fails_at * (1 - BACK_OFF)), step), fails_at - step)
+                self._backed_off = True
+            candidate = below if fits_at < below < fails_at else \
+                fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
+        if candidate >= fails_at:
+            return self._answer_now()
+        if any(p.oom for p in probes) and not self.granularity_given and not budget.block and model is not None \
+                and fails_at - fits_at <= 2 * step and model.predict(fits_at + step) > budget.oom_at:
+            # An OOM is spent, the edge is bracketed within two granules and the line puts the size between past
+            # the cap: near the edge a run's peak moves by about a MB between fresh workers, so probing it risks a
+            # second OOM. It is left untried and the answer's resolution is the bracket (proven by the OOM). Not
+            # for a block pool, whose estimate is noisy near the edge.
+            self.notes.append(f"{fits_at + step} was not tried: the memory model puts it over the cap, and after "
+                              "an OOM it would risk a second one")
+            self.step = fails_at - fits_at
+            return self._answer_now()
+        growth = candidate == fits_at * GROWTH < predicted or (approach and candidate < fails_at)
+        return ProbeAt(candidate, growth=candidate < ceiling and growth)
+
+    def _prediction(self, probes: Sequence[Probe], model: MemoryModel | None,
+                    budget: Budget) -> tuple[float, bool]:
+        """The size to aim at, and whether it is a search step (bisection, exploration), not the model's answer."""
+        predicted = model.largest_under(budget.effective_bytes) if model else math.inf
+        if not (budget.block and model is not None):
+            return predicted, False
+        fits_at, fails_at, step = self.fits_at, self.fails_at, self.step
+        predicted = largest_in_blocks(list(probes), budget.effective_bytes, budget.block, budget.margin)
+        searching = fails_at <= self.ceiling or predicted < fits_at + 2 * step
+        if fails_at <= self.ceiling:
+            predicted = (fits_at + fails_at) / 2  # the edge is bracketed by real runs: bisect
+        elif predicted < fits_at + 2 * step:
+            # The estimate is spent and the run still fits (the pool's use is noisy near the edge): step up one
+            # granule at a time, so the first failure ends the search; after two such steps, double them.
+            self._explore += 1
+            predicted = fits_at + step * 2 ** max(0, self._explore - 2)
+        else:
+            self._explore = 0
+        return predicted, searching
+
+
+def _round_down(value: int, granularity: int) -> int:
+    return (value // granularity) * granularity
+
+
+def _too_small_message(probe: Probe, budget: Budget) -> str:
+    what = "address space (framework included)" if budget.metric == "address_space" else "memory"
+    if probe.oom:
+        return (f"batch size {probe.batch_size} does not fit in {format_size(budget.limit_bytes)} of {what}: "
+                f"raise --memory-limit or use a smaller model")
+    return (f"batch size {probe.batch_size} needs {format_size(probe.peak_memory_bytes)}, over the budget of "
+            f"{format_size(budget.effective_bytes)} ({format_size(budget.limit_bytes)} less a {budget.margin:.0%} "
+            "margin): raise --memory-limit, lower --margin or use a smaller model")

@@ -1,0 +1,79 @@
+"""The answer of a fit (`BatchFit`) and the loop that drives a planner with an executor until it answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from autotune.fitting.budget import Budget
+from autotune.fitting.executor import ProbeExecutor
+from autotune.fitting.model import MemoryModel, Probe
+from autotune.fitting.planner import Answer, Planner, ProbeAt
+
+
+@dataclasses.dataclass
+class BatchFit:
+    """The answer of `fit_batch_size` and how it was reached."""
+
+    batch_size: int
+    peak_memory_bytes: int | None
+    budget_bytes: int
+    margin: float
+    memory_metric: str
+    limited_by: str
+    granularity: int
+    model: MemoryModel | None
+    probes: list[Probe]
+    device: str
+    backend: str
+    seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ooms(self) -> int:
+        return sum(1 for probe in self.probes if probe.oom)
+
+    @property
+    def throughput(self) -> float | None:
+        for probe in self.probes:
+            if probe.batch_size == self.batch_size and probe.fits:
+                return probe.throughput
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["ooms"] = self.ooms
+        data["probe_steps"] = len(self.probes)
+        data["throughput"] = self.throughput
+        data["model"] = None if self.model is None else {
+            **dataclasses.asdict(self.model), "formula": self.model.describe()}
+        return data
+
+
+def run_plan(planner: Planner, executor: ProbeExecutor, probes: list[Probe]) -> Answer:
+    """Drive ``planner`` with ``executor`` until it answers; every probe run is appended to ``probes``."""
+
+    def decide(probe: Probe) -> ProbeAt | Answer:
+        probes.append(probe)
+        return planner.next(probes)
+
+    decision = planner.next(probes)
+    while isinstance(decision, ProbeAt):
+        decision = executor.run(decision, decide)
+    return decision
+
+
+def result_of(answer: Answer, budget: Budget, probes: list[Probe], *, limit: int, device: str, backend: str,
+              started: float, notes: list[str]) -> BatchFit:
+    """The `BatchFit` of a finished plan; ``limit`` is the most the data (or the caller) allows."""
+    model = MemoryModel.local(probes, resident_slope=budget.metric != "device_peak") \
+        or MemoryModel.fit([(p.batch_size, p.peak_memory_bytes) for p in probes if p.peak_memory_bytes])
+    best = next(p for p in probes if p.batch_size == answer.batch_size and p.fits)
+    return BatchFit(
+        batch_size=answer.batch_size, peak_memory_bytes=best.peak_memory_bytes,
+        budget_bytes=int(budget.resolve(probes).limit_bytes), margin=budget.margin, memory_metric=budget.metric,
+        limited_by="memory" if answer.batch_size < limit else "max_batch", granularity=answer.granularity,
+        model=model, probes=probes, device=device, backend=backend, seconds=time.perf_counter() - started,
+        notes=[*notes, *answer.notes],
+    )
