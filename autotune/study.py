@@ -22,6 +22,7 @@ import optuna
 
 from autotune.backends import get_backend
 from autotune.budget import Phases, range_test_budget
+from autotune.ceiling_cache import CeilingCache, fitted_by
 from autotune.checks import check_task_data, seconds
 from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
 from autotune.failures import INFEASIBLE_KINDS, finished, mark_infeasible, shortfall, shown_state
@@ -213,6 +214,7 @@ def tune(
     pruning: bool = True,
     trial_timeout: float | None = None,
     heartbeat: int | None = None,
+    refit: bool = False,
     progress: Progress | None = None,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
@@ -224,7 +226,8 @@ def tune(
     (complete or pruned, not failed) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
-    or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
+    or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
+    earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
     """
     say = progress or (lambda _event: None)
     timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
@@ -279,14 +282,22 @@ def tune(
     ceiling_key = f"ceiling:{backend.name}:{target.id}:{target.name}"
     # another process joining the study may be fitting this ceiling: wait for its answer rather than refit
     ceiling_info = wait_for_shared(study, ceiling_key, lambda attrs: attrs.get(ceiling_key), say=say)
-    if ceiling_info is None:
-        say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
-        with phases.timed("fit"):
-            fit = fit_batch_size(task, device=target.id, memory_limit=memory_limit, margin=margin, isolation=isolation,
-                                 max_batch=space.batch_high, progress=lambda m: say({"event": "fit", "message": m}))
-        ceiling_info = {"batch_size": fit.batch_size, "peak_memory_bytes": fit.peak_memory_bytes,
-                        "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
-                        "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits}}
+    if ceiling_info is None:  # this process holds the claim: a fit of the same task stored earlier, or a new fit
+        cache = CeilingCache.for_task(store, handle, device=target, versions=_versions(backend.name),
+                                      memory_limit=memory_limit, margin=margin, max_batch=space.batch_high,
+                                      preload=backend.worker_preload(task), isolation=isolation)
+        ceiling_info = None if refit else cache.lookup(say)
+        if ceiling_info is None:
+            say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
+            with phases.timed("fit"):
+                fit = fit_batch_size(task, device=target.id, memory_limit=memory_limit, margin=margin,
+                                     isolation=isolation, max_batch=space.batch_high,
+                                     progress=lambda m: say({"event": "fit", "message": m}))
+            ceiling_info = {"batch_size": fit.batch_size, "peak_memory_bytes": fit.peak_memory_bytes,
+                            "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
+                            "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits},
+                            "fitted_by": fitted_by(fit.seconds)}
+            cache.remember(ceiling_info)
         study.set_user_attr(ceiling_key, ceiling_info)
     ceiling = int(ceiling_info["batch_size"])
     say({"event": "ceiling", "batch_size": ceiling, "limited_by": ceiling_info.get("limited_by")})
