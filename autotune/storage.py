@@ -137,6 +137,8 @@ def owner() -> dict[str, Any]:
         who["worker"] = os.environ[WORKER_ENV]
         if hasattr(os, "sched_getaffinity"):
             who["cpus"] = sorted(os.sched_getaffinity(0))
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            who["threads"] = int(os.environ["OMP_NUM_THREADS"])
     return who
 
 
