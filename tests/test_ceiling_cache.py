@@ -1,0 +1,69 @@
+"""A fitted ceiling is kept in the storage under the task's fingerprint: the same model and data shapes on the
+same device reuse it, anything that changes memory per sample misses it."""
+
+import numpy as np
+import optuna
+import torch
+
+import autotune
+from autotune.ceiling_cache import CACHE_STUDY, CeilingCache, ceiling_key
+from autotune.fingerprint import describe_task
+from autotune.storage import open_storage
+from tests.conftest import TASKS, run_cli
+from tests.tasks.blobs import make_blobs
+
+SMALL = f"{TASKS / 'torch_tasks.py'}:small"
+
+
+def _task(width=32, dtype=np.float32):
+    def data():
+        (x, y), (xv, yv) = make_blobs()
+        return (x.astype(dtype), y), (xv.astype(dtype), yv)
+
+    return autotune.Task(backend="torch", data=data, loss="cross_entropy",
+                         model=lambda: torch.nn.Sequential(torch.nn.Linear(16, width), torch.nn.ReLU(),
+                                                           torch.nn.Linear(width, 4)))
+
+
+def _key(task, **changes):
+    from autotune.backends import get_backend
+
+    options = {"device": get_backend("torch").resolve_device("cpu"), "versions": {"torch": torch.__version__},
+               "memory_limit": None, "margin": 0.05, "max_batch": None, **changes}
+    return ceiling_key(describe_task(task=task), **options)
+
+
+def test_the_fingerprint_follows_shapes_and_dtypes_not_values():
+    described = describe_task(task=_task())
+    assert described["parameters"][0] == ["0.weight", [32, 16], "torch.float32"]
+    assert described["data"]["x_train"][1] == "float32"
+    assert _key(_task()) == _key(_task())  # fresh random weights: the same structure
+    assert _key(_task()) != _key(_task(width=64))  # a wider layer
+    assert _key(_task()) != _key(_task(dtype=np.float64))  # other data dtypes
+    assert _key(_task()) != _key(_task(), memory_limit=2 ** 30)  # another budget
+    assert _key(_task()) != _key(_task(), versions={"torch": "0.0"})
+
+
+def test_the_cache_keeps_one_entry_per_key_in_its_own_study(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    cache = CeilingCache(storage, "abc")
+    assert cache.lookup() is None  # no cache study yet, and none created by looking
+    assert CACHE_STUDY not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    said = []
+    cache.remember({"batch_size": 96, "fitted_by": {"host": "h", "pid": 1, "at": "t"}})
+    found = cache.lookup(said.append)
+    assert found["batch_size"] == 96 and found["cached"] == "abc" and "fit is skipped" in said[0]["message"]
+    assert CeilingCache(storage, "other").lookup() is None
+    cache.remember({"batch_size": 80})
+    assert cache.lookup()["batch_size"] == 80  # a refit replaces the entry
+
+
+def test_a_second_tune_on_sqlite_skips_the_fit_and_refit_forces_it(tmp_path):
+    common = ("--trials", "1", "--trial-steps", "10", "--no-range-test", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    first = run_cli("tune", SMALL, "--study", "a", *common)
+    again = run_cli("tune", SMALL, "--study", "b", *common)
+    refit = run_cli("tune", SMALL, "--study", "c", "--refit", *common)
+    assert [r.returncode for r in (first, again, refit)] == [0, 0, 0], refit.stderr
+    assert "fitting the batch-size ceiling" in first.stderr
+    assert "reusing the ceiling" in again.stderr and "fitting the batch-size ceiling" not in again.stderr
+    assert "fitting the batch-size ceiling" in refit.stderr
