@@ -2,9 +2,10 @@
 
 A fit costs seconds to minutes (every probe a real training step in a fresh worker) and gives the same answer
 for the same model and data shapes on the same device under the same budget and versions. Those make the key
-(`ceiling_key`); the answers live in one dedicated Optuna study of the same storage (`CACHE_STUDY`), one
-study attribute per key, so that every process and machine on that storage shares them and they survive the
-studies that measured them. ``--refit`` skips the lookup and replaces the entry.
+(`ceiling_key`). Each fit is kept in the system attributes of the study that made it (``ceiling_cache:KEY``),
+and a lookup reads every study's in one query and takes the newest: every process and machine on the storage
+shares the entries, no extra study shows in ``autotune studies``, and a study deleted takes its fits along.
+``--refit`` skips the lookup; its fit, newer, is the one found from then on.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import optuna
 from autotune.fingerprint import digest, fingerprint_in_worker
 from autotune.storage import owner
 
-CACHE_STUDY = "autotune.ceilings"
-"""The study holding the cache; it has no trials and is not a tuning study."""
+PREFIX = "ceiling_cache:"
+"""Study system attribute names of cached fits: the prefix, then the key."""
 
 
 def ceiling_key(structure: Mapping[str, Any], *, device: Any, versions: Mapping[str, str],
@@ -32,7 +33,7 @@ def ceiling_key(structure: Mapping[str, Any], *, device: Any, versions: Mapping[
 
 def fitted_by(seconds: float | None) -> dict[str, Any]:
     """Who fitted a ceiling, when and how long it took: this host and process, now."""
-    return {**owner(), "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {**owner(), "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
             "seconds": None if seconds is None else round(seconds, 2)}
 
 
@@ -53,14 +54,12 @@ class CeilingCache:
                                         margin=margin, max_batch=max_batch))
 
     def lookup(self, say: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
-        """The stored fit (the ceiling record a study keeps), or None; says so through ``say`` when found."""
-        try:
-            study = optuna.load_study(study_name=CACHE_STUDY, storage=self.storage)
-        except KeyError:
+        """The newest stored fit (the ceiling record a study keeps), or None; says so through ``say`` if found."""
+        entries = [study.system_attrs.get(PREFIX + self.key) for study in self.storage.get_all_studies()]
+        entries = [e for e in entries if isinstance(e, dict) and "batch_size" in e]
+        if not entries:
             return None
-        found = study.user_attrs.get(f"ceiling:{self.key}")
-        if not isinstance(found, dict) or "batch_size" not in found:
-            return None
+        found = max(entries, key=lambda e: str((e.get("fitted_by") or {}).get("at", "")))
         if say is not None:
             who = found.get("fitted_by") or {}
             say({"event": "fit", "message": f"reusing the ceiling {found['batch_size']} fitted for this task "
@@ -68,7 +67,6 @@ class CeilingCache:
                  f"{who.get('at')}: the fit is skipped (--refit fits again)"})
         return {**found, "cached": self.key}
 
-    def remember(self, ceiling: Mapping[str, Any]) -> None:
-        """Store ``ceiling`` under this entry's key (replacing an older one: a --refit's answer wins)."""
-        study = optuna.create_study(study_name=CACHE_STUDY, storage=self.storage, load_if_exists=True)
-        study.set_user_attr(f"ceiling:{self.key}", {**ceiling, "fingerprint": self.key})
+    def remember(self, study: optuna.Study, ceiling: Mapping[str, Any]) -> None:
+        """Keep ``ceiling``, fitted for ``study``, under this entry's key in that study."""
+        study._storage.set_study_system_attr(study._study_id, PREFIX + self.key, {**ceiling, "fingerprint": self.key})

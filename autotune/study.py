@@ -297,7 +297,7 @@ def tune(
                             "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
                             "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits},
                             "fitted_by": fitted_by(fit.seconds)}
-            cache.remember(ceiling_info)
+            cache.remember(study, ceiling_info)
         study.set_user_attr(ceiling_key, ceiling_info)
     ceiling = int(ceiling_info["batch_size"])
     say({"event": "ceiling", "batch_size": ceiling, "limited_by": ceiling_info.get("limited_by")})

@@ -6,7 +6,7 @@ import optuna
 import torch
 
 import autotune
-from autotune.ceiling_cache import CACHE_STUDY, CeilingCache, ceiling_key
+from autotune.ceiling_cache import CeilingCache, ceiling_key
 from autotune.fingerprint import describe_task
 from autotune.storage import open_storage
 from tests.conftest import TASKS, run_cli
@@ -44,18 +44,22 @@ def test_the_fingerprint_follows_shapes_and_dtypes_not_values():
     assert _key(_task()) != _key(_task(), versions={"torch": "0.0"})
 
 
-def test_the_cache_keeps_one_entry_per_key_in_its_own_study(tmp_path):
+def test_the_newest_fit_of_a_key_is_found_in_any_study_of_the_storage(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
     cache = CeilingCache(storage, "abc")
-    assert cache.lookup() is None  # no cache study yet, and none created by looking
-    assert CACHE_STUDY not in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    assert cache.lookup() is None
+    first = optuna.create_study(storage=storage, study_name="first")
     said = []
-    cache.remember({"batch_size": 96, "fitted_by": {"host": "h", "pid": 1, "at": "t"}})
+    cache.remember(first, {"batch_size": 96, "fitted_by": {"host": "h", "pid": 1, "at": "2026-01-01T00:00:00"}})
     found = cache.lookup(said.append)
     assert found["batch_size"] == 96 and found["cached"] == "abc" and "fit is skipped" in said[0]["message"]
     assert CeilingCache(storage, "other").lookup() is None
-    cache.remember({"batch_size": 80})
-    assert cache.lookup()["batch_size"] == 80  # a refit replaces the entry
+    refit = optuna.create_study(storage=storage, study_name="refit")
+    cache.remember(refit, {"batch_size": 80, "fitted_by": {"at": "2026-01-02T00:00:00"}})
+    assert cache.lookup()["batch_size"] == 80  # a refit's newer answer wins
+    optuna.delete_study(study_name="refit", storage=storage)
+    assert cache.lookup()["batch_size"] == 96  # a deleted study takes its fit along
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["first"]  # no study of its own
 
 
 def test_a_second_tune_on_sqlite_skips_the_fit_and_refit_forces_it(tmp_path):

@@ -16,7 +16,7 @@ import time
 import optuna
 import pytest
 
-from autotune.ceiling_cache import CACHE_STUDY
+from autotune.ceiling_cache import PREFIX
 from tests.conftest import EXAMPLES, ROOT, run_cli
 from tests.postgres_server import postgres_bin, running_server
 
@@ -131,8 +131,9 @@ def test_a_repeat_tune_reuses_the_stored_ceiling_and_refit_fits_again(server):
     assert ceilings["again"][key]["batch_size"] == ceilings["first"][key]["batch_size"]
     assert ceilings["again"][key]["fitted_by"] == ceilings["first"][key]["fitted_by"]  # the first run's fit
     assert ceilings["again"][key]["cached"] == ceilings["again"][key]["fingerprint"]
-    cache = optuna.load_study(study_name=CACHE_STUDY, storage=storage).user_attrs
-    assert len(cache) == 1  # the refit replaced the entry of the same task, device and versions
+    entries = {s.study_name: [k for k in s.system_attrs if k.startswith(PREFIX)] for s in storage.get_all_studies()}
+    assert entries == {"first": [PREFIX + ceilings["again"][key]["cached"]], "again": [],
+                       "refit": [PREFIX + ceilings["again"][key]["cached"]]}  # the fitting studies keep the fits
     for result in (first, again, refit):
         assert server.password not in result.stdout + result.stderr
     assert server.password not in _everything_stored(url)
