@@ -40,7 +40,7 @@ def fitted_by(seconds: float | None) -> dict[str, Any]:
 class CeilingCache:
     """The cache entry of one fit in ``storage``: `lookup` before fitting, `remember` after."""
 
-    def __init__(self, storage: Any, key: str) -> None:
+    def __init__(self, storage: Any, key: str | None) -> None:
         self.storage = storage
         self.key = key
 
@@ -48,13 +48,18 @@ class CeilingCache:
     def for_task(cls, storage: Any, handle: Any, *, device: Any, versions: Mapping[str, str],
                  memory_limit: int | None, margin: float, max_batch: int | None,
                  preload: tuple[str, ...] = (), isolation: str = "process") -> "CeilingCache":
-        """The entry for ``handle``'s task, its structure read in a worker (the model is built there)."""
+        """The entry for ``handle``'s task, its structure read in a worker (the model is built there); a task
+        whose structure cannot be read gets an entry that finds and keeps nothing."""
         structure = fingerprint_in_worker(handle, preload=preload, isolation=isolation)
+        if structure is None:
+            return cls(storage, None)
         return cls(storage, ceiling_key(structure, device=device, versions=versions, memory_limit=memory_limit,
                                         margin=margin, max_batch=max_batch))
 
     def lookup(self, say: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
         """The newest stored fit (the ceiling record a study keeps), or None; says so through ``say`` if found."""
+        if self.key is None:
+            return None
         entries = [study.system_attrs.get(PREFIX + self.key) for study in self.storage.get_all_studies()]
         entries = [e for e in entries if isinstance(e, dict) and "batch_size" in e]
         if not entries:
@@ -69,4 +74,6 @@ class CeilingCache:
 
     def remember(self, study: optuna.Study, ceiling: Mapping[str, Any]) -> None:
         """Keep ``ceiling``, fitted for ``study``, under this entry's key in that study."""
+        if self.key is None:
+            return
         study._storage.set_study_system_attr(study._study_id, PREFIX + self.key, {**ceiling, "fingerprint": self.key})

@@ -31,17 +31,18 @@ def digest(parts: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def fingerprint_in_worker(handle: Any, *, preload: tuple[str, ...] = (), isolation: str = "process") -> dict[str, Any]:
-    """`describe_task` run in a fresh worker (or here, with ``isolation='none'``); `AutotuneError` if it fails."""
-    from autotune.errors import AutotuneError
+def fingerprint_in_worker(handle: Any, *, preload: tuple[str, ...] = (), isolation: str = "process") -> dict[str, Any] | None:
+    """`describe_task` run in a fresh worker (or here, with ``isolation='none'``); None if it fails there: a model
+    that cannot be built is the fit's to report, with its own message, and nothing is cached for it."""
     from autotune.runner import run_in_worker
 
     if isolation == "none":
-        return describe_task(task=handle)
+        try:
+            return describe_task(task=handle)
+        except Exception:
+            return None
     outcome = run_in_worker(describe_task, {"task": handle}, timeout=600.0, preload=preload)
-    if not outcome.ok:
-        raise AutotuneError(f"reading the task's structure failed ({outcome.kind}): {outcome.message}")
-    return outcome.value
+    return outcome.value if outcome.ok else None
 
 
 def _parameters(model: Any) -> list[list[Any]]:
