@@ -8,6 +8,7 @@ from typing import Any, Callable
 import optuna
 
 from autotune.budget import Phases
+from autotune.ceiling_cache import fitted_by
 from autotune.memory import fit_batch_size
 from autotune.study_open import ceiling_key
 
@@ -15,20 +16,27 @@ Say = Callable[[dict[str, Any]], None]
 
 
 def ensure_ceiling(study: optuna.Study, task: Any, *, backend: Any, device: Any, memory_limit: int | None,
-                   margin: float, isolation: str, max_batch: int | None, phases: Phases, say: Say) -> int:
-    """The stored ceiling for ``device``, or a fresh fit stored for the next process and the next run; a
-    process that finds another one fitting waits for its answer rather than fitting twice."""
+                   margin: float, isolation: str, max_batch: int | None, phases: Phases, say: Say,
+                   cache: Callable[[], Any] | None = None, refit: bool = False) -> int:
+    """The study's ceiling for ``device``: stored in the study, else fitted by another process joining it
+    (waited for rather than fitted twice), else from ``cache()`` (`autotune.ceiling_cache`: the same task
+    structure fitted earlier on this device, unless ``refit``), else a fresh fit stored in both."""
     from autotune.shared import wait_for_shared
 
     key = ceiling_key(backend.name, device)
     record = wait_for_shared(study, key, lambda attrs: attrs.get(key), say=say)
-    if record is None:
-        say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
-        with phases.timed("fit"):
-            fit = fit_batch_size(task, device=device.id, memory_limit=memory_limit, margin=margin,
-                                 isolation=isolation, max_batch=max_batch,
-                                 progress=lambda message: say({"event": "fit", "message": message}))
-        record = ceiling_record(fit)
+    if record is None:  # this process holds the claim: a fit of the same task stored earlier, or a new fit
+        cached = None if cache is None else cache()
+        record = None if (refit or cached is None) else cached.lookup(say)
+        if record is None:
+            say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
+            with phases.timed("fit"):
+                fit = fit_batch_size(task, device=device.id, memory_limit=memory_limit, margin=margin,
+                                     isolation=isolation, max_batch=max_batch,
+                                     progress=lambda message: say({"event": "fit", "message": message}))
+            record = {**ceiling_record(fit), "fitted_by": fitted_by(fit.seconds)}
+            if cached is not None:
+                cached.remember(study, record)
         study.set_user_attr(key, record)
     say({"event": "ceiling", "batch_size": int(record["batch_size"]), "limited_by": record.get("limited_by")})
     return int(record["batch_size"])

@@ -108,6 +108,10 @@ def register(sub: Any) -> None:
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
     tune.add_argument("--trial-timeout", type=_seconds, help="kill a trial after this many seconds (default 3×trial time + 120)")
     tune.add_argument("--heartbeat", type=_positive_int, help=argparse.SUPPRESS)
+    tune.add_argument("--refit", action="store_true", help="fit the batch-size ceiling again instead of reusing "
+                      "the one stored for this task, device and versions")
+    tune.add_argument("--devices", help="one worker per device, all on one study: all, cuda:0,cuda:1 or cpu*N "
+                      "(N CPU workers, the cores split between them)")
     tune.add_argument("--json", action="store_true", help="print the result as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
     tune.set_defaults(handler=cmd_tune)
@@ -162,6 +166,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     task = load_task(args.task)
     if args.backend and canonical_backend_name(args.backend) != task.backend:
         raise TaskError(f"--backend {args.backend} does not match the task's backend {task.backend}")
+    if args.devices:  # a coordinator: one `tune` process per device on the same study (autotune.parallel)
+        from autotune.parallel import tune_on_devices
+
+        return tune_on_devices(args, task, sys.argv[1:])
     display = ProgressDisplay(quiet=args.quiet or args.json)
     study_holder: dict[str, Any] = {}
 
@@ -182,7 +190,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             study_name=args.study, storage=args.storage, seed=args.seed, memory_limit=args.memory_limit,
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
-            progress=progress,
+            refit=args.refit, progress=progress,
         )
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)

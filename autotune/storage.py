@@ -71,11 +71,30 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
 _CREATION_RACE = ("alembic_version", "already exists", "database is locked")
 
 
+class HeartbeatStorage(optuna.storages.RDBStorage):
+    """An RDB storage whose stale trials (owner stopped beating: killed, its machine lost) get their reason.
+
+    Optuna fails a stale trial and only then runs its callback, when the trial can no longer be written; the
+    reason is written here, while the trial is still RUNNING, as each process does before its next trial.
+    """
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        for trial_id in stale:
+            try:
+                who = self.get_trial(trial_id).user_attrs.get("owner") or {}
+                self.set_trial_user_attr(trial_id, "failure", "interrupted: no heartbeat for over "
+                                         f"{self.grace_period} s from process {who.get('pid')} on {who.get('host')}")
+            except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+                pass  # finished or failed meanwhile by another process: its state already says what happened
+        return stale
+
+
 def _rdb_storage(url: str, heartbeat: int, grace: int, attempts: int = 4) -> Any:
     for attempt in range(attempts):
         try:
             with quiet_optuna():  # the heartbeat is an experimental option
-                return optuna.storages.RDBStorage(
+                return HeartbeatStorage(
                     url, heartbeat_interval=heartbeat, grace_period=grace,
                     engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                 )
@@ -104,9 +123,20 @@ def local_file(url: str) -> Path | None:
     return Path(path)
 
 
+WORKER_ENV = "AUTOTUNE_WORKER"
+"""Set by `autotune.parallel` in each per-device process: the worker's label (``cpu#0``, ``cuda:1``)."""
+
+
 def owner() -> dict[str, Any]:
-    """Who runs a trial: this host and process."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """Who runs a trial: this host and process (and the `autotune.parallel` worker with its cores, if one)."""
+    who: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    if os.environ.get(WORKER_ENV):
+        who["worker"] = os.environ[WORKER_ENV]
+        if hasattr(os, "sched_getaffinity"):
+            who["cpus"] = sorted(os.sched_getaffinity(0))
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+            who["threads"] = int(os.environ["OMP_NUM_THREADS"])
+    return who
 
 
 def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseStorage) -> int:

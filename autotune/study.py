@@ -20,6 +20,7 @@ import optuna
 from autotune.backends import get_backend
 from autotune.budget import Phases
 from autotune.ceiling import ensure_ceiling
+from autotune.ceiling_cache import CeilingCache
 from autotune.checks import check_task_data, seconds
 from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
 from autotune.failures import finished, shortfall
@@ -194,6 +195,7 @@ def tune(
     pruning: bool = True,
     trial_timeout: float | None = None,
     heartbeat: int | None = None,
+    refit: bool = False,
     progress: Progress | None = None,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
@@ -205,7 +207,8 @@ def tune(
     (complete or pruned, not failed) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
-    or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
+    or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
+    earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
 
     The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
     and fails them.
@@ -242,8 +245,12 @@ def tune(
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
     phases = Phases()
+    cache = lambda: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling yet
+        store, handle, device=target, versions=_versions(backend.name), memory_limit=memory_limit, margin=margin,
+        max_batch=space.batch_high, preload=backend.worker_preload(task), isolation=isolation)
     ceiling = ensure_ceiling(study, task, backend=backend, device=target, memory_limit=memory_limit, margin=margin,
-                             isolation=isolation, max_batch=space.batch_high, phases=phases, say=say)
+                             isolation=isolation, max_batch=space.batch_high, phases=phases, say=say,
+                             cache=cache, refit=refit)
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     # one worker runs the range test and trial after trial; a failed trial's worker is replaced
     worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None

@@ -1,0 +1,88 @@
+"""One machine, many devices: ``tune --devices cpu*2`` runs two pinned CPU workers on one study (this machine
+has two cores), and a worker killed mid-trial takes only that trial down."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from autotune.backends import get_backend
+from autotune.errors import DeviceError
+from autotune.parallel import child_arguments, plan_slots
+from tests.conftest import EXAMPLES, ROOT, assert_one_line_error, run_cli
+
+TASK = str(EXAMPLES / "torch_digits.py")
+SPACE = str(ROOT / "tests" / "spaces" / "small.yaml")
+TORCH = get_backend("torch")
+
+
+def test_cpu_workers_split_the_cores_and_bad_specs_are_one_line():
+    slots = plan_slots("cpu*3", TORCH, cpus=range(8))
+    assert [s.cpus for s in slots] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [s.label for s in slots] == ["cpu#0", "cpu#1", "cpu#2"] and {s.device for s in slots} == {"cpu"}
+    assert [s.cpus for s in plan_slots("all", TORCH, cpus=[0, 1])] == [[0, 1]]  # no accelerator: the CPU, whole
+    for spec, words in (("cpu*9", "too few"), ("cpu*x", "whole number"), ("cpu,cpu", "twice"),
+                        ("cuda:7", "not available")):
+        with pytest.raises(DeviceError, match=words):
+            plan_slots(spec, TORCH, cpus=range(8))
+    argv = ["tune", "t.py", "--devices", "cpu*2", "--json", "--trials", "4"]
+    assert child_arguments(argv, slots[1]) == ["tune", "t.py", "--trials", "4", "--device", "cpu"]
+
+
+def test_a_bad_devices_option_stops_before_any_study(tmp_path):
+    storage = tmp_path / "s.db"
+    result = run_cli("tune", TASK, "--devices", "cpu*64", "--storage", f"sqlite:///{storage}")
+    assert_one_line_error(result, "--devices cpu*64", "cpu*")
+    assert not storage.exists()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two CPU workers need two cores")
+def test_two_pinned_cpu_workers_share_a_study_and_one_killed_loses_only_its_trial(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    command = [sys.executable, "-m", "autotune", "tune", TASK, "--devices", "cpu*2", "--trials", "8",
+               "--trial-time", "1", "--no-pruning", "--no-range-test", "--search-space", SPACE,
+               "--storage", storage, "--study", "pair", "--json"]
+    coordinator = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    victim, killed_trial = None, None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and coordinator.poll() is None:
+        time.sleep(0.1)
+        try:
+            trials = optuna.load_study(study_name="pair", storage=storage).get_trials(deepcopy=False)
+        except (KeyError, Exception):
+            continue
+        for trial in trials:
+            who = trial.user_attrs.get("owner") or {}
+            if trial.state == optuna.trial.TrialState.RUNNING and who.get("worker") == "cpu#1":
+                victim, killed_trial = who["pid"], trial.number
+                os.kill(victim, signal.SIGKILL)
+                break
+    out, err = coordinator.communicate(timeout=600)
+    assert victim is not None, err[-3000:]
+    assert coordinator.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    workers = {row["worker"]: row for row in summary["workers"]}
+    assert workers["cpu#1"]["exit"] == -signal.SIGKILL and workers["cpu#0"]["exit"] == 0
+    assert summary["result"]["batch_size"] in (16, 32, 64)
+
+    study = optuna.load_study(study_name="pair", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    killed = trials[killed_trial]
+    assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"].startswith("interrupted")
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in trials]
+    finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 8 <= len(finished) <= 9 and workers["cpu#0"]["complete"] >= 1
+    owners = {t.user_attrs["owner"]["worker"]: t.user_attrs["owner"] for t in trials}
+    assert set(owners) == {"cpu#0", "cpu#1"}, "both workers ran trials"
+    assert owners["cpu#0"]["cpus"] != owners["cpu#1"]["cpus"]  # pinned to disjoint cores
+    assert all(len(who["cpus"]) == 1 and who["threads"] == 1 for who in owners.values())
+    ceilings = [k for k in study.user_attrs if k.startswith("ceiling:torch:cpu")]
+    assert len(ceilings) == 1  # one fit for the RAM the CPU workers share, by one of them
+    assert study.user_attrs[ceilings[0]]["fitted_by"]["pid"] in {row["pid"] for row in workers.values()}
+    assert "samples/s" not in out and workers["cpu#0"]["throughput"] > 0  # per worker, on its own core
