@@ -140,21 +140,17 @@ def owner() -> dict[str, Any]:
 
 
 def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseStorage) -> int:
-    """Fail RUNNING trials whose owner process on this host is gone (storages without a heartbeat).
+    """Fail RUNNING trials whose owner process on this host is gone (with the reason in their ``failure``
+    attribute), then, on heartbeat storages, those whose heartbeat stopped.
 
-    ``storage`` is the one ``study`` was opened with (`open_storage`). Returns how many were failed; with a
-    heartbeat storage, Optuna's own stale-trial check runs as well.
+    ``storage`` is the one ``study`` was opened with (`open_storage`). Returns how many were failed.
     """
-    failed = 0
-    if isinstance(storage, optuna.storages.RDBStorage):
-        try:
-            with quiet_optuna():  # fail_stale_trials is experimental
-                failed += len(optuna.storages.fail_stale_trials(study) or [])
-        except Exception:
-            pass
-    host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    running = optuna.trial.TrialState.RUNNING
+    host = socket.gethostname()
+
+    failed = 0
+    for trial in study.get_trials(deepcopy=False, states=(running,)):
         who = trial.user_attrs.get("owner") or {}
         if who.get("host") != host or not isinstance(who.get("pid"), int) or _alive(who["pid"]):
             continue
@@ -162,6 +158,16 @@ def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseSt
         storage.set_trial_user_attr(trial_id, "failure", "interrupted: its process ended without finishing")
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         failed += 1
+    if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
+        # after the owner check, so that the trials it can explain carry their reason; Optuna's own check
+        # fails the rest (another host's), as Optuna's optimize() would, without one
+        before = len(study.get_trials(deepcopy=False, states=(running,)))
+        try:
+            with quiet_optuna():  # fail_stale_trials is experimental
+                optuna.storages.fail_stale_trials(study)
+        except Exception:  # a storage fault shows at the next write, in one line
+            return failed
+        failed += before - len(study.get_trials(deepcopy=False, states=(running,)))
     return failed
 
 
