@@ -49,12 +49,14 @@ def find_batch_size(
     ``isolation``: ``'process'`` runs each probe in a fresh worker process, as fit-batch does (exact; on the
     CPU ``memory_limit`` caps the worker's address space, so going over is a real allocation failure); it
     needs ``step`` importable by name (a module-level function of a module other than ``__main__``), and is
-    the default when it is. ``'none'`` (the default otherwise) calls ``step`` in this process, which costs
-    exactness: the framework's caching allocator keeps what earlier probes freed, so a later probe may run a
-    size a fresh process could not; on CUDA the peak is the allocator's peak allocated, reset before each
-    probe (``torch.cuda.reset_peak_memory_stats`` through the backend); on the CPU the peak is this
-    process's resident high-water mark, reset before each probe where Linux allows it (``clear_refs``) and
-    counting everything the process already holds, and a ``memory_limit`` is measured against, not enforced.
+    the default when it is. Each worker imports the step's module itself, under the cap (what a framework
+    creates at import, such as a built Keras model, does not survive a fork). ``'none'`` (the default
+    otherwise) calls ``step`` in this process, which costs exactness: the framework's caching allocator keeps
+    what earlier probes freed, so a later probe may run a size a fresh process could not; on CUDA the peak is
+    the allocator's peak allocated, reset before each probe (``torch.cuda.reset_peak_memory_stats`` through
+    the backend); on the CPU the peak is this process's resident high-water mark, reset before each probe
+    where Linux allows it (``clear_refs``) and counting everything the process already holds, and a
+    ``memory_limit`` is measured against, not enforced.
     """
     started = time.perf_counter()
     if not callable(step):
@@ -90,7 +92,7 @@ def find_batch_size(
     executor = ProbeExecutor(
         budget, probes, in_worker=in_worker, function=_step_probe, series=_step_series,
         kwargs={"step": reference if in_worker else step, "backend": name, "device": target.id},
-        preload=(*framework.preload_modules(), reference.partition(":")[0]) if in_worker else (),
+        preload=framework.preload_modules() if in_worker else (),
         timeout=probe_timeout, say=progress or (lambda _message: None))
     answer = run_plan(planner, executor, probes)
     return result_of(answer, budget, probes, limit=ceiling, device=target.id, backend=name, started=started,
