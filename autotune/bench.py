@@ -22,7 +22,7 @@ from autotune.backends.base import PRECISIONS
 from autotune.errors import AutotuneError, DeviceError
 from autotune.runner import run_here, run_in_worker, warm_up_server
 from autotune.task import Task, load_task, resolve_task, task_handle
-from autotune.training import BatchSampler, percentile
+from autotune.training import BatchSampler, CpuContention, percentile
 
 DEFAULT_BATCH = 256
 """The batch a bench trains at unless told (``batch="ceiling"`` fits it per device first), capped at the
@@ -167,6 +167,7 @@ def measure_mode(session: Any, sampler: BatchSampler, *, seconds: float, energy:
         session.synchronize()
 
     joules_start = energy() if energy else None
+    contention = CpuContention()
     steps = _timed(step, seconds, min_runs=10, max_runs=100000)
     joules = energy() - joules_start if energy and joules_start is not None else None
     median = statistics.median(steps)
@@ -182,11 +183,12 @@ def measure_mode(session: Any, sampler: BatchSampler, *, seconds: float, energy:
         "first_step_seconds": first,
         "compile_seconds": max(0.0, first - median),
         "energy_per_sample_joules": joules / samples if joules is not None else None,
+        **contention.finish(),
     }
 
 
 def _bench_mode(task: Any, mode: Mode, batch_size: int, optimizer: Mapping[str, Any], seed: int,
-                seconds: float, latency_seconds: float) -> dict[str, Any]:
+                seconds: float, latency_seconds: float, peak_cache: str | None) -> dict[str, Any]:
     """One mode, measured from a fresh model in this (worker) process; see `measure_mode`."""
     from autotune.energy import energy_reader
     from autotune.peak import peak_flops
@@ -220,7 +222,7 @@ def _bench_mode(task: Any, mode: Mode, batch_size: int, optimizer: Mapping[str, 
     finally:
         session.close()
         backend.release_memory(device)
-    peak = peak_flops(backend, device, mode.precision)
+    peak = peak_flops(backend, device, mode.precision, cache_dir=peak_cache)
     flops_per_sample = flops / batch_size if flops else None
     achieved = flops_per_sample * figures["throughput"] if flops_per_sample else None
     memory = process_memory()
@@ -242,9 +244,16 @@ def _bench_mode(task: Any, mode: Mode, batch_size: int, optimizer: Mapping[str, 
     }
 
 
-def _in_budget(row: dict[str, Any], budget: float) -> float:
-    """Samples per second over ``budget`` seconds when the mode's compile time comes out of them."""
-    return row["throughput"] * max(0.0, budget - row["compile_seconds"]) / budget
+def rank(rows: list[dict[str, Any]], budget: float) -> None:
+    """Sort ``rows`` in place, best first, by ``throughput_in_budget``: the samples per second over ``budget``
+    seconds once the mode's compile time has come out of them (a compiled mode wins only if it pays for itself
+    within the budget); failed modes last, unranked."""
+    for row in rows:
+        if row["ok"]:
+            row["throughput_in_budget"] = row["throughput"] * max(0.0, budget - row["compile_seconds"]) / budget
+    rows.sort(key=lambda r: (not r["ok"], -(r.get("throughput_in_budget") or 0.0)))
+    for place, row in enumerate(rows, 1):
+        row["rank"] = place if row["ok"] else None
 
 
 def bench(
@@ -261,6 +270,7 @@ def bench(
     seed: int = 0,
     isolation: str = "process",
     mode_timeout: float = 900.0,
+    peak_cache: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure ``task`` in every mode (`plan_modes`) and rank the modes by samples trained within ``budget``.
@@ -268,7 +278,8 @@ def bench(
     ``batch_size``: a number, ``"ceiling"`` (the largest batch that fits, from `autotune.fit_batch_size` per
     device, fp32), or None (`DEFAULT_BATCH`, capped at the training set). ``seconds`` of timed training and
     ``latency_seconds`` per latency figure per mode; each mode runs in a fresh worker (``isolation="process"``)
-    so that its peak memory is its own, or here (``"none"``). A mode that fails is kept with its reason."""
+    so that its peak memory is its own, or here (``"none"``). A mode that fails is kept with its reason.
+    ``peak_cache``: the directory of the device-peak cache (default: see `autotune.peak.cache_path`)."""
     started = time.perf_counter()
     say = progress or (lambda _message: None)
     if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
@@ -296,7 +307,7 @@ def bench(
     for mode in modes:
         say(f"bench {mode.label} at batch {batches[mode.device]} ...")
         kwargs = {"task": handle, "mode": mode, "batch_size": batches[mode.device], "optimizer": spec,
-                  "seed": seed, "seconds": seconds, "latency_seconds": latency_seconds}
+                  "seed": seed, "seconds": seconds, "latency_seconds": latency_seconds, "peak_cache": peak_cache}
         outcome = (run_in_worker(_bench_mode, kwargs, timeout=mode_timeout, preload=preload)
                    if isolation == "process" else run_here(_bench_mode, kwargs))
         if outcome.kind == "fatal":
@@ -305,13 +316,10 @@ def bench(
                                "ok": outcome.ok}
         if outcome.ok:
             row.update(outcome.value)
-            row["throughput_in_budget"] = _in_budget(row, budget)
         else:
             row["failure"] = f"{outcome.kind}: {outcome.message}"
         rows.append(row)
-    rows.sort(key=lambda r: (not r["ok"], -(r.get("throughput_in_budget") or 0.0)))
-    for rank, row in enumerate(rows, 1):
-        row["rank"] = rank if row["ok"] else None
+    rank(rows, budget)
     return BenchResult(task=task.reference or repr(task), backend=backend.name,
                        batch_size=max(batches.values()) if batches else 0, budget_seconds=float(budget), rows=rows,
                        skipped=skipped, seconds=time.perf_counter() - started)

@@ -1,4 +1,4 @@
-"""The ``autotune`` command: probe, fit-batch, tune, best, studies, report.
+"""The ``autotune`` command: probe, fit-batch, bench, tune, best, studies, report.
 
 Every user mistake ends as one line on stderr (``autotune: error: ...``) and exit code 2; nothing below this
 module prints except through the progress callback it passes in.
@@ -201,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(handler=cmd_fit_batch)
 
     _add_study_commands(sub)
+    from autotune import cli_bench
+
+    cli_bench.register(sub)
     return parser
 
 

@@ -24,9 +24,9 @@ MATMUL_SECONDS = 1.0
 """Seconds of repeated matmuls after the warm-up; the fastest one gives the peak."""
 
 
-def cache_path() -> Path:
-    """The peak cache file (see the module's docstring for where it lives)."""
-    explicit = os.environ.get("AUTOTUNE_CACHE_DIR")
+def cache_path(directory: str | os.PathLike[str] | None = None) -> Path:
+    """The peak cache file in ``directory``, else where the module's docstring says."""
+    explicit = directory or os.environ.get("AUTOTUNE_CACHE_DIR")
     if explicit:
         return Path(explicit) / "peak_flops.json"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -54,12 +54,13 @@ def _write(path: Path, entries: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def peak_flops(backend: Any, device: Device, precision: str) -> dict[str, Any]:
+def peak_flops(backend: Any, device: Device, precision: str, *,
+               cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """``{"flops": FLOP/s, "matmul_size": n, "cached": bool, "cache": path}`` for ``device`` at ``precision``.
 
     ``backend.matmul_seconds(device, precision, n, seconds)`` times square matmuls of side ``n`` (2 n³ FLOPs
     each) and returns the fastest; it is run once per key, later calls read the cache."""
-    path = cache_path()
+    path = cache_path(cache_dir)
     key = cache_key(backend.name, device, precision)
     entries = _read(path)
     if key in entries:
