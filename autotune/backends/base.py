@@ -86,6 +86,12 @@ class TrainingSession(abc.ABC):
         counted (the framework's counter, or the analytic count the backend documents); None where unknown."""
         return None, "no FLOP count for this backend"
 
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        """One optimizer step on the samples at ``indices``, computed in micro-batches of ``micro_batch`` whose
+        gradients are accumulated, each weighted by its share of the samples, so that the optimizer sees the
+        mean-loss gradient of the whole batch; `last_loss` is then the whole batch's mean loss."""
+        raise NotImplementedError(f"{type(self).__name__} cannot accumulate gradients")
+
     def int8_forward(self) -> Any:
         """A function ``f(indices)`` running the forward pass of a dynamically int8-quantized copy of the model,
         or None where the backend has no post-training quantization (only torch has one here)."""

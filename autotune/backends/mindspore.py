@@ -595,6 +595,7 @@ class MindSporeSession(TrainingSession):
             self._check_compute_loss(compute_loss)
         forward = self._forward(compute_loss)
         grad_fn = ms.value_and_grad(forward, None, self.optimizer.parameters)
+        self._grad_fn = grad_fn
         optimizer_ = self.optimizer
 
         def train_step(*batch: Any) -> Any:
@@ -694,8 +695,26 @@ class MindSporeSession(TrainingSession):
         return None
 
     def close(self) -> None:
-        for name in ("model", "optimizer", "loss_fn", "train", "val", "_last", "_train", "_eval"):
+        for name in ("model", "optimizer", "loss_fn", "train", "val", "_last", "_train", "_eval", "_grad_fn"):
             setattr(self, name, None)
+
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        """Each micro-batch's gradients (``value_and_grad``, PyNative), summed with their weights, then one
+        optimizer call."""
+        index = np.asarray(indices, dtype=np.int64)
+        total = len(index)
+        summed: tuple[Any, ...] | None = None
+        mean = None
+        with _quiet_notices(), _clear_errors(self._device):
+            for start in range(0, total, micro_batch):
+                part = index[start:start + micro_batch]
+                weight = len(part) / total
+                loss, gradients = self._grad_fn(*(ms.Tensor(column[part]) for column in self.train))
+                weighted = tuple(g * weight for g in gradients)
+                summed = weighted if summed is None else tuple(a + b for a, b in zip(summed, weighted))
+                mean = loss * weight if mean is None else mean + loss * weight
+            self.optimizer(summed)
+        self._last = mean
 
 
 # --- the backend -------------------------------------------------------------------------------------------------

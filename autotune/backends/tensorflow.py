@@ -614,6 +614,7 @@ class TensorFlowSession(TrainingSession):
         self.loss_fn = None if self._compute_loss is not None else (
             _named_loss(self._loss_name, self.from_logits is not False) if self._loss_name else task.loss)
         decay = float(optimizer.get("weight_decay", 0.0)) if optimizer["name"] in _COUPLED_DECAY else 0.0
+        self._decay = decay
 
         # TPUs compile for static shapes: no relaxed batch dimension there.
         train_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None), self.train)]
@@ -772,6 +773,48 @@ class TensorFlowSession(TrainingSession):
         """Drop the model, optimizer, compiled functions and data."""
         for name in ("model", "optimizer", "_train_fn", "_eval_fn", "train", "val", "_last"):
             setattr(self, name, None)
+
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        """Each micro-batch's gradients from one compiled function, summed here with their weights, applied by
+        another: one optimizer step (not on TPUs, whose replicated step is not split this way)."""
+        if self._strategy is not None:
+            raise TaskError("gradient accumulation is not built for TPUs: give --global-batch at most the ceiling")
+        if getattr(self, "_accumulation", None) is None:
+            self._accumulation = self._accumulation_functions()
+        gradients_of, apply = self._accumulation
+        index = np.asarray(indices, dtype=np.int64)
+        total = len(index)
+        summed: list[Any] | None = None
+        mean = 0.0
+        with self._scope():
+            for start in range(0, total, micro_batch):
+                part = index[start:start + micro_batch]
+                weight = tf.constant(len(part) / total, tf.float32)
+                loss, gradients = gradients_of(_take(self.train, part), weight)
+                summed = list(gradients) if summed is None else [a + b for a, b in zip(summed, gradients)]
+                mean += loss * weight
+            apply(summed)
+        self._last = mean
+
+    def _accumulation_functions(self) -> tuple[Any, Any]:
+        model, optimizer = self.model, self.optimizer
+        decay = self._decay
+
+        def gradients_of(batch: Any, weight: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = self._batch_loss(batch, training=True)
+                total = (loss + tf.add_n(model.losses) if model.losses else loss) * weight
+            return loss, tape.gradient(total, model.trainable_variables)
+
+        def apply(gradients: Any) -> None:
+            variables = model.trainable_variables
+            if decay:
+                gradients = [g + decay * tf.cast(v, g.dtype) for g, v in zip(gradients, variables)]
+            optimizer.apply_gradients(zip(gradients, variables))
+
+        signature = [tf.nest.map_structure(lambda a: _signature(a, None), self.train),
+                     tf.TensorSpec((), tf.float32)]
+        return tf.function(gradients_of, input_signature=signature), tf.function(apply)
 
 
 # --------------------------------------------------------------------------------------------- backend

@@ -232,6 +232,19 @@ class TorchSession(TrainingSession):
         for name in ("model", "optimizer", "train_data", "val_data", "_last"):
             setattr(self, name, None)
 
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        total = len(index)
+        self.optimizer.zero_grad(set_to_none=True)
+        mean = torch.zeros((), device=self.device)
+        for start in range(0, total, micro_batch):
+            part = index[start:start + micro_batch]
+            loss = self._loss(self.train_data.batch(part))
+            (loss * (len(part) / total)).backward()  # gradients add up in .grad: the whole batch's mean
+            mean += loss.detach() * (len(part) / total)
+        self.optimizer.step()
+        self._last = mean
+
 
 class TorchBackend(Backend):
     """PyTorch: CPU, CUDA GPUs (caching-allocator peak memory) and Apple MPS."""
