@@ -18,6 +18,7 @@ import yaml
 
 from autotune.errors import SearchSpaceError
 from autotune.optimizers import OPTIMIZERS, lr_scale
+from autotune.training import accumulation_plan
 
 _TOP_KEYS = {"batch_size", "lr", "optimizers"}
 _BATCH_KEYS = {"low", "high", "choices"}
@@ -104,14 +105,23 @@ class SearchSpace:
                 params[param] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
         return params
 
-    def suggest(self, trial: Any, ceiling: int) -> dict[str, Any]:
+    def suggest(self, trial: Any, ceiling: int, global_batch: int | None = None) -> dict[str, Any]:
         """Sample one configuration: batch size, optimizer, its parameters and a batch-scaled learning rate.
 
         Parameters are conditional on the optimizer (``adam.beta1``), and the learning rate is sampled at the
         reference batch (``adam.lr``), then scaled to the sampled batch size, so that one landscape is learned.
+        With ``global_batch`` the batch is not searched: it is that batch (the learning rate scaled to it), run as
+        micro-batches under ``ceiling`` with gradient accumulation where it is larger (``micro_batch`` ×
+        ``accumulation_steps`` in the configuration).
         """
-        sizes = self.batch_sizes(ceiling)
-        batch_size = snap_batch_size(sizes, trial.suggest_float(BATCH_PARAM, *batch_exponent_range(sizes)))
+        accumulation: dict[str, int] = {}
+        if global_batch is not None:
+            batch_size = global_batch
+            micro, steps = accumulation_plan(global_batch, ceiling)
+            accumulation = {"micro_batch": micro, "accumulation_steps": steps}
+        else:
+            sizes = self.batch_sizes(ceiling)
+            batch_size = snap_batch_size(sizes, trial.suggest_float(BATCH_PARAM, *batch_exponent_range(sizes)))
         name = trial.suggest_categorical("optimizer", sorted(self.optimizers))
         low, high = self.lr_range(name)
         base_lr = trial.suggest_float(f"{name}.lr", low, high, log=self.lr_log)
@@ -121,7 +131,7 @@ class SearchSpace:
         return {
             "batch_size": batch_size, "optimizer": name, "lr": min(base_lr * scale, self.lr_high),
             "lr_reference": base_lr,
-            "lr_scale": scale, "optimizer_params": params,
+            "lr_scale": scale, "optimizer_params": params, **accumulation,
         }
 
 

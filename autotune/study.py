@@ -35,7 +35,7 @@ from autotune.shared import release, wait_for_shared
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
-from autotune.training import RANGE_TEST_MIN_STEPS
+from autotune.training import RANGE_TEST_MIN_STEPS, check_global_batch
 from autotune.trial import run_range_tests, run_trial
 from autotune.verdict import describe_busy, not_learning
 
@@ -74,6 +74,8 @@ class TuneResult:
     """The throughput was measured while other processes used the CPU (see ``measured.busy_reason``)."""
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
     """Seconds of each phase of the study's latest call (fit, range_test, trials)."""
+    accumulation: dict[str, int] | None = None
+    """With a global batch over the ceiling: ``micro_batch`` × ``accumulation_steps`` (see `autotune.training`)."""
     study: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +167,7 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
         study_name=study.study_name, objective=info.get("objective", "convergence"),
         throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
+        accumulation={k: config[k] for k in ("micro_batch", "accumulation_steps") if k in config} or None,
     )
 
 
@@ -213,6 +216,7 @@ def tune(
     pruning: bool = True,
     trial_timeout: float | None = None,
     heartbeat: int | None = None,
+    global_batch: int | None = None,
     progress: Progress | None = None,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
@@ -224,7 +228,8 @@ def tune(
     (complete or pruned, not failed) trials, those of a resumed study included. Each trial
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
-    or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process.
+    or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. ``global_batch``: every
+    trial trains at that batch, in micro-batches with gradient accumulation where it exceeds the ceiling.
     """
     say = progress or (lambda _event: None)
     timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
@@ -244,6 +249,8 @@ def tune(
     space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
     handle = task_handle(task) if isolation == "process" else task
     check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
+    if global_batch is not None:
+        check_global_batch(global_batch, backend.data_size(task.load_data())[0])
     store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
     name = study_name or _study_name(task)
     try:
@@ -326,7 +333,7 @@ def tune(
 
         def objective_fn(trial: optuna.Trial) -> Any:
             trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial we can tell is orphaned
-            config = space.suggest(trial, ceiling)
+            config = space.suggest(trial, ceiling, global_batch)
             trial.set_user_attr("config", config)
             key = f"{config['batch_size']}:{config['optimizer']}"
             budget_seconds, budget_steps = trial_time, trial_steps

@@ -354,6 +354,17 @@ def lr_range_test(session: TrainingSession, sampler: BatchSampler, low: float, h
 
 
 # ------------------------------------------------------------------------------------ gradient accumulation
+def check_global_batch(global_batch: Any, n_train: int) -> None:
+    """A one-line `AutotuneError` unless ``global_batch`` is a whole number from 1 to the training set's size."""
+    from autotune.errors import AutotuneError
+
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise AutotuneError(f"--global-batch must be a whole number of samples above 0, got {global_batch!r}")
+    if global_batch > n_train:
+        raise AutotuneError(f"--global-batch {global_batch} is larger than the {n_train} training samples: give "
+                            f"{n_train} or less")
+
+
 def accumulation_plan(global_batch: int, ceiling: int) -> tuple[int, int]:
     """``(micro_batch, steps)`` with ``micro_batch × steps == global_batch`` and ``micro_batch <= ceiling``:
     the fewest accumulation steps that divide the global batch exactly, so the optimizer sees batch

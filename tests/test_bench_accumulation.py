@@ -52,3 +52,36 @@ def test_accumulation_reproduces_the_full_batch_trajectory(name):
     np.testing.assert_allclose(accumulated, full, rtol=2e-4, atol=1e-5)
     smaller = _trajectory(name, 32, 1)  # a plain step at the micro-batch is another trajectory
     assert not np.allclose(smaller, full, rtol=2e-4, atol=1e-5)
+
+
+def test_a_global_batch_over_the_ceiling_is_sampled_as_micro_batches_with_its_own_rate():
+    import optuna
+
+    from autotune.optimizers import lr_scale
+    from autotune.space import BATCH_PARAM, load_space
+
+    space = load_space("torch", get_backend("torch").optimizer_names)
+    trial = optuna.create_study().ask()
+    config = space.suggest(trial, ceiling=64, global_batch=256)
+    assert config["batch_size"] == 256
+    assert (config["micro_batch"], config["accumulation_steps"]) == (64, 4)
+    assert config["lr_scale"] == lr_scale(config["optimizer"], 256, space.reference_batch)
+    assert BATCH_PARAM not in trial.params  # the batch is not searched
+
+
+def test_a_trial_runs_the_global_batch_in_micro_batches():
+    from autotune.trial import run_trial
+
+    config = {"batch_size": 256, "micro_batch": 64, "accumulation_steps": 4, "optimizer": "adam", "lr": 1e-3}
+    figures = run_trial(str(EXAMPLES / "torch_digits.py"), config, "cpu", steps=6, reports=2)
+    assert figures["samples"] == 6 * 256  # the optimizer stepped six times on 256 samples each
+    assert figures["val_loss"] < figures["initial_val_loss"]
+
+
+def test_cli_global_batch_over_the_training_set_is_one_line(tmp_cwd):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    result = run_cli("tune", str(EXAMPLES / "torch_digits.py"), "--global-batch", "5000", "--trials", "1",
+                     cwd=tmp_cwd)
+    assert_one_line_error(result, "--global-batch 5000", "1437")
+    assert not list(tmp_cwd.rglob("*.db"))  # caught before a storage or a study exists
