@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -418,6 +418,24 @@ class AccumulatingSession(TrainingSession):
 
     def close(self) -> None:
         self.session.close()
+
+
+def configured_session(backend: Any, task: Any, data: Any, device: Any, config: Mapping[str, Any], *,
+                       optimizer: Mapping[str, Any], seed: int) -> TrainingSession:
+    """The session a trial's ``config`` asks for: at its micro-batch (else its batch), and in its ``precision``
+    and ``compile`` mode through `Backend.bench_session` where those are not fp32 and off."""
+    batch_size = int(config.get("micro_batch", config["batch_size"]))
+    precision, compiled = config.get("precision", "fp32"), bool(config.get("compile", False))
+    if precision == "fp32" and not compiled:
+        return backend.session(task, data, device, batch_size=batch_size, optimizer=optimizer, seed=seed)
+    if precision not in backend.precisions(device):
+        from autotune.errors import AutotuneError
+
+        raise AutotuneError(f"the search space asks for {precision} training, which {backend.name} does not have on "
+                            f"{device.id} (it has {', '.join(backend.precisions(device))}): drop it from "
+                            "precision.choices")
+    return backend.bench_session(task, data, device, batch_size=batch_size, optimizer=optimizer,
+                                 precision=precision, compile=compiled, seed=seed)
 
 
 def accumulating(session: TrainingSession, accumulation_steps: int) -> TrainingSession:

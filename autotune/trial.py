@@ -18,7 +18,7 @@ from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import in_worker
 from autotune.task import resolve_task
 from autotune.training import (RANGE_TEST_MIN_STEPS, BatchSampler, Diverged, Pruned, TooSlow, accumulating,
-                               lr_range_test, train_for_budget)
+                               configured_session, lr_range_test, train_for_budget)
 
 
 def _short(exc: BaseException) -> str:
@@ -76,9 +76,8 @@ def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, secon
     def report(index: int, value: float) -> bool:
         return bool(channel.ask(("report", index, value))) if channel is not None else False
 
-    build = lambda: accumulating(backend.session(  # noqa: E731
-        task, data, target, batch_size=int(config.get("micro_batch", config["batch_size"])), optimizer=optimizer,
-        seed=seed), int(config.get("accumulation_steps", 1)))
+    build = lambda: accumulating(configured_session(  # noqa: E731
+        backend, task, data, target, config, optimizer=optimizer, seed=seed), int(config.get("accumulation_steps", 1)))
     try:
         with fresh_session(backend, target, build) as session:
             session.reset_peak_memory()
