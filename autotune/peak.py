@@ -59,16 +59,23 @@ def peak_flops(backend: Any, device: Device, precision: str, *,
     """``{"flops": FLOP/s, "matmul_size": n, "cached": bool, "cache": path}`` for ``device`` at ``precision``.
 
     ``backend.matmul_seconds(device, precision, n, seconds)`` times square matmuls of side ``n`` (2 n³ FLOPs
-    each) and returns the fastest; it is run once per key, later calls read the cache."""
+    each) and returns the fastest; it is run once per key, later calls read the cache. A CPU peak measured
+    while other processes took over half a core is returned with ``busy`` and not cached."""
     path = cache_path(cache_dir)
     key = cache_key(backend.name, device, precision)
     entries = _read(path)
     if key in entries:
         return {**entries[key], "cached": True, "cache": str(path)}
+    from autotune.training import CpuContention
+
     size = MATMUL_SIZE.get(device.kind, 1024)
+    contention = CpuContention()
     fastest = backend.matmul_seconds(device, precision, size, MATMUL_SECONDS)
+    busy = device.kind == "cpu" and contention.finish()["busy"]
     entry = {"flops": 2.0 * size ** 3 / fastest, "matmul_size": size,
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if busy:  # other processes shared the cores: a low peak would be kept for good, so it is not cached
+        return {**entry, "cached": False, "busy": True, "cache": str(path)}
     entries = _read(path)  # another worker may have written meanwhile
     entries[key] = entry
     _write(path, entries)
