@@ -99,7 +99,7 @@ def plan_modes(backend: Any, devices: str | Sequence[str] | None, precisions: st
     compile_words = parse_list("--compile", compile_modes, tuple(_COMPILE_WORDS))
     compiles = sorted({_COMPILE_WORDS[word] for word in compile_words}) if compile_words else [False, True]
     seen = backend.devices()
-    if devices is None or devices == "all" or devices == ["all"]:
+    if devices is None or devices in ("all", "auto") or devices in (["all"], ["auto"]):
         chosen = seen
     else:
         names = devices.split(",") if isinstance(devices, str) else list(devices)
@@ -211,10 +211,11 @@ def _bench_mode(task: Any, mode: Mode, batch_size: int, optimizer: Mapping[str, 
         flops, flop_method = session.training_flops(sampler.next())
         one = np.arange(1)
         batch = np.arange(batch_size)
-        inference = {"batch_1": _latency(lambda: session.forward(one), latency_seconds),
-                     "batch": _latency(lambda: session.forward(batch), latency_seconds)}
-        int8 = None
-        if mode.precision == "fp32" and not mode.compile:
+        inference = int8 = None
+        if latency_seconds > 0:
+            inference = {"batch_1": _latency(lambda: session.forward(one), latency_seconds),
+                         "batch": _latency(lambda: session.forward(batch), latency_seconds)}
+        if latency_seconds > 0 and mode.precision == "fp32" and not mode.compile:
             quantized = session.int8_forward()
             if quantized is not None:
                 int8 = {"batch_1": _latency(lambda: quantized(one), latency_seconds),
@@ -278,7 +279,7 @@ def bench(
 
     ``batch_size``: a number, ``"ceiling"`` (the largest batch that fits, from `autotune.fit_batch_size` per
     device, fp32), or None (`DEFAULT_BATCH`, capped at the training set). ``seconds`` of timed training and
-    ``latency_seconds`` per latency figure per mode; each mode runs in a fresh worker (``isolation="process"``)
+    ``latency_seconds`` per latency figure per mode (0: no inference figures); each mode runs in a fresh worker (``isolation="process"``)
     so that its peak memory is its own, or here (``"none"``). A mode that fails is kept with its reason.
     ``peak_cache``: the directory of the device-peak cache (default: see `autotune.peak.cache_path`)."""
     started = time.perf_counter()
@@ -341,3 +342,34 @@ def _batches(task: Task, modes: list[Mode], batch_size: int | str | None, n_trai
     size = batch_size if isinstance(batch_size, int) else min(DEFAULT_BATCH, n_train)
     return {device_id: size for device_id in device_ids}
 
+
+
+def choose_device(
+    task: Task | str,
+    *,
+    seconds: float = 1.0,
+    batch_size: int | None = None,
+    isolation: str = "process",
+    progress: Callable[[str], None] | None = None,
+) -> tuple[str, str, BenchResult | None]:
+    """``--device auto``: the device with the best measured training throughput for ``task``, why, and the
+    bench table it was read from (None when the backend sees a single device, which is then the answer).
+
+    Every device is benched in fp32 without compiling (the quickest modes to measure), training only, for
+    ``seconds`` each at ``batch_size`` (default: `bench`'s)."""
+    task = load_task(task)
+    backend = get_backend(task.backend)
+    devices = backend.devices()
+    if len(devices) == 1:
+        return devices[0].id, f"{devices[0].id} is the only device {backend.name} sees", None
+    result = bench(task, devices="all", precisions="fp32", compile_modes="off", seconds=seconds,
+                   latency_seconds=0.0, batch_size=batch_size, isolation=isolation, progress=progress)
+    winner = result.winner
+    if winner is None:
+        failures = "; ".join(f"{row['device']}: {row['failure']}" for row in result.rows)
+        raise BenchError(f"no device could train the task: {failures}")
+    others = [f"{row['device']} {row['throughput']:.4g}" for row in result.rows[1:] if row["ok"]]
+    others += [f"{row['device']} failed" for row in result.rows if not row["ok"]]
+    why = (f"{winner['device']} trains fastest: {winner['throughput']:.4g} samples/s at batch {winner['batch_size']} "
+           f"(fp32, eager), against {', '.join(others) or 'no other device'}")
+    return winner["device"], why, result

@@ -70,7 +70,7 @@ def render(result: Any) -> str:
         if not row["ok"]:
             rows.append(["", "-", row["mode"], row["batch_size"], "failed", *([None] * 11)])
             continue
-        inference = row["inference_seconds"]
+        inference = row["inference_seconds"] or {}
         int8 = row["inference_int8_seconds"] or {}
         rows.append([
             "*" if row["rank"] == 1 else "", row["rank"], row["mode"], row["batch_size"],
@@ -78,7 +78,7 @@ def render(result: Any) -> str:
             f"{number(row['throughput'])} ±{row['throughput_spread']:.0%}",
             f"{row['compile_seconds']:.2f}",
             f"{_ms(row['step_seconds_p50'])}/{_ms(row['step_seconds_p95'])}/{_ms(row['step_seconds_p99'])}",
-            _pair(inference["batch_1"]), _pair(inference["batch"]),
+            _pair(inference.get("batch_1")), _pair(inference.get("batch")),
             _pair(int8.get("batch_1")), _pair(int8.get("batch")),
             format_size(row["peak_memory_bytes"]) if row["peak_memory_bytes"] else None,
             number(row["energy_per_sample_joules"], 3),

@@ -447,6 +447,7 @@ class TorchBenchSession(TorchSession):
 
         with warnings.catch_warnings():  # deprecated in favour of torchao, which is not a dependency
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r".*quantize_per_tensor", category=UserWarning)
             quantized = torch.ao.quantization.quantize_dynamic(
                 copy.deepcopy(self._eager).eval(), {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
         return lambda indices: self._run_forward(quantized, indices, autocast=False)
