@@ -373,3 +373,15 @@ def choose_device(
     why = (f"{winner['device']} trains fastest: {winner['throughput']:.4g} samples/s at batch {winner['batch_size']} "
            f"(fp32, eager), against {', '.join(others) or 'no other device'}")
     return winner["device"], why, result
+
+
+def auto_device(task: Task | str, device: str | None, *, isolation: str = "process",
+                say: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """For ``device == "auto"``: `choose_device`'s answer as ``{"device", "why", "table"}`` (a study records
+    it), announced through ``say`` as a ``device`` event; None for any other device."""
+    if device != "auto":
+        return None
+    chosen, why, table = choose_device(task, isolation=isolation)
+    if say is not None:
+        say({"event": "device", "message": why})
+    return {"device": chosen, "why": why, "table": table.to_dict() if table else None}

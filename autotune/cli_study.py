@@ -52,6 +52,8 @@ class ProgressDisplay:
             self._line(f"time: {event['summary']}")
         elif kind == "busy":
             self._line(f"note: {event['message']}")
+        elif kind == "device":
+            self._line(f"device: {event['message']}")
 
     @staticmethod
     def warn(event: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 import optuna
 
 from autotune.backends import get_backend
+from autotune.bench import auto_device
 from autotune.budget import Phases, range_test_budget
 from autotune.checks import check_task_data, seconds
 from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
@@ -249,6 +250,9 @@ def tune(
     space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
     handle = task_handle(task) if isolation == "process" else task
     check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
+    device_choice = auto_device(task, device, isolation=isolation, say=say)  # --device auto: by measurement
+    if device_choice:
+        target = backend.resolve_device(device_choice["device"])
     if global_batch is not None:
         check_global_batch(global_batch, backend.data_size(task.load_data())[0])
     store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
@@ -265,6 +269,8 @@ def tune(
         raise StorageError(f"study {name!r} was created with --objective {info['objective']}: resume it with that, "
                            "or pick a new --study name")
     orphans = fail_orphaned_trials(study)
+    if device_choice:
+        study.set_user_attr("device_choice", device_choice)
     resumed = bool(info)
     if not resumed:
         note_new_study(study)  # removed again if this call fails before it holds a trial or a ceiling
