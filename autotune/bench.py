@@ -385,3 +385,14 @@ def auto_device(task: Task | str, device: str | None, *, isolation: str = "proce
     if say is not None:
         say({"event": "device", "message": why})
     return {"device": chosen, "why": why, "table": table.to_dict() if table else None}
+
+
+def with_global_batch(space: Any, global_batch: int | None, backend: Any, task: Task) -> None:
+    """``--global-batch``: checked against the training set (one line, before a study exists) and set on the
+    search space, whose trials then train at it (`autotune.space.SearchSpace.suggest`)."""
+    if global_batch is None:
+        return
+    from autotune.training import check_global_batch
+
+    check_global_batch(global_batch, backend.data_size(task.load_data())[0])
+    space.global_batch = global_batch

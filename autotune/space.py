@@ -68,6 +68,8 @@ class SearchSpace:
     """Training precisions to search (``precision.choices``); one: not searched."""
     compile_modes: list[bool] = dataclasses.field(default_factory=lambda: [False])
     """Compilation off/on to search (``compile.choices``); one: not searched."""
+    global_batch: int | None = None
+    """The batch every trial trains at (``--global-batch``), in micro-batches where it exceeds the ceiling."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,11 +121,12 @@ class SearchSpace:
 
         Parameters are conditional on the optimizer (``adam.beta1``), and the learning rate is sampled at the
         reference batch (``adam.lr``), then scaled to the sampled batch size, so that one landscape is learned.
-        With ``global_batch`` the batch is not searched: it is that batch (the learning rate scaled to it), run as
+        With ``global_batch`` (default: the space's own) the batch is not searched: it is that batch (the learning rate scaled to it), run as
         micro-batches under ``ceiling`` with gradient accumulation where it is larger (``micro_batch`` ×
         ``accumulation_steps`` in the configuration).
         """
         accumulation: dict[str, int] = {}
+        global_batch = global_batch if global_batch is not None else self.global_batch
         if global_batch is not None:
             batch_size = global_batch
             micro, steps = accumulation_plan(global_batch, ceiling)

@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator, Mapping
 import optuna
 
 from autotune.backends import get_backend
-from autotune.bench import auto_device
 from autotune.budget import Phases, range_test_budget
 from autotune.checks import check_task_data, seconds
 from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
@@ -36,7 +35,7 @@ from autotune.shared import release, wait_for_shared
 from autotune.space import SearchSpace, load_space
 from autotune.storage import fail_orphaned_trials, open_storage, owner, redact
 from autotune.task import Task, load_task, task_handle
-from autotune.training import RANGE_TEST_MIN_STEPS, check_global_batch
+from autotune.training import RANGE_TEST_MIN_STEPS
 from autotune.trial import run_range_tests, run_trial
 from autotune.verdict import describe_busy, not_learning
 
@@ -151,6 +150,10 @@ def best_trial(study: optuna.Study, objective: str) -> optuna.trial.FrozenTrial 
     return study.best_trial
 
 
+def accumulation_of(config: Mapping[str, Any]) -> dict[str, int] | None:
+    return {k: config[k] for k in ("micro_batch", "accumulation_steps") if k in config} or None
+
+
 def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> TuneResult:
     """The output contract from a stored trial and the study's attributes."""
     attrs, config = trial.user_attrs, trial.user_attrs.get("config", {})
@@ -168,7 +171,7 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
         study_name=study.study_name, objective=info.get("objective", "convergence"),
         throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
-        accumulation={k: config[k] for k in ("micro_batch", "accumulation_steps") if k in config} or None,
+        accumulation=accumulation_of(config),
     )
 
 
@@ -217,8 +220,8 @@ def tune(
     pruning: bool = True,
     trial_timeout: float | None = None,
     heartbeat: int | None = None,
-    global_batch: int | None = None,
     progress: Progress | None = None,
+    global_batch: int | None = None,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
@@ -230,7 +233,8 @@ def tune(
     trains a fresh model from ``seed`` for ``trial_time`` seconds (or ``trial_steps`` steps). ``objective`` is
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. ``global_batch``: every
-    trial trains at that batch, in micro-batches with gradient accumulation where it exceeds the ceiling.
+    trial trains at that batch, in micro-batches with gradient accumulation where it exceeds the ceiling;
+    ``device="auto"``: the device bench measures fastest (`autotune.bench.auto_device`).
     """
     say = progress or (lambda _event: None)
     timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
@@ -250,11 +254,12 @@ def tune(
     space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
     handle = task_handle(task) if isolation == "process" else task
     check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
-    device_choice = auto_device(task, device, isolation=isolation, say=say)  # --device auto: by measurement
+    from autotune.bench import auto_device, with_global_batch  # issue 14's hooks: the logic lives there
+
+    with_global_batch(space, global_batch, backend, task)
+    device_choice = auto_device(task, device, isolation=isolation, say=say)
     if device_choice:
         target = backend.resolve_device(device_choice["device"])
-    if global_batch is not None:
-        check_global_batch(global_batch, backend.data_size(task.load_data())[0])
     store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
     name = study_name or _study_name(task)
     try:
@@ -269,8 +274,6 @@ def tune(
         raise StorageError(f"study {name!r} was created with --objective {info['objective']}: resume it with that, "
                            "or pick a new --study name")
     orphans = fail_orphaned_trials(study)
-    if device_choice:
-        study.set_user_attr("device_choice", device_choice)
     resumed = bool(info)
     if not resumed:
         note_new_study(study)  # removed again if this call fails before it holds a trial or a ceiling
@@ -285,6 +288,8 @@ def tune(
         stored = info.get("search_space", {})
         space.lr_ranges = {k: tuple(v) for k, v in stored.get("lr_ranges", {}).items()}
         check_resumable(study, space)
+    if device_choice:
+        study.set_user_attr("device_choice", device_choice)
     say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
@@ -339,7 +344,7 @@ def tune(
 
         def objective_fn(trial: optuna.Trial) -> Any:
             trial.set_user_attr("owner", owner())  # first: a kill from here on leaves a trial we can tell is orphaned
-            config = space.suggest(trial, ceiling, global_batch)
+            config = space.suggest(trial, ceiling)
             trial.set_user_attr("config", config)
             key = f"{config['batch_size']}:{config['optimizer']}"
             budget_seconds, budget_steps = trial_time, trial_steps
