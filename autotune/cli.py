@@ -1,4 +1,4 @@
-"""The ``autotune`` command: probe, fit-batch, tune, best, studies, report.
+"""The ``autotune`` command: probe, fit-batch, bench, tune, best, studies, report.
 
 Every user mistake ends as one line on stderr (``autotune: error: ...``) and exit code 2; nothing below this
 module prints except through the progress callback it passes in.
@@ -142,8 +142,14 @@ def cmd_fit_batch(args: argparse.Namespace) -> int:
 
     task = load_task(args.task)
     optimizer = {"name": args.optimizer} if args.optimizer else None
+    from autotune.bench import auto_device
+
+    quiet = args.json or args.quiet
+    chosen = auto_device(task, args.device, isolation="none" if args.in_process else "process",
+                         say=None if quiet else (lambda event: status(f"device: {event['message']}")))
     fit = fit_batch_size(
-        task, device=args.device, memory_limit=args.memory_limit, margin=args.margin, max_batch=args.max_batch,
+        task, device=chosen["device"] if chosen else args.device, memory_limit=args.memory_limit,
+        margin=args.margin, max_batch=args.max_batch,
         granularity=args.granularity, optimizer=optimizer, isolation="none" if args.in_process else "process",
         progress=None if args.json or args.quiet else status,
     )
@@ -188,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit-batch", help="find the largest batch size that fits in memory")
     fit.add_argument("task", help="path/file.py[:attr] or package.module:attr")
-    fit.add_argument("--device", help="device id from `autotune probe` (default: first accelerator, else cpu)")
+    fit.add_argument("--device", help="device id from `autotune probe` (default: first accelerator, else cpu); "
+                     "auto: the fastest for this task, measured by bench")
     fit.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (default: free device memory); "
                      "on the CPU it caps each probe worker's address space for real")
     fit.add_argument("--margin", type=_fraction, default=0.05, help="fraction of the budget kept free (default 0.05)")
@@ -202,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(handler=cmd_fit_batch)
 
     _add_study_commands(sub)
+    from autotune import cli_bench
+
+    cli_bench.register(sub)
     return parser
 
 

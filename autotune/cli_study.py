@@ -52,6 +52,8 @@ class ProgressDisplay:
             self._line(f"time: {event['summary']}")
         elif kind == "busy":
             self._line(f"note: {event['message']}")
+        elif kind == "device":
+            self._line(f"device: {event['message']}")
 
     @staticmethod
     def warn(event: dict[str, Any]) -> None:
@@ -112,6 +114,8 @@ def register(sub: Any) -> None:
                       "the one stored for this task, device and versions")
     tune.add_argument("--devices", help="one worker per device, all on one study: all, cuda:0,cuda:1 or cpu*N "
                       "(N CPU workers, the cores split between them)")
+    tune.add_argument("--global-batch", type=_positive_int, help="train every trial at this batch: in micro-batches "
+                      "with gradient accumulation where it exceeds the fitted ceiling (learning rate scaled to it)")
     tune.add_argument("--json", action="store_true", help="print the result as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
     tune.set_defaults(handler=cmd_tune)
@@ -143,7 +147,9 @@ def _print_result(result: Any, as_json: bool) -> None:
     params = ", ".join(f"{k}={number(v) if isinstance(v, float) else v}" for k, v in result.optimizer_params.items())
     print(key_values([
         ("study", f"{result.study_name} (trial {result.trial}, objective {result.objective})"),
-        ("batch size", result.batch_size),
+        ("batch size", result.batch_size if not result.accumulation else
+         f"{result.batch_size} (micro-batch {result.accumulation['micro_batch']} × "
+         f"{result.accumulation['accumulation_steps']} accumulation steps)"),
         ("optimizer", f"{result.optimizer}" + (f" ({params})" if params else "")),
         ("learning rate", f"{result.lr:.4g}  ({result.lr_scaling})"),
         ("validation loss", number(result.val_loss)),
@@ -190,7 +196,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             study_name=args.study, storage=args.storage, seed=args.seed, memory_limit=args.memory_limit,
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
-            refit=args.refit, progress=progress,
+            refit=args.refit, global_batch=args.global_batch, progress=progress,
         )
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)

@@ -17,8 +17,12 @@ import yaml
 
 from autotune.errors import SearchSpaceError
 from autotune.optimizers import OPTIMIZERS, lr_scale
+from autotune.training import accumulation_plan
 
 _TOP_KEYS = {"batch_size", "lr", "optimizers"}
+_EXECUTION_KEYS = {"precision": ("fp32", "bf16", "fp16"), "compile": (False, True)}
+"""Optional top-level keys: ``{choices: [...]}`` of training precisions and of compilation off/on (see
+`autotune.bench`); absent, trials train in fp32 without compiling."""
 _BATCH_KEYS = {"low", "high", "choices"}
 _LR_KEYS = {"low", "high", "log", "reference_batch"}
 _PARAM_KEYS = {"low", "high", "log", "choices"}
@@ -59,12 +63,20 @@ class SearchSpace:
     source: str = "default"
     lr_ranges: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     """Per-optimizer learning-rate ranges narrowed by the range test; absent ones use [lr_low, lr_high]."""
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32"])
+    """Training precisions to search (``precision.choices``); one: not searched."""
+    compile_modes: list[bool] = dataclasses.field(default_factory=lambda: [False])
+    """Compilation off/on to search (``compile.choices``); one: not searched."""
+    global_batch: int | None = None
+    """The batch every trial trains at (``--global-batch``), in micro-batches where it exceeds the ceiling."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_size": {"low": self.batch_low, "high": self.batch_high, "choices": self.batch_choices},
             "lr": {"low": self.lr_low, "high": self.lr_high, "log": self.lr_log, "reference_batch": self.reference_batch},
             "optimizers": {name: {p: r.to_dict() for p, r in params.items()} for name, params in self.optimizers.items()},
+            "precision": {"choices": list(self.precisions)},
+            "compile": {"choices": list(self.compile_modes)},
             "lr_ranges": {name: list(bounds) for name, bounds in self.lr_ranges.items()},
             "source": self.source,
         }
@@ -103,14 +115,24 @@ class SearchSpace:
                 params[param] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
         return params
 
-    def suggest(self, trial: Any, ceiling: int) -> dict[str, Any]:
+    def suggest(self, trial: Any, ceiling: int, global_batch: int | None = None) -> dict[str, Any]:
         """Sample one configuration: batch size, optimizer, its parameters and a batch-scaled learning rate.
 
         Parameters are conditional on the optimizer (``adam.beta1``), and the learning rate is sampled at the
         reference batch (``adam.lr``), then scaled to the sampled batch size, so that one landscape is learned.
+        With ``global_batch`` (default: the space's own) the batch is not searched: it is that batch (the learning rate scaled to it), run as
+        micro-batches under ``ceiling`` with gradient accumulation where it is larger (``micro_batch`` ×
+        ``accumulation_steps`` in the configuration).
         """
-        sizes = self.batch_sizes(ceiling)
-        batch_size = snap_batch_size(sizes, trial.suggest_float(BATCH_PARAM, *batch_exponent_range(sizes)))
+        accumulation: dict[str, int] = {}
+        global_batch = global_batch if global_batch is not None else self.global_batch
+        if global_batch is not None:
+            batch_size = global_batch
+            micro, steps = accumulation_plan(global_batch, ceiling)
+            accumulation = {"micro_batch": micro, "accumulation_steps": steps}
+        else:
+            sizes = self.batch_sizes(ceiling)
+            batch_size = snap_batch_size(sizes, trial.suggest_float(BATCH_PARAM, *batch_exponent_range(sizes)))
         name = trial.suggest_categorical("optimizer", sorted(self.optimizers))
         low, high = self.lr_range(name)
         base_lr = trial.suggest_float(f"{name}.lr", low, high, log=self.lr_log)
@@ -120,8 +142,14 @@ class SearchSpace:
         return {
             "batch_size": batch_size, "optimizer": name, "lr": min(base_lr * scale, self.lr_high),
             "lr_reference": base_lr,
-            "lr_scale": scale, "optimizer_params": params,
+            "lr_scale": scale, "optimizer_params": params, **accumulation,
+            "precision": self._choose(trial, "precision", self.precisions),
+            "compile": self._choose(trial, "compile", self.compile_modes),
         }
+
+    @staticmethod
+    def _choose(trial: Any, name: str, choices: list[Any]) -> Any:
+        return trial.suggest_categorical(name, choices) if len(choices) > 1 else choices[0]
 
 
     def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -129,6 +157,9 @@ class SearchSpace:
         without a log scale: any range of it is compatible with any other)."""
         found: dict[str, optuna.distributions.BaseDistribution] = {
             "optimizer": optuna.distributions.CategoricalDistribution(sorted(self.optimizers))}
+        for name, choices in (("precision", self.precisions), ("compile", self.compile_modes)):
+            if len(choices) > 1:
+                found[name] = optuna.distributions.CategoricalDistribution(choices)
         for name, params in self.optimizers.items():
             low, high = self.lr_range(name)
             found[f"{name}.lr"] = optuna.distributions.FloatDistribution(low, high, log=self.lr_log)
@@ -238,7 +269,7 @@ def _range(source: str, key: str, low: Any, high: Any, log: bool) -> tuple[float
 def validate_space(data: Mapping[str, Any], source: str, supported_optimizers: Sequence[str],
                    backend: str) -> SearchSpace:
     """A `SearchSpace` from a plain mapping, or `SearchSpaceError` naming the source and the key."""
-    data = _check_keys(source, "", dict(data), _TOP_KEYS)
+    data = _check_keys(source, "", dict(data), _TOP_KEYS | set(_EXECUTION_KEYS))
     for key in _TOP_KEYS:
         if key not in data:
             raise _fail(source, key, "missing")
@@ -303,5 +334,22 @@ def validate_space(data: Mapping[str, Any], source: str, supported_optimizers: S
                     raise _fail(source, f"{key}.log", f"must be true or false, got {log!r}")
                 low, high = _range(source, key, spec.get("low"), spec.get("high"), log)
                 parsed[name][param] = ParamRange(low=low, high=high, log=log)
+    execution = {key: _execution_choices(source, key, data.get(key)) for key in _EXECUTION_KEYS}
     return SearchSpace(batch_low, batch_high, [int(c) for c in choices] if choices else None,
-                       lr_low, lr_high, lr_log, reference, parsed, source=source)
+                       lr_low, lr_high, lr_log, reference, parsed, source=source,
+                       precisions=execution["precision"], compile_modes=execution["compile"])
+
+
+def _execution_choices(source: str, key: str, value: Any) -> list[Any]:
+    """The choices of ``precision`` or ``compile`` (absent: the first allowed one alone)."""
+    allowed = _EXECUTION_KEYS[key]
+    if value is None:
+        return [allowed[0]]
+    spec = _check_keys(source, key, value, {"choices"})
+    choices = spec.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _fail(source, f"{key}.choices", f"must be a non-empty list of {', '.join(map(str, allowed))}")
+    for choice in choices:
+        if choice not in allowed or isinstance(choice, bool) != isinstance(allowed[0], bool):
+            raise _fail(source, f"{key}.choices", f"{choice!r} is not one of {', '.join(map(str, allowed))}")
+    return list(dict.fromkeys(choices))

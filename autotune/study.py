@@ -72,6 +72,8 @@ class TuneResult:
     """The throughput was measured while other processes used the CPU (see ``measured.busy_reason``)."""
     phases: dict[str, float] = dataclasses.field(default_factory=dict)
     """Seconds of each phase of the study's latest call (fit, range_test, trials)."""
+    accumulation: dict[str, int] | None = None
+    """With a global batch over the ceiling: ``micro_batch`` × ``accumulation_steps`` (see `autotune.training`)."""
     study: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +132,10 @@ def best_trial(study: optuna.Study, objective: str) -> optuna.trial.FrozenTrial 
     return study.best_trial
 
 
+def accumulation_of(config: Mapping[str, Any]) -> dict[str, int] | None:
+    return {k: config[k] for k in ("micro_batch", "accumulation_steps") if k in config} or None
+
+
 def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> TuneResult:
     """The output contract from a stored trial and the study's attributes."""
     attrs, config = trial.user_attrs, trial.user_attrs.get("config", {})
@@ -147,6 +153,7 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
         study_name=study.study_name, objective=info.get("objective", "convergence"),
         throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
+        accumulation=accumulation_of(config),
     )
 
 
@@ -197,6 +204,7 @@ def tune(
     heartbeat: int | None = None,
     refit: bool = False,
     progress: Progress | None = None,
+    global_batch: int | None = None,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
@@ -209,6 +217,8 @@ def tune(
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
     earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
+    ``global_batch``: every trial trains at that batch, in micro-batches with gradient accumulation where it
+    exceeds the ceiling; ``device="auto"``: the device bench measures fastest (`autotune.bench.auto_device`).
 
     The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
     and fails them.
@@ -230,6 +240,12 @@ def tune(
     space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
     handle = task_handle(task) if isolation == "process" else task
     check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
+    from autotune.bench import auto_device, with_global_batch  # issue 14's hooks: the logic lives there
+
+    with_global_batch(space, global_batch, backend, task)
+    device_choice = auto_device(task, device, isolation=isolation, say=say)
+    if device_choice:
+        target = backend.resolve_device(device_choice["device"])
     store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
     name = study_name or _study_name(task)
     study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
@@ -241,6 +257,8 @@ def tune(
         "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}}, store=store)
     if resumed:
         resume_space(study, space)
+    if device_choice:
+        study.set_user_attr("device_choice", device_choice)
     say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -351,3 +351,93 @@ def lr_range_test(session: TrainingSession, sampler: BatchSampler, low: float, h
         diverge = rates[-1]
     return {"best_lr": rates[best_index], "diverge_lr": diverge, "rates": rates, "losses": losses,
             "step_seconds": step_seconds}
+
+
+# ------------------------------------------------------------------------------------ gradient accumulation
+def check_global_batch(global_batch: Any, n_train: int) -> None:
+    """A one-line `AutotuneError` unless ``global_batch`` is a whole number from 1 to the training set's size."""
+    from autotune.errors import AutotuneError
+
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise AutotuneError(f"--global-batch must be a whole number of samples above 0, got {global_batch!r}")
+    if global_batch > n_train:
+        raise AutotuneError(f"--global-batch {global_batch} is larger than the {n_train} training samples: give "
+                            f"{n_train} or less")
+
+
+def accumulation_plan(global_batch: int, ceiling: int) -> tuple[int, int]:
+    """``(micro_batch, steps)`` with ``micro_batch × steps == global_batch`` and ``micro_batch <= ceiling``:
+    the fewest accumulation steps that divide the global batch exactly, so the optimizer sees batch
+    ``global_batch`` itself (not one rounded up), in the largest micro-batches that fit."""
+    if global_batch < 1 or ceiling < 1:
+        raise ValueError(f"global batch and ceiling must be positive, got {global_batch} and {ceiling}")
+    steps = -(-global_batch // ceiling)
+    while global_batch % steps:
+        steps += 1
+    return global_batch // steps, steps
+
+
+class AccumulatingSession(TrainingSession):
+    """A session whose every ``train_step`` is one optimizer step over a global batch, run as micro-batches
+    with accumulated gradients (`TrainingSession.train_micro_batches`). ``batch_size`` stays the micro-batch,
+    which is what the evaluation passes run at: the global batch need not fit in memory."""
+
+    def __init__(self, session: TrainingSession, micro_batch: int) -> None:
+        self.session = session
+        self.micro_batch = micro_batch
+        self.batch_size = session.batch_size
+        self.first_step_compiles = session.first_step_compiles
+
+    @property
+    def compile_seconds(self) -> float:  # type: ignore[override]
+        return self.session.compile_seconds
+
+    def train_step(self, indices: np.ndarray) -> None:
+        self.session.train_micro_batches(indices, self.micro_batch)
+
+    def last_loss(self) -> float:
+        return self.session.last_loss()
+
+    def evaluate(self, max_batches: int | None = None) -> float:
+        return self.session.evaluate(max_batches)
+
+    def allocate_optimizer_state(self) -> None:
+        self.session.allocate_optimizer_state()
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.session.set_learning_rate(lr)
+
+    def synchronize(self) -> None:
+        self.session.synchronize()
+
+    def reset_peak_memory(self) -> None:
+        self.session.reset_peak_memory()
+
+    def peak_memory(self) -> int | None:
+        return self.session.peak_memory()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def configured_session(backend: Any, task: Any, data: Any, device: Any, config: Mapping[str, Any], *,
+                       optimizer: Mapping[str, Any], seed: int) -> TrainingSession:
+    """The session a trial's ``config`` asks for: at its micro-batch (else its batch), and in its ``precision``
+    and ``compile`` mode through `Backend.bench_session` where those are not fp32 and off."""
+    batch_size = int(config.get("micro_batch", config["batch_size"]))
+    precision, compiled = config.get("precision", "fp32"), bool(config.get("compile", False))
+    if precision == "fp32" and not compiled:
+        return backend.session(task, data, device, batch_size=batch_size, optimizer=optimizer, seed=seed)
+    if precision not in backend.precisions(device):
+        from autotune.errors import AutotuneError
+
+        raise AutotuneError(f"the search space asks for {precision} training, which {backend.name} does not have on "
+                            f"{device.id} (it has {', '.join(backend.precisions(device))}): drop it from "
+                            "precision.choices")
+    return backend.bench_session(task, data, device, batch_size=batch_size, optimizer=optimizer,
+                                 precision=precision, compile=compiled, seed=seed)
+
+
+def accumulating(session: TrainingSession, accumulation_steps: int) -> TrainingSession:
+    """``session`` itself for one step, else an `AccumulatingSession` in micro-batches of its batch size."""
+    return session if accumulation_steps <= 1 else AccumulatingSession(session, session.batch_size)

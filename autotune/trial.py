@@ -17,8 +17,8 @@ from autotune.errors import TrialError
 from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import in_worker
 from autotune.task import resolve_task
-from autotune.training import (RANGE_TEST_MIN_STEPS, BatchSampler, Diverged, Pruned, TooSlow, lr_range_test,
-                               train_for_budget)
+from autotune.training import (RANGE_TEST_MIN_STEPS, BatchSampler, Diverged, Pruned, TooSlow, accumulating,
+                               configured_session, lr_range_test, train_for_budget)
 
 
 def _short(exc: BaseException) -> str:
@@ -76,8 +76,8 @@ def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, secon
     def report(index: int, value: float) -> bool:
         return bool(channel.ask(("report", index, value))) if channel is not None else False
 
-    build = lambda: backend.session(task, data, target, batch_size=int(config["batch_size"]),  # noqa: E731
-                                    optimizer=optimizer, seed=seed)
+    build = lambda: accumulating(configured_session(  # noqa: E731
+        backend, task, data, target, config, optimizer=optimizer, seed=seed), int(config.get("accumulation_steps", 1)))
     try:
         with fresh_session(backend, target, build) as session:
             session.reset_peak_memory()

@@ -1,4 +1,6 @@
-"""The torch CUDA paths run for real on an NVIDIA GPU: probe, fit-batch (verified), tune with energy figures.
+"""The torch CUDA paths run for real on an NVIDIA GPU: probe, fit-batch (verified), tune with energy figures,
+bench (every precision, torch.compile off and on, MFU, NVML energy), tune searching precision and compile, and
+tune at a global batch over the ceiling (gradient accumulation). About 5 minutes on an H100-class GPU.
 
 Not a test (CI has no GPU): a script to run on a machine with one, which prints what it saw and exits non-zero
 if a check fails. Each check is independent; a failing one does not stop the others.
@@ -94,18 +96,66 @@ def tune(out: Path) -> None:
     check("tune: energy per sample read from NVML", energy is not None, f"{energy} J/sample")
 
 
+def bench(out: Path) -> None:
+    runs = (("bench", ["--precision", "fp32,bf16", "--compile", "off,on"]),
+            ("bench_fp16", ["--precision", "fp16", "--compile", "off"]))
+    for name, options in runs:
+        done = cli("bench", DIGITS, "--devices", "cuda:0", "--seconds", "1", *options, out=out, name=name,
+                   timeout=400)
+        print(done.stdout[-3000:])
+        shown = cli("bench", DIGITS, "--devices", "cuda:0", "--seconds", "1", "--json", *options, out=out,
+                    name=f"{name}_json", timeout=400)
+        data = json.loads(shown.stdout)
+        rows = data["rows"]
+        check(f"{name}: every mode ran", all(r["ok"] for r in rows), "; ".join(
+            f"{r['mode']}: {r.get('failure') or round(r['throughput'])}" for r in rows))
+        good = [r for r in rows if r["ok"]]
+        check(f"{name}: MFU in (0, 1]", all(0 < (r["mfu"] or 0) <= 1 for r in good),
+              ", ".join(f"{r['mode']} {r['mfu']}" for r in good))
+        check(f"{name}: energy per sample from NVML", all(r["energy_per_sample_joules"] for r in good),
+              ", ".join(f"{r['mode']} {r['energy_per_sample_joules']} ({r.get('energy_note')})" for r in good))
+        check(f"{name}: device peak memory", all(r["peak_memory_kind"] == "device allocator" for r in good),
+              ", ".join(f"{r['mode']} {r['peak_memory_bytes']}" for r in good))
+
+
+def tune_precision_compile(out: Path) -> None:
+    space = out / "precision_space.yaml"
+    space.write_text("precision:\n  choices: [fp32, bf16, fp16]\ncompile:\n  choices: [false, true]\n"
+                     "optimizers:\n  adam: {}\n")
+    storage = f"sqlite:///{out / 'gpu_precision.db'}"
+    done = cli("tune", DIGITS, "--device", "cuda:0", "--trials", "6", "--trial-steps", "60", "--study", "gpu-prec",
+               "--storage", storage, "--search-space", str(space), "--no-range-test", out=out,
+               name="tune_precision", timeout=400)
+    print(done.stdout[-2000:])
+    check("tune with precision and compile on cuda", done.returncode == 0,
+          done.stderr.strip().splitlines()[-1] if done.returncode else "ok")
+
+
+def tune_global_batch(out: Path) -> None:
+    storage = f"sqlite:///{out / 'gpu_global.db'}"
+    done = cli("tune", WIDE, "--device", "cuda:0", "--trials", "3", "--trial-steps", "20", "--study", "gpu-global",
+               "--storage", storage, "--memory-limit", "1GiB", "--global-batch", "1024", "--no-range-test",
+               "--json", out=out, name="tune_global", timeout=400)
+    data = json.loads(done.stdout) if done.returncode == 0 else {}
+    check("tune --global-batch 1024 over a 1 GiB ceiling", done.returncode == 0 and data.get("batch_size") == 1024,
+          f"{data.get('accumulation')} {done.stderr.strip().splitlines()[-1] if done.returncode else ''}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="gpu_check_results")
     parser.add_argument("--cap", default="2GiB", help="caching-allocator cap for the verified fit")
     parser.add_argument("--device", default="cuda:0", help="cpu for a dry run of the fit check")
-    parser.add_argument("--skip", action="append", default=[], help="probe, fit, free, tune")
+    parser.add_argument("--skip", action="append", default=[],
+                        help="probe, fit, free, tune, bench, precision, global")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     for name, body in (("probe", lambda: probe(out)), ("fit", lambda: fit_verified(out, args.cap, args.device)),
-                       ("free", lambda: fit_free_memory(out)), ("tune", lambda: tune(out))):
+                       ("free", lambda: fit_free_memory(out)), ("tune", lambda: tune(out)),
+                       ("bench", lambda: bench(out)), ("precision", lambda: tune_precision_compile(out)),
+                       ("global", lambda: tune_global_batch(out))):
         if name not in args.skip:
             print(f"=== {name} ===", flush=True)
             step(name, body)

@@ -27,6 +27,9 @@ from autotune.errors import DeviceError
 from autotune.optimizers import validate_spec
 from autotune.task import Task
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""Training precisions by name: fp32, and mixed precision with bfloat16 or float16 compute."""
+
 
 class TrainingSession(abc.ABC):
     """A model, its optimizer and the data on one device, ready to train at one batch size."""
@@ -72,6 +75,27 @@ class TrainingSession(abc.ABC):
 
     def close(self) -> None:
         """Drop the model, optimizer and data so that their memory can be reused."""
+
+    def forward(self, indices: np.ndarray) -> None:
+        """The model's forward pass alone (no gradients, evaluation mode) on the training samples at
+        ``indices``, finished on the device when it returns: what inference latency times."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run a forward pass alone")
+
+    def training_flops(self, indices: np.ndarray) -> tuple[float | None, str]:
+        """FLOPs of one training step (forward and backward) on the samples at ``indices``, and how they were
+        counted (the framework's counter, or the analytic count the backend documents); None where unknown."""
+        return None, "no FLOP count for this backend"
+
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        """One optimizer step on the samples at ``indices``, computed in micro-batches of ``micro_batch`` whose
+        gradients are accumulated, each weighted by its share of the samples, so that the optimizer sees the
+        mean-loss gradient of the whole batch; `last_loss` is then the whole batch's mean loss."""
+        raise NotImplementedError(f"{type(self).__name__} cannot accumulate gradients")
+
+    def int8_forward(self) -> Any:
+        """A function ``f(indices)`` running the forward pass of a dynamically int8-quantized copy of the model,
+        or None where the backend has no post-training quantization (only torch has one here)."""
+        return None
 
 
 class Backend(abc.ABC):
@@ -180,3 +204,26 @@ class Backend(abc.ABC):
         """What a worker for ``task`` imports before its memory cap: the framework's modules and the task's own
         (a worker that imports them after the cap maps more, and its largest batch sits a few samples lower)."""
         return (*self.preload_modules(), *task.imports)
+
+    compile_name: ClassVar[str] = "compilation"
+    """What ``compile=True`` means on this backend (``torch.compile``, ``jit_compile``, graph mode)."""
+
+    def precisions(self, device: Device) -> tuple[str, ...]:
+        """The precisions (of `PRECISIONS`) this backend trains in on ``device``, fp32 first."""
+        return ("fp32",)
+
+    def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
+                      optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
+                      seed: int = 0) -> TrainingSession:
+        """A `session` that trains in ``precision`` (mixed precision: weights stay fp32) and, with ``compile``,
+        through the backend's compiler (`compile_name`); it also runs `TrainingSession.forward`."""
+        if precision != "fp32" or compile:
+            from autotune.errors import AutotuneError
+
+            raise AutotuneError(f"the {self.name} backend has no {precision} or compiled sessions")
+        return self.session(task, data, device, batch_size=batch_size, optimizer=optimizer, seed=seed)
+
+    def matmul_seconds(self, device: Device, precision: str, size: int, seconds: float) -> float:
+        """The fastest of repeated ``size``×``size`` matmuls in ``precision`` on ``device`` within ``seconds``
+        (see `autotune.peak`): the device's peak FLOP/s for that dtype is 2 size³ over it."""
+        raise NotImplementedError(f"the {self.name} backend has no matmul benchmark")

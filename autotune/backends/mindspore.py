@@ -603,6 +603,7 @@ class MindSporeSession(TrainingSession):
             self._check_compute_loss(compute_loss)
         forward = self._forward(compute_loss)
         grad_fn = ms.value_and_grad(forward, None, self.optimizer.parameters)
+        self._grad_fn = grad_fn
         optimizer_ = self.optimizer
 
         def train_step(*batch: Any) -> Any:
@@ -703,8 +704,26 @@ class MindSporeSession(TrainingSession):
         return None
 
     def close(self) -> None:
-        for name in ("model", "optimizer", "loss_fn", "train", "val", "_last", "_train", "_eval"):
+        for name in ("model", "optimizer", "loss_fn", "train", "val", "_last", "_train", "_eval", "_grad_fn"):
             setattr(self, name, None)
+
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        """Each micro-batch's gradients (``value_and_grad``, PyNative), summed with their weights, then one
+        optimizer call."""
+        index = np.asarray(indices, dtype=np.int64)
+        total = len(index)
+        summed: tuple[Any, ...] | None = None
+        mean = None
+        with _quiet_notices(), _clear_errors(self._device):
+            for start in range(0, total, micro_batch):
+                part = index[start:start + micro_batch]
+                weight = len(part) / total
+                loss, gradients = self._grad_fn(*(ms.Tensor(column[part]) for column in self.train))
+                weighted = tuple(g * weight for g in gradients)
+                summed = weighted if summed is None else tuple(a + b for a, b in zip(summed, weighted))
+                mean = loss * weight if mean is None else mean + loss * weight
+            self.optimizer(summed)
+        self._last = mean
 
 
 # --- the backend -------------------------------------------------------------------------------------------------
@@ -835,3 +854,128 @@ class MindSporeBackend(Backend):
 
     def preload_modules(self) -> Sequence[str]:
         return ("mindspore", "mindspore.dataset", "autotune.backends.mindspore", "autotune.memory")
+
+    compile_name = "graph mode"
+
+    def precisions(self, device: Device) -> tuple[str, ...]:
+        """fp32, and AMP level O2 in float16 (and bfloat16 on Ascend). On the CPU a precision counts only where a
+        small matmul in it runs (MindSpore 2.10's CPU MatMul has float16 kernels, no bfloat16). GPU and Ascend
+        follow the documentation: untested here."""
+        if device.kind == "npu":
+            return ("fp32", "bf16", "fp16")
+        if device.kind == "gpu":
+            return ("fp32", "fp16")
+        found = ["fp32"]
+        for precision in ("bf16", "fp16"):
+            try:
+                with _quiet_log():
+                    one = ms.Tensor(np.ones((2, 2), np.float32)).astype(_MS_DTYPES[precision])
+                    ops.matmul(one, one).asnumpy()
+            except (RuntimeError, TypeError, ValueError):
+                continue
+            found.append(precision)
+        return tuple(found)
+
+    def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
+                      optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
+                      seed: int = 0) -> "MindSporeBenchSession":
+        spec = self.validate_optimizer(optimizer)
+        return MindSporeBenchSession(task, self._arrays(data), device, batch_size, spec, seed, precision, compile)
+
+    def matmul_seconds(self, device: Device, precision: str, size: int, seconds: float) -> float:
+        from autotune.peak import time_matmuls
+
+        _use_device(device)
+        a = ms.Tensor(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+        a = a.astype(_MS_DTYPES[precision])
+        b = a.copy()
+
+        def once() -> None:
+            ops.matmul(a, b)[0, 0].asnumpy()  # one element back: the product is done, little is copied
+
+        with _quiet_log():
+            return time_matmuls(once, seconds)
+
+
+# ------------------------------------------------------------------------------------------- bench sessions
+_MS_DTYPES = {"fp32": ms.float32, "bf16": ms.bfloat16, "fp16": ms.float16}
+
+
+def _in_amp(build: Callable[[], Any], precision: str) -> Callable[[], Any]:
+    """``build``'s network under AMP level O2 in ``precision`` (batch norms and the loss stay float32)."""
+    if precision == "fp32":
+        return build
+
+    def built() -> Any:
+        network = build()
+        if not isinstance(network, nn.Cell):
+            return network  # the session says what is wrong with it
+        return ms.amp.auto_mixed_precision(network, amp_level="O2", dtype=_MS_DTYPES[precision])
+
+    return built
+
+
+class MindSporeBenchSession(MindSporeSession):
+    """A `MindSporeSession` in AMP level O2 (float16 or bfloat16 compute) and in graph mode (``mindspore.jit``,
+    compiled on the first step) or PyNative, whatever the task's own mode option says; also runs forward
+    passes alone."""
+
+    def __init__(self, task: Task, data: HostData, device: Device, batch_size: int, optimizer: Mapping[str, Any],
+                 seed: int, precision: str, compile: bool) -> None:
+        self.precision = precision
+        built = dataclasses.replace(task, model=_in_amp(task.model, precision))
+        mode = "graph" if compile else "pynative"
+        super().__init__(built, data, device, batch_size, optimizer, seed, mode)
+        model, compute = self.model, task.compute_loss
+        self._compute = compute
+        if compute is not None:  # the model's own inputs are known only to compute_loss: its loss stands in
+            def infer(*batch: Any) -> Any:
+                return compute(model, batch)
+        else:
+            def infer(*batch: Any) -> Any:  # a def, not a lambda: graph mode parses the function's source
+                return model(*batch)
+        self._eager_infer = infer
+        self._infer = ms.jit(infer) if compile else infer
+
+    def forward(self, indices: np.ndarray) -> None:
+        self._forward_with(self._infer, indices)
+
+    def _forward_with(self, infer: Callable[..., Any], indices: np.ndarray) -> None:
+        index = np.asarray(indices, dtype=np.int64)
+        columns = self.train if self._compute is not None else self.train[:1]
+        self.model.set_train(False)
+        try:
+            out = self._run(infer, *(ms.Tensor(column[index]) for column in columns))
+            with _clear_errors(self._device):
+                for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
+                    tensor.asnumpy()
+        finally:
+            self.model.set_train(True)
+
+    def training_flops(self, indices: np.ndarray) -> tuple[float | None, str]:
+        """Analytic: 3 × the forward count (the backward pass costs about twice the forward), where the forward
+        is 2 × weight size per ``nn.Dense`` and 2 × weight size × output positions per ``nn.Conv1d/2d/3d``
+        (output shapes read by forward hooks on one sample); other cells are not counted."""
+        method = "analytic: 3 × forward, 2 × weight size (× output positions for convolutions) per Dense/Conv cell"
+        positions: dict[int, float] = {}
+        hooks = []
+        counted = []
+        for _name, cell in self.model.cells_and_names():
+            if isinstance(cell, nn.Dense):
+                counted.append(cell)
+            elif isinstance(cell, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                counted.append(cell)
+                hooks.append(cell.register_forward_hook(
+                    lambda c, _inputs, output: positions.__setitem__(id(c), float(np.prod(output.shape[2:])))))
+        if not counted:
+            return None, method
+        try:
+            if hooks:
+                self._forward_with(self._eager_infer, np.asarray(indices[:1]))  # hooks run in PyNative only
+        finally:
+            for hook in hooks:
+                hook.remove()
+        forward = 0.0
+        for cell in counted:
+            forward += 2.0 * float(np.prod(cell.weight.shape)) * positions.get(id(cell), 1.0)
+        return 3.0 * forward * len(indices), method

@@ -615,6 +615,7 @@ class TensorFlowSession(TrainingSession):
         self.loss_fn: Any = None if self._compute_loss is not None else (
             _named_loss(self._loss_name, self.from_logits is not False) if self._loss_name else task.loss)
         decay = float(optimizer.get("weight_decay", 0.0)) if optimizer["name"] in _COUPLED_DECAY else 0.0
+        self._decay = decay
 
         # TPUs compile for static shapes: no relaxed batch dimension there.
         train_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None), self.train)]
@@ -774,6 +775,48 @@ class TensorFlowSession(TrainingSession):
         for name in ("model", "optimizer", "_train_fn", "_eval_fn", "train", "val", "_last"):
             setattr(self, name, None)
 
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        """Each micro-batch's gradients from one compiled function, summed here with their weights, applied by
+        another: one optimizer step (not on TPUs, whose replicated step is not split this way)."""
+        if self._strategy is not None:
+            raise TaskError("gradient accumulation is not built for TPUs: give --global-batch at most the ceiling")
+        if getattr(self, "_accumulation", None) is None:
+            self._accumulation = self._accumulation_functions()
+        gradients_of, apply = self._accumulation
+        index = np.asarray(indices, dtype=np.int64)
+        total = len(index)
+        summed: list[Any] | None = None
+        mean = 0.0
+        with self._scope():
+            for start in range(0, total, micro_batch):
+                part = index[start:start + micro_batch]
+                weight = tf.constant(len(part) / total, tf.float32)
+                loss, gradients = gradients_of(_take(self.train, part), weight)
+                summed = list(gradients) if summed is None else [a + b for a, b in zip(summed, gradients)]
+                mean += loss * weight
+            apply(summed)
+        self._last = mean
+
+    def _accumulation_functions(self) -> tuple[Any, Any]:
+        model, optimizer = self.model, self.optimizer
+        decay = self._decay
+
+        def gradients_of(batch: Any, weight: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = self._batch_loss(batch, training=True)
+                total = (loss + tf.add_n(model.losses) if model.losses else loss) * weight
+            return loss, tape.gradient(total, model.trainable_variables)
+
+        def apply(gradients: Any) -> None:
+            variables = model.trainable_variables
+            if decay:
+                gradients = [g + decay * tf.cast(v, g.dtype) for g, v in zip(gradients, variables)]
+            optimizer.apply_gradients(zip(gradients, variables))
+
+        signature = [tf.nest.map_structure(lambda a: _signature(a, None), self.train),
+                     tf.TensorSpec((), tf.float32)]
+        return tf.function(gradients_of, input_signature=signature), tf.function(apply)
+
 
 # --------------------------------------------------------------------------------------------- backend
 def _nvml_matches(count: int) -> list[dict[str, Any] | None]:
@@ -926,9 +969,126 @@ class TensorFlowBackend(Backend):
         """TensorFlow and Keras, imported once by the worker fork server (importing starts no runtime)."""
         return ("autotune.backends.tensorflow", "tensorflow", "keras", "autotune.memory")
 
+    compile_name = "jit_compile"
+
+    def precisions(self, device: Device) -> tuple[str, ...]:
+        """fp32 everywhere; bf16 (Keras ``mixed_bfloat16``) on TPUs, on GPUs of compute capability 8.0 up and on
+        CPUs whose oneDNN build runs a bf16 matmul. fp16 (``mixed_float16``) needs loss scaling in the step,
+        which this backend does not build yet."""
+        if device.kind == "tpu":
+            return ("fp32", "bf16")
+        if device.kind == "gpu":
+            capability = (device.details or {}).get("capability") or "0.0"
+            return ("fp32", "bf16") if float(capability) >= 8.0 else ("fp32",)
+        try:
+            with tf.device("/CPU:0"):
+                tf.matmul(tf.ones((2, 2), tf.bfloat16), tf.ones((2, 2), tf.bfloat16)).numpy()
+        except (tf.errors.OpError, TypeError):
+            return ("fp32",)
+        return ("fp32", "bf16")
+
+    def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
+                      optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
+                      seed: int = 0) -> "TensorFlowBenchSession":
+        spec = self.validate_optimizer(optimizer)
+        _linear_memory_under_a_cap()
+        return TensorFlowBenchSession(task, _host_data(data), device, batch_size, spec, seed, precision, compile)
+
+    def matmul_seconds(self, device: Device, precision: str, size: int, seconds: float) -> float:
+        from autotune.peak import time_matmuls
+
+        dtype = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}[precision]
+        name = "/CPU:0" if device.kind == "cpu" else f"/{_logical_name(device)}"
+        with tf.device(name):
+            a = tf.cast(tf.random.normal((size, size)), dtype)
+            b = tf.cast(tf.random.normal((size, size)), dtype)
+
+            def once() -> None:
+                tf.matmul(a, b)[0, 0].numpy()  # one element back: the product is done, little is copied
+
+            return time_matmuls(once, seconds)
+
 
 def _device_details(device: Any) -> dict[str, Any]:
     try:
         return dict(tf.config.experimental.get_device_details(device))
     except Exception:  # not every device type reports details
         return {}
+
+
+# ------------------------------------------------------------------------------------------- bench sessions
+_KERAS_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+
+
+def _in_policy(build: Callable[[], Any], policy: str) -> Callable[[], Any]:
+    """``build`` run under the Keras dtype policy ``policy``; the previous global policy is restored after, so
+    only the layers built here compute in it (each layer keeps the policy it was created with)."""
+    def built() -> Any:
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            return build()
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    return built
+
+
+def _leaf_layers(layer: Any) -> Iterator[Any]:
+    children = getattr(layer, "layers", None)
+    if not children:
+        yield layer
+        return
+    for child in children:
+        yield from _leaf_layers(child)
+
+
+def forward_flops_per_sample(model: Any) -> float | None:
+    """The analytic forward FLOPs of one sample: 2 × kernel size per Dense layer, 2 × kernel size × output
+    positions per convolution (channels last); layers without a kernel (activations, pooling, normalisation)
+    are not counted. None when a convolution's output shape is not known (a subclassed model)."""
+    total = 0.0
+    for layer in _leaf_layers(model):
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            continue
+        size = float(np.prod(kernel.shape))
+        positions = 1.0
+        if len(kernel.shape) > 2:
+            try:
+                positions = float(np.prod(layer.output.shape[1:-1]))
+            except (AttributeError, ValueError, TypeError):
+                return None
+        total += 2.0 * size * positions
+    return total or None
+
+
+class TensorFlowBenchSession(TensorFlowSession):
+    """A `TensorFlowSession` whose model is built under a mixed-precision policy (``mixed_bfloat16``) and whose
+    steps are XLA-compiled (``tf.function(jit_compile=True)``) when asked; it also runs forward passes alone."""
+
+    def __init__(self, task: Task, data: HostData, device: Device, batch_size: int, optimizer: Mapping[str, Any],
+                 seed: int, precision: str, compile: bool) -> None:
+        self.precision = precision
+        built = dataclasses.replace(task, model=_in_policy(task.model, _KERAS_POLICIES[precision]))
+        super().__init__(built, data, device, batch_size, optimizer, seed)
+        if compile:
+            self._train_fn = tf.function(self._train_fn.python_function,
+                                         input_signature=self._train_fn.input_signature, jit_compile=True)
+            self._eval_fn = tf.function(self._eval_fn.python_function,
+                                        input_signature=self._eval_fn.input_signature, jit_compile=True)
+        model = self.model
+        self._forward_fn = tf.function(lambda x: model(x, training=False), jit_compile=compile or None)
+
+    def forward(self, indices: np.ndarray) -> None:
+        batch = _take(self.train, np.asarray(indices, dtype=np.int64))
+        with self._scope():
+            # the model's own inputs are known only to compute_loss: its loss in evaluation mode stands in
+            out = self._eval_fn(batch) if self._compute_loss is not None else self._forward_fn(batch[0])
+            tf.nest.map_structure(lambda t: t.numpy(), out)
+
+    def training_flops(self, indices: np.ndarray) -> tuple[float | None, str]:
+        """Analytic: 3 × `forward_flops_per_sample` × batch (the backward pass costs about twice the forward)."""
+        per_sample = forward_flops_per_sample(self.model)
+        method = "analytic: 3 × forward, 2 × kernel size (× output positions for convolutions) per layer"
+        return (None, method) if per_sample is None else (3.0 * per_sample * len(indices), method)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -234,6 +235,19 @@ class TorchSession(TrainingSession):
         for name in ("model", "optimizer", "train_data", "val_data", "_last"):
             setattr(self, name, None)
 
+    def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        total = len(index)
+        self.optimizer.zero_grad(set_to_none=True)
+        mean = torch.zeros((), device=self.device)
+        for start in range(0, total, micro_batch):
+            part = index[start:start + micro_batch]
+            loss = self._loss(self.train_data.batch(part))
+            (loss * (len(part) / total)).backward()  # gradients add up in .grad: the whole batch's mean
+            mean += loss.detach() * (len(part) / total)
+        self.optimizer.step()
+        self._last = mean
+
 
 class TorchBackend(Backend):
     """PyTorch: CPU, CUDA GPUs (caching-allocator peak memory) and Apple MPS."""
@@ -322,4 +336,136 @@ class TorchBackend(Backend):
         # torch.optim imports torch._dynamo on first use (about a second): do it once in the server
         return ("torch", "torch._dynamo", "autotune.backends.torch", "autotune.memory")
 
+    compile_name = "torch.compile"
+
+    def precisions(self, device: Device) -> tuple[str, ...]:
+        """CPU: fp32, and bf16 where oneDNN has bf16 kernels for this CPU. CUDA: fp32, bf16 where the GPU has it
+        (compute capability 8.0 up), fp16. MPS: fp32 and fp16."""
+        if device.id.startswith("cuda"):
+            return ("fp32", "bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp32", "fp16")
+        if device.id == "mps":
+            return ("fp32", "fp16")
+        return ("fp32", "bf16") if _cpu_bf16() else ("fp32",)
+
+    def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
+                      optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
+                      seed: int = 0) -> "TorchBenchSession":
+        spec = self.validate_optimizer(optimizer)
+        return TorchBenchSession(task, data, device, batch_size, spec, seed, precision, compile)
+
+    def matmul_seconds(self, device: Device, precision: str, size: int, seconds: float) -> float:
+        from autotune.peak import time_matmuls
+
+        target = torch.device(device.id)
+        a = torch.randn(size, size, device=target).to(_MATMUL_DTYPES[precision])
+        b = torch.randn(size, size, device=target).to(_MATMUL_DTYPES[precision])
+
+        def once() -> None:
+            torch.matmul(a, b)
+            self.synchronize(device)
+
+        return time_matmuls(once, seconds)
+
+
+# ------------------------------------------------------------------------------------------- bench sessions
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_MATMUL_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TorchBenchSession(TorchSession):
+    """A `TorchSession` in mixed precision (``torch.autocast``; weights stay fp32, fp16 on CUDA with a grad
+    scaler) and optionally through ``torch.compile`` (compiled on the first step, which the bench times apart)."""
+
+    def __init__(self, task: Task, data: Any, device: Device, batch_size: int, optimizer: Mapping[str, Any],
+                 seed: int, precision: str, compile: bool) -> None:
+        super().__init__(task, data, device, batch_size, optimizer, seed)
+        self.precision = precision
+        self._dtype = _AUTOCAST_DTYPES.get(precision)
+        self._eager = self.model
+        self.first_step_compiles = compile  # type: ignore[misc]  # per session here: compiled or not
+        if compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]  # a Module's callable twin
+        self._scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and self._cuda else None
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, dtype=self._dtype or torch.float32, enabled=self._dtype is not None)
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        with self._autocast():
+            return super()._loss(batch)
+
+    def train_step(self, indices: np.ndarray) -> None:
+        if self.first_step_compiles and not self.compile_seconds:  # torch.compile compiles in the first call
+            tick = time.perf_counter()
+            self._step(indices)
+            self.synchronize()
+            self.compile_seconds = time.perf_counter() - tick
+            return
+        self._step(indices)
+
+    def _step(self, indices: np.ndarray) -> None:
+        if self._scaler is None:
+            super().train_step(indices)
+            return
+        index = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(self.train_data.batch(index))
+        self._scaler.scale(loss).backward()
+        self._scaler.step(self.optimizer)
+        self._scaler.update()
+        self._last = loss.detach()
+
+    def _run_forward(self, model: Any, indices: np.ndarray, autocast: bool = True) -> None:
+        batch = torch_data.to_device(self.train_data.batch(torch.from_numpy(np.asarray(indices, dtype=np.int64))),
+                                     self.device)
+        model.eval()
+        try:
+            with torch.no_grad(), (self._autocast() if autocast else torch.autocast(self.device.type, enabled=False)):
+                if self.compute_loss is not None:  # the model's own inputs are known only to compute_loss
+                    self.compute_loss(model, batch)
+                else:
+                    model(batch[0])
+        finally:
+            model.train()
+        self.synchronize()
+
+    def forward(self, indices: np.ndarray) -> None:
+        self._run_forward(self.model, indices)
+
+    def training_flops(self, indices: np.ndarray) -> tuple[float | None, str]:
+        """Counted by ``torch.utils.flop_counter.FlopCounterMode`` on one eager step (matmuls and convolutions,
+        forward and backward; the optimizer's element-wise update is not counted)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        compiled, self.model = self.model, self._eager
+        try:
+            with FlopCounterMode(display=False) as counter:
+                self.train_step(indices)
+        finally:
+            self.model = compiled
+        return float(counter.get_total_flops()), "torch.utils.flop_counter.FlopCounterMode"
+
+    def int8_forward(self) -> Any:
+        """Dynamic int8 quantization of the Linear, LSTM and GRU layers (``torch.ao.quantization.quantize_dynamic``,
+        CPU only: its kernels are FBGEMM/QNNPACK), run in fp32 otherwise."""
+        if self.device.type != "cpu":
+            return None
+        import copy
+        import warnings
+
+        with warnings.catch_warnings():  # deprecated in favour of torchao, which is not a dependency
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=r".*quantize_per_tensor", category=UserWarning)
+            quantized = torch.ao.quantization.quantize_dynamic(
+                copy.deepcopy(self._eager).eval(), {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
+        return lambda indices: self._run_forward(quantized, indices, autocast=False)
+
+
+def _cpu_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX512-BF16, AMX, or its AVX512 emulation)."""
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    try:
+        return bool(mkldnn._is_mkldnn_bf16_supported()) if mkldnn is not None else False
+    except (AttributeError, RuntimeError):
+        return False
 

@@ -1,0 +1,74 @@
+"""Precision and compilation as search dimensions: the search-space keys, and real trials that use them."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from autotune.backends import get_backend, is_installed
+from autotune.errors import AutotuneError, SearchSpaceError
+from autotune.space import load_space
+from autotune.trial import run_trial
+from tests.conftest import EXAMPLES
+
+
+def _space(**overrides):
+    return load_space("torch", get_backend("torch").optimizer_names, overrides=overrides)
+
+
+def test_the_defaults_train_in_fp32_without_compiling_and_search_neither():
+    space = _space()
+    trial = optuna.create_study().ask()
+    config = space.suggest(trial, ceiling=256)
+    assert (config["precision"], config["compile"]) == ("fp32", False)
+    assert "precision" not in trial.params and "compile" not in trial.params
+
+
+def test_several_choices_are_searched():
+    space = _space(precision={"choices": ["fp32", "bf16"]}, compile={"choices": [False, True]})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(24):
+        trial = study.ask()
+        config = space.suggest(trial, ceiling=256)
+        seen.add((config["precision"], config["compile"]))
+        assert trial.params["precision"] == config["precision"] and trial.params["compile"] == config["compile"]
+        study.tell(trial, 1.0)
+    assert seen == {("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}
+    assert {"precision", "compile"} <= set(space.distributions())
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("precision", {"choices": ["fp8"]}, "'fp8' is not one of"),
+    ("precision", {"choices": []}, "non-empty list"),
+    ("compile", {"choices": ["yes"]}, "'yes' is not one of"),
+    ("compile", {"values": [True]}, "values"),
+])
+def test_bad_choices_are_one_line_errors(key, value, fragment):
+    with pytest.raises(SearchSpaceError, match=fragment):
+        _space(**{key: value})
+
+
+def _config(**extra):
+    return {"batch_size": 64, "optimizer": "adam", "lr": 1e-3, **extra}
+
+
+@pytest.mark.skipif("bf16" not in get_backend("torch").precisions(get_backend("torch").resolve_device("cpu")),
+                    reason="this CPU's torch build has no bf16 kernels")
+def test_a_torch_trial_trains_in_bf16():
+    figures = run_trial(str(EXAMPLES / "torch_digits.py"), _config(precision="bf16"), "cpu", steps=20, reports=2)
+    assert figures["val_loss"] < figures["initial_val_loss"]
+
+
+def test_a_compiled_keras_trial_reports_its_compile_time_apart():
+    if not is_installed("tensorflow"):
+        pytest.skip("tensorflow is not installed")
+    figures = run_trial(str(EXAMPLES / "tensorflow_digits.py"), _config(compile=True), "cpu", steps=20, reports=2)
+    plain = run_trial(str(EXAMPLES / "tensorflow_digits.py"), _config(), "cpu", steps=20, reports=2)
+    assert figures["compile_seconds"] > 0 and figures["val_loss"] < figures["initial_val_loss"]
+    assert figures["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-3)  # XLA: the same training
+
+
+def test_a_precision_the_device_lacks_stops_with_the_fix():
+    with pytest.raises(AutotuneError, match="drop it from precision.choices"):
+        run_trial(str(EXAMPLES / "torch_digits.py"), _config(precision="fp16"), "cpu", steps=2, reports=1)
