@@ -76,4 +76,5 @@ class CeilingCache:
         """Keep ``ceiling``, fitted for ``study``, under this entry's key in that study."""
         if self.key is None:
             return
-        study._storage.set_study_system_attr(study._study_id, PREFIX + self.key, {**ceiling, "fingerprint": self.key})
+        study_id = self.storage.get_study_id_from_name(study.study_name)  # the public path to its storage row
+        self.storage.set_study_system_attr(study_id, PREFIX + self.key, {**ceiling, "fingerprint": self.key})

@@ -28,8 +28,9 @@ def environment_defaults(**values: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna at WARNING verbosity and without its ExperimentalWarning for the body, restored afterwards.
+def quiet_optuna(level: int | None = None) -> Iterator[None]:
+    """Optuna at WARNING verbosity (or ``level``, if quieter) and without its ExperimentalWarning for the body,
+    restored afterwards.
 
     autotune relies on the features Optuna marks experimental (heartbeats, grouped multivariate TPE), and its
     per-trial INFO lines would repeat what autotune reports itself.
@@ -37,11 +38,12 @@ def quiet_optuna() -> Iterator[None]:
     import optuna
 
     verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    quiet = max(verbosity, optuna.logging.WARNING if level is None else level)
+    optuna.logging.set_verbosity(quiet)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             yield
     finally:
-        if optuna.logging.get_verbosity() == max(verbosity, optuna.logging.WARNING):
+        if optuna.logging.get_verbosity() == quiet:
             optuna.logging.set_verbosity(verbosity)

@@ -83,7 +83,7 @@ def _claim_of(study: optuna.Study, key: str) -> dict[str, Any]:
 
 
 def _attrs(study: optuna.Study) -> dict[str, Any]:
-    return study._storage.get_study_user_attrs(study._study_id)  # fresh from the storage, not a cached copy
+    return study.user_attrs  # read from the storage at each access (Optuna caches trials, not study attributes)
 
 
 _TOKEN = uuid.uuid4().hex

@@ -31,6 +31,7 @@ from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
 from autotune.records import TrialRecord, read as read_record
 from autotune.runner import Worker, run_here
+from autotune.scoped import quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
 from autotune.storage import open_storage, redact
@@ -291,12 +292,11 @@ def tune(
                     return worker.run(run_trial, kwargs, timeout=limit, on_message=on_report)
                 return run_here(run_trial, kwargs, on_message=on_report)
 
-        # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own warnings
-        # would only repeat them
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
         started, attempts, short = time.monotonic(), Tuner.attempts(max(1, n_trials - _finished(study))), None
         if _finished(study) < n_trials:
-            with interrupts.installed(), phases.timed("trials"):
+            # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own lines
+            # would only repeat them
+            with interrupts.installed(), phases.timed("trials"), quiet_optuna(optuna.logging.ERROR):
                 for trial in tuner.trials(n_trials, stop=lambda: interrupts.requested or deadline.reached()):
                     deadline.started += 1
                     run_and_record(trial, plan, run, {"task": handle, "device": target.id, "seed": seed})

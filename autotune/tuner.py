@@ -34,6 +34,7 @@ from autotune.failures import finished, mark_infeasible
 from autotune.heartbeat import Heartbeat, fail_stale
 from autotune.procmem import process_memory
 from autotune.records import store_config, store_measured
+from autotune.scoped import quiet_optuna
 from autotune.space import SearchSpace, load_space
 from autotune.storage import open_storage, owner
 from autotune.study_open import ceiling_key, describe_new_study, open_study, resume_space
@@ -162,10 +163,11 @@ class TunerTrial:
         if self.state is not None:
             return
         self._heartbeat.stop()
-        if values is not None:
-            self._tuner.study.tell(self._trial, values)
-        else:
-            self._tuner.study.tell(self._trial, state=stored or optuna.trial.TrialState.PRUNED)
+        with quiet_optuna():  # autotune reports the trial's end; Optuna's INFO line would repeat it
+            if values is not None:
+                self._tuner.study.tell(self._trial, values)
+            else:
+                self._tuner.study.tell(self._trial, state=stored or optuna.trial.TrialState.PRUNED)
         self.state = state
 
     # --- the context manager -----------------------------------------------------------------------------
@@ -278,7 +280,7 @@ class Tuner:
         """One new trial: its owner recorded first (a kill from then on leaves a trial known to be orphaned),
         then its configuration sampled under the ceiling; its heartbeat runs until it is told."""
         fail_stale(self.study)
-        with warnings.catch_warnings():  # the heartbeat is ours (`autotune.heartbeat`), not Optuna's optimize's
+        with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask()
         trial.set_user_attr("owner", owner())
