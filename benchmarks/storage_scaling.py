@@ -137,8 +137,9 @@ def main() -> None:
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs; {args.trials} trials of {args.trial_steps} steps per study")
     rows = []
-    for label, url, server in storages(scratch):
-        try:
+    found = storages(scratch)
+    try:
+        for label, url, _ in found:
             subprocess.run([sys.executable, "-m", "autotune", *_tune_args(url, "warm-up", 1, args.trial_steps)],
                            cwd=ROOT, check=True, capture_output=True)  # fits the ceiling once, into the cache
             base = None
@@ -147,7 +148,8 @@ def main() -> None:
                 base = base or row["trials_per_minute"]
                 rows.append((label, row, row["trials_per_minute"] / base))
                 print(f"  {label}, {count} worker(s): {row['trials_per_minute']:.0f} trials/min", flush=True)
-        finally:
+    finally:  # the server started for the run goes, whichever storage failed
+        for _, _, server in found:
             if server is not None:
                 server.stop()
     print(f"load {os.getloadavg()[0]:.1f} at the end\n")
