@@ -865,6 +865,9 @@ class MindSporeBackend(Backend):
             return ("fp32", "bf16", "fp16")
         if device.kind == "gpu":
             return ("fp32", "fp16")
+        known = self.__dict__.setdefault("_cpu_precisions", [])
+        if known:  # probed once per process: the list must not change within a run (a repeat probe can fail)
+            return tuple(known)
         found = ["fp32"]
         for precision in ("bf16", "fp16"):
             try:
@@ -874,6 +877,7 @@ class MindSporeBackend(Backend):
             except (RuntimeError, TypeError, ValueError):
                 continue
             found.append(precision)
+        known.extend(found)
         return tuple(found)
 
     def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
