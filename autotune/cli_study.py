@@ -93,7 +93,8 @@ def register(sub: Any) -> None:
     tune.add_argument("task", help="path/file.py[:attr] or package.module:attr")
     tune.add_argument("--backend", help="check that the task uses this backend (torch, tensorflow, mindspore)")
     tune.add_argument("--device", help="device id from `autotune probe` (default: first accelerator, else cpu)")
-    tune.add_argument("--trials", type=_positive_int, default=20, help="finished trials wanted in the study (default 20)")
+    tune.add_argument("--trials", type=_positive_int, default=20,
+                      help="finished trials wanted in the study (default 20)")
     tune.add_argument("--timeout", type=_seconds, help="bound on the whole call in seconds (ceiling fit and range "
                       "test included): no trial starts that would end after it")
     budget = tune.add_mutually_exclusive_group()
@@ -108,7 +109,8 @@ def register(sub: Any) -> None:
     tune.add_argument("--in-process", action="store_true", help="run trials in this process (no isolation)")
     tune.add_argument("--no-range-test", action="store_true", help="skip the learning-rate range test")
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
-    tune.add_argument("--trial-timeout", type=_seconds, help="kill a trial after this many seconds (default 3×trial time + 120)")
+    tune.add_argument("--trial-timeout", type=_seconds,
+                      help="kill a trial after this many seconds (default 3×trial time + 120)")
     tune.add_argument("--heartbeat", type=_positive_int, help=argparse.SUPPRESS)
     tune.add_argument("--refit", action="store_true", help="fit the batch-size ceiling again instead of reusing "
                       "the one stored for this task, device and versions")
@@ -236,11 +238,11 @@ def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
     from autotune.failures import shown_state
-    from autotune.storage import open_storage
+    from autotune.storage import DEFAULT_STORAGE, local_file, open_storage
 
-    from autotune.storage import DEFAULT_STORAGE, local_file
-
-    if args.storage is None and not local_file(DEFAULT_STORAGE).exists():  # a fresh machine: nothing to list
+    default_file = local_file(DEFAULT_STORAGE)
+    # a fresh machine: nothing to list
+    if args.storage is None and default_file is not None and not default_file.exists():
         print("[]") if args.json else status("no studies in this storage yet: run autotune tune TASK")
         return 0
     storage = open_storage(args.storage, must_exist=True)
@@ -248,7 +250,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        counts = {state: sum(1 for t in trials if shown_state(t) == state) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        counts = {state: sum(1 for t in trials if shown_state(t) == state)
+                  for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
         objective = summary.user_attrs.get("objective", "?")
         best = summary.best_trial.values[0] if summary.best_trial is not None and summary.best_trial.values else None
         rows.append({"study": summary.study_name, "objective": objective, "backend": summary.user_attrs.get("backend"),

@@ -91,7 +91,7 @@ def fit_batch_size(
     notes: list[str] = []
     if on_cpu and memory_limit and not in_worker:
         notes.append("in-process on the CPU the limit is measured against, not enforced")
-    if largest is not None:
+    if largest is not None and sizes is not None:
         notes.append(f"samples differ in size: probes train on the largest ones ({int(sizes.max())} elements "
                      f"against a median of {int(np.median(sizes))})")
     probes: list[Probe] = []

@@ -73,8 +73,10 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return {
             "batch_size": {"low": self.batch_low, "high": self.batch_high, "choices": self.batch_choices},
-            "lr": {"low": self.lr_low, "high": self.lr_high, "log": self.lr_log, "reference_batch": self.reference_batch},
-            "optimizers": {name: {p: r.to_dict() for p, r in params.items()} for name, params in self.optimizers.items()},
+            "lr": {"low": self.lr_low, "high": self.lr_high, "log": self.lr_log,
+                   "reference_batch": self.reference_batch},
+            "optimizers": {name: {p: r.to_dict() for p, r in params.items()}
+                           for name, params in self.optimizers.items()},
             "precision": {"choices": list(self.precisions)},
             "compile": {"choices": list(self.compile_modes)},
             "lr_ranges": {name: list(bounds) for name, bounds in self.lr_ranges.items()},
@@ -120,7 +122,8 @@ class SearchSpace:
 
         Parameters are conditional on the optimizer (``adam.beta1``), and the learning rate is sampled at the
         reference batch (``adam.lr``), then scaled to the sampled batch size, so that one landscape is learned.
-        With ``global_batch`` (default: the space's own) the batch is not searched: it is that batch (the learning rate scaled to it), run as
+        With ``global_batch`` (default: the space's own) the batch is not searched: it is that batch (the
+        learning rate scaled to it), run as
         micro-batches under ``ceiling`` with gradient accumulation where it is larger (``micro_batch`` ×
         ``accumulation_steps`` in the configuration).
         """
@@ -166,7 +169,8 @@ class SearchSpace:
             for param, spec in params.items():
                 found[f"{name}.{param}"] = (
                     optuna.distributions.CategoricalDistribution(spec.choices) if spec.choices is not None
-                    else optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log))
+                    else optuna.distributions.FloatDistribution(float(spec.low or 0), float(spec.high or 0),
+                                                                 log=spec.log))
         return found
 
 
@@ -225,7 +229,8 @@ def _parse(text: str, source: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise SearchSpaceError(f"search space {source}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", exc)
+        raise SearchSpaceError(f"search space {source}:{where} is not valid YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -247,7 +247,8 @@ def tune(
     device_choice = auto_device(task, device, isolation=isolation, say=say)
     if device_choice:
         target = backend.resolve_device(device_choice["device"])
-    store = open_storage(storage, **({"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}))
+    beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
+    store = open_storage(storage, **beat)
     name = study_name or _study_name(task)
     study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
                                 pruning=pruning)

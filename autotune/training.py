@@ -262,7 +262,7 @@ def train_for_budget(
                 raise Diverged(f"training loss {loss:.4g} at step {done} (first loss {first_loss:.4g})")
         # a time budget ends at the step that comes nearest to it (half a step early at most), not the one after
         progress = ((train_seconds + 0.5 * elapsed) / training_budget) if training_budget is not None \
-            else (done / steps)
+            else (done / (steps or 1))
         while next_report <= reports and progress >= next_report / reports:
             if next_report not in evaluated:
                 next_report += 1
@@ -386,7 +386,7 @@ class AccumulatingSession(TrainingSession):
         self.session = session
         self.micro_batch = micro_batch
         self.batch_size = session.batch_size
-        self.first_step_compiles = session.first_step_compiles
+        self.first_step_compiles = session.first_step_compiles  # type: ignore[misc]  # the wrapped session's
 
     @property
     def compile_seconds(self) -> float:  # type: ignore[override]

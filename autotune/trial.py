@@ -17,8 +17,17 @@ from autotune.errors import TrialError
 from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import in_worker
 from autotune.task import resolve_task
-from autotune.training import (RANGE_TEST_MIN_STEPS, BatchSampler, Diverged, Pruned, TooSlow, accumulating,
-                               configured_session, lr_range_test, train_for_budget)
+from autotune.training import (
+    RANGE_TEST_MIN_STEPS,
+    BatchSampler,
+    Diverged,
+    Pruned,
+    TooSlow,
+    accumulating,
+    configured_session,
+    lr_range_test,
+    train_for_budget,
+)
 
 
 def _short(exc: BaseException) -> str:

@@ -193,7 +193,7 @@ class TunerTrial:
 
     def _measured(self, value: float) -> dict[str, Any]:
         median = percentile(self._steps, 50)
-        batch = int(percentile(self._samples, 50)) if self._samples else self.batch_size
+        batch = int(sorted(self._samples)[len(self._samples) // 2]) if self._samples else self.batch_size
         memory = process_memory()
         return {
             "throughput": batch / median if median else None, "val_loss": value,
@@ -268,7 +268,7 @@ class Tuner:
                 raise AutotuneError(f"ceiling must be a positive batch size or 'fit', got {ceiling!r}")
             return ceiling
         if space.batch_high or space.batch_choices:
-            return int(space.batch_high or max(space.batch_choices))
+            return int(space.batch_high or max(space.batch_choices or [0]))
         raise AutotuneError("no batch-size ceiling: give Tuner(ceiling=N), ceiling='fit' with task=, or "
                             "batch_size.high in the search space")
 

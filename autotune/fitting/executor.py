@@ -48,8 +48,8 @@ def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, o
     with fresh_session(backend, target, build) as session:
         session.reset_peak_memory()
         n_train, _ = backend.data_size(data)
-        sampler = (LargestSampler(largest, batch_size) if largest is not None
-                   else BatchSampler(n_train, batch_size, seed))
+        sampler: Any = (LargestSampler(largest, batch_size) if largest is not None
+                        else BatchSampler(n_train, batch_size, seed))
         figures = measure_probe(session, sampler, steps=steps, first_in_process=first_in_process)
         device_peak = session.peak_memory()
     pool = pool_blocks(backend.cpu_pool_block_bytes) if backend.cpu_pool_block_bytes and target.kind == "cpu" \

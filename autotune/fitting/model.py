@@ -66,20 +66,23 @@ class MemoryModel:
             return None
         small, large = measured[0], measured[-1]
 
+        def peak(probe: Probe) -> int:  # measured probes all have one
+            return int(probe.peak_memory_bytes or 0)
+
         def rising(probe: Probe) -> int:
-            return (probe.resident_peak_bytes if resident_slope else None) or probe.peak_memory_bytes
+            return (probe.resident_peak_bytes if resident_slope else None) or peak(probe)
 
         slope = (rising(large) - rising(small)) / (large.batch_size - small.batch_size)
         if slope <= 0:
-            slope = (large.peak_memory_bytes - small.peak_memory_bytes) / (large.batch_size - small.batch_size)
+            slope = (peak(large) - peak(small)) / (large.batch_size - small.batch_size)
         # Memory that grows faster than the batch (convex) is under-read by the slope from the smallest point: the
         # slope over the last stretch (from a point at most 3/4 of the largest, far enough apart that a page or
         # chunk does not swamp it) is the steeper one then.
         near = [p for p in measured if p.batch_size <= 0.75 * large.batch_size]
         if near and near[-1] is not small:
             slope = max(slope, (rising(large) - rising(near[-1])) / (large.batch_size - near[-1].batch_size))
-        intercept = large.peak_memory_bytes - slope * large.batch_size
-        residual = max(abs(p.peak_memory_bytes - (intercept + slope * p.batch_size)) for p in measured[-2:])
+        intercept = peak(large) - slope * large.batch_size
+        residual = max(abs(peak(p) - (intercept + slope * p.batch_size)) for p in measured[-2:])
         return cls(float(intercept), float(slope), float(residual))
 
     def predict(self, batch_size: float) -> float:
@@ -112,8 +115,9 @@ def largest_in_blocks(probes: list[Probe], budget: float, block: int, margin: fl
     if len(measured) < 2 or measured[0].batch_size == measured[-1].batch_size:
         return math.inf
     small, large = measured[0], measured[-1]
-    slope = (large.pool["touched"] - small.pool["touched"]) / (large.batch_size - small.batch_size)
+    small_pool, large_pool = small.pool or {}, large.pool or {}  # measured probes all have one
+    slope = (large_pool["touched"] - small_pool["touched"]) / (large.batch_size - small.batch_size)
     if slope <= 0:
         return math.inf
-    capacity = pool_capacity(large.pool, large.peak_memory_bytes, budget, block, margin)
-    return large.batch_size + (capacity - large.pool["touched"]) / slope
+    capacity = pool_capacity(large_pool, int(large.peak_memory_bytes or 0), budget, block, margin)
+    return large.batch_size + (capacity - large_pool["touched"]) / slope

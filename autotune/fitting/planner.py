@@ -103,7 +103,8 @@ class Planner:
             if probe.batch_size <= step:
                 raise FitError(_too_small_message(probe, budget))
             # even the first size failed: halve (still a growth probe: nothing is known of the slope)
-            return ProbeAt(max(step, _round_down(probe.batch_size // 2, step)), growth=self._asked.growth)
+            return ProbeAt(max(step, _round_down(probe.batch_size // 2, step)),
+                           growth=bool(self._asked and self._asked.growth))
         if fits_at >= ceiling or fails_at - fits_at <= step:
             return self._answer_now()
         if len(probes) >= self.max_probes:
