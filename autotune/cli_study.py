@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import time
@@ -126,12 +125,13 @@ def register(sub: Any) -> None:
     best.add_argument("--json", action="store_true", help="print one JSON object a training script can load")
     best.set_defaults(handler=cmd_best)
 
-    report = sub.add_parser("report", help="write a study's report: Markdown, JSON or HTML with plots")
+    report = sub.add_parser("report", help="write a study's report: HTML with plots, Markdown with PNGs, JSON")
     report.add_argument("study")
     _add_storage(report)
-    report.add_argument("--format", choices=["md", "json", "html"], default="md")
-    report.add_argument("--output", "-o", help="write to this file (default: stdout; studies/STUDY.FORMAT with --save)")
-    report.add_argument("--save", action="store_true", help="write to studies/STUDY.FORMAT")
+    report.add_argument("--format", default="html,md,json",
+                        help="comma-separated: html, md, json (default all three)")
+    report.add_argument("--output", "-o", help="folder to write into (default studies/STUDY/); "
+                        "'-' prints one format (md, json or html) on stdout")
     report.set_defaults(handler=cmd_report)
 
     studies = sub.add_parser("studies", help="list the studies of a storage")
@@ -238,11 +238,6 @@ def cmd_studies(args: argparse.Namespace) -> int:
     from autotune.failures import shown_state
     from autotune.storage import open_storage
 
-    from autotune.storage import DEFAULT_STORAGE, local_file
-
-    if args.storage is None and not local_file(DEFAULT_STORAGE).exists():  # a fresh machine: nothing to list
-        print("[]") if args.json else status("no studies in this storage yet: run autotune tune TASK")
-        return 0
     storage = open_storage(args.storage, must_exist=True)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
@@ -265,32 +260,18 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
-def save_path(study: str, extension: str) -> str:
-    """``studies/NAME.EXT`` for ``report --save``, the study name made a plain file name: a name holding ``/``
-    or ``..`` must not write outside ``studies/`` (``-o`` is the way to write elsewhere)."""
-    from pathlib import Path
-
-    name = re.sub(r"[^\w.-]", "_", study).lstrip(".") or "study"
-    path = Path("studies") / f"{name}.{extension}"
-    if path.resolve().parent != Path("studies").resolve():  # cannot happen with the rule above; never write there
-        from autotune.errors import AutotuneError
-
-        raise AutotuneError(f"study name {study!r} makes no file name inside studies/: use -o FILE")
-    return str(path)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from autotune.report import render
+    from autotune.errors import AutotuneError
+    from autotune.reporting import parse_formats, render_text, write_report
     from autotune.study import load_study
 
-    text = render(load_study(args.study, args.storage), args.format)
-    target = args.output or (save_path(args.study, args.format) if args.save else None)
-    if target:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_text(text, encoding="utf-8")
-        status(f"report written to {target}")
-    else:
-        print(text)
+    formats = parse_formats(args.format)
+    if args.output == "-" and len(formats) != 1:
+        raise AutotuneError("-o - prints one format on stdout: add --format md, --format json or --format html")
+    study = load_study(args.study, args.storage)
+    if args.output == "-":
+        sys.stdout.write(render_text(study, formats[0]))
+        return 0
+    for fmt, path in write_report(study, out_dir=args.output, formats=formats).items():
+        status(f"report ({fmt}) written to {path}")
     return 0
