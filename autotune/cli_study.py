@@ -117,6 +117,7 @@ def register(sub: Any) -> None:
                       "with gradient accumulation where it exceeds the fitted ceiling (learning rate scaled to it)")
     tune.add_argument("--json", action="store_true", help="print the result as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
+    tune.add_argument("--no-report", action="store_true", help="do not write studies/STUDY/report.* at the end")
     tune.set_defaults(handler=cmd_tune)
 
     best = sub.add_parser("best", help="the chosen configuration of a study")
@@ -222,6 +223,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not args.json:
         print()
     _print_result(result, args.json)
+    if not args.no_report:
+        from autotune.reporting.next_steps import report_after_tune
+
+        report_after_tune(result.study, args.storage)
     return 0
 
 

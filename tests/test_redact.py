@@ -82,7 +82,7 @@ def test_a_study_stored_under_a_url_with_a_password_keeps_no_trace_of_it(tmp_pat
     assert outputs[0].returncode == 0, outputs[0].stderr
     assert "password=***" in outputs[0].stderr  # the start line names the storage
     outputs += [run_cli(*args, "--storage", url, cwd=tmp_path) for args in
-                (("best", "s"), ("studies",), ("report", "s", "--format", "json"), ("best", "nope"))]
+                (("best", "s"), ("studies",), ("report", "s", "--format", "json", "-o", "-"), ("best", "nope"))]
     for result in outputs:
         assert "hunter2" not in result.stdout + result.stderr
     assert outputs[-1].returncode == 2

@@ -9,17 +9,24 @@ from typing import Mapping
 
 from autotune.reporting.document import Block, Bullets, Figure, Heading, Paragraph, Table
 
-_SPECIAL = re.compile(r"([\\`*\[\]<>|#])")
+_SPECIAL = re.compile(r"([\\`*\[\]<>|])")
 
 
-def escape(text: str) -> str:
-    """Study-derived text shown literally: Markdown's markup characters (and HTML's angle brackets) escaped."""
+def inline(text: str) -> str:
+    """Study-derived text shown literally inside a line: Markdown's markup characters (and HTML's angle
+    brackets) escaped, newlines folded (a table row is one line)."""
     return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
+def escape(text: str) -> str:
+    """A line of study-derived text: `inline`, and a leading ``#`` escaped (it would start a heading)."""
+    text = inline(text)
+    return "\\" + text if text.startswith("#") else text
+
+
 def _table(table: Table) -> list[str]:
-    lines = ["| " + " | ".join(escape(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
-    lines += ["| " + " | ".join(escape(cell) for cell in row) + " |" for row in table.rows]
+    lines = ["| " + " | ".join(inline(h) for h in table.headers) + " |", "|" + "---|" * len(table.headers)]
+    lines += ["| " + " | ".join(inline(cell) for cell in row) + " |" for row in table.rows]
     return lines
 
 
