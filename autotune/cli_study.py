@@ -49,6 +49,8 @@ class ProgressDisplay:
             self._trial(event)
         elif kind == "phases":
             self._line(f"time: {event['summary']}")
+        elif kind == "confirm":
+            self._line(f"context: the default configuration, and the {event['count']} best re-run with other seeds")
         elif kind == "busy":
             self._line(f"note: {event['message']}")
         elif kind == "device":
@@ -86,7 +88,8 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the search commands to the CLI's subparsers."""
-    from autotune.cli import _positive_int, _seconds, _size
+    from autotune.cli import _count, _positive_int, _seconds, _size
+    from autotune.confirm import CONFIRM_SEEDS, DEFAULT_CONFIRM
 
     tune = sub.add_parser("tune", help="search batch size, optimizer and learning rate with Optuna")
     tune.add_argument("task", help="path/file.py[:attr] or package.module:attr")
@@ -118,6 +121,9 @@ def register(sub: Any) -> None:
     tune.add_argument("--json", action="store_true", help="print the result as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
     tune.add_argument("--no-report", action="store_true", help="do not write studies/STUDY/report.* at the end")
+    tune.add_argument("--confirm", type=_count, default=DEFAULT_CONFIRM, metavar="K",
+                      help=f"re-run the K best configurations with {CONFIRM_SEEDS} other seeds and train the default "
+                           f"configuration once, for the report (default {DEFAULT_CONFIRM}; 0: neither)")
     tune.set_defaults(handler=cmd_tune)
 
     best = sub.add_parser("best", help="the chosen configuration of a study")
@@ -197,7 +203,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             study_name=args.study, storage=args.storage, seed=args.seed, memory_limit=args.memory_limit,
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
-            refit=args.refit, global_batch=args.global_batch, progress=progress,
+            refit=args.refit, global_batch=args.global_batch, progress=progress, confirm=args.confirm,
         )
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)

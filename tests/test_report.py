@@ -53,13 +53,6 @@ def test_tune_writes_the_page_and_the_data_and_says_what_to_run_next(tuned):
         assert command in said, said
 
 
-def test_no_report_writes_none(tmp_path):
-    result = run_cli("tune", str(EXAMPLES / "torch_digits.py"), "--trials", "1", "--trial-steps", "5",
-                     "--no-range-test", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--no-report", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"] and "report:" not in result.stderr
-
-
 def test_report_writes_three_formats_with_one_png_per_drawn_plot(written):
     assert sorted(p.name for p in written.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
     markdown = (written / "report.md").read_text()
@@ -261,3 +254,31 @@ def test_a_hostile_study_name_runs_no_script_in_chromium(tuned, tmp_path):
                    "-o", str(tmp_path / "out")).returncode == 0
     seen = open_in_chromium(tmp_path / "out" / "report.html", ARTIFACTS / "report-hostile.png", tmp_path)
     assert seen["dialogs"] == [] and seen["errors"] == [] and seen["refused"] == []
+
+
+def test_the_pick_is_measured_against_the_default_configuration_and_other_seeds(written):
+    data = json.loads((written / "report.json").read_text())
+    context = data["context"]
+    baseline = context["baseline"]
+    assert baseline["config"] == {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "optimizer_params": {}}
+    assert baseline["val_loss"] is not None or baseline["failure"]
+    complete = [r["number"] for r in data["trials"] if r["state"] == "COMPLETE"]
+    assert {c["trial"] for c in context["confirm"]} == set(sorted(complete, key=lambda n: data["trials"][n]["val_loss"])[:3])
+    for entry in context["confirm"]:
+        assert len(entry["values"]) + len(entry["failures"]) == 3 and entry["seeds"][0] == 0
+        assert entry["low"] <= entry["mean"] <= entry["high"]
+    markdown = (written / "report.md").read_text()
+    assert "## Against the default configuration and other seeds" in markdown and "default configuration" in markdown
+    if len(context["confirm"]) >= 2:
+        assert f"Verdict: {context['verdict']['text']}." in markdown
+
+
+def test_no_report_and_confirm_0_write_and_run_neither(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    result = run_cli("tune", str(EXAMPLES / "torch_digits.py"), "--trials", "1", "--trial-steps", "5",
+                     "--no-range-test", "--storage", storage, "--study", "d", "--confirm", "0", "--no-report",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    attrs = optuna.load_study(study_name="d", storage=storage).user_attrs
+    assert not any(key.startswith("context:") for key in attrs) and "confirm" not in attrs["phases"][-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"] and "report:" not in result.stderr

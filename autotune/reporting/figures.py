@@ -90,14 +90,16 @@ def memory_plot(data: dict[str, Any]) -> Plot:
                                                                 + model["bytes_per_sample"] * top) / MIB],
                 mode="lines", line={"dash": "dot"}, name=f"fitted: {model['formula']}"))
         if budget:
-            figure.add_hline(y=budget / MIB, line={"color": "crimson"}, annotation_text="budget")
+            figure.add_hline(y=budget / MIB, line={"color": "crimson"}, annotation_text="budget",
+                             annotation_position="top left")
             margin = record.get("margin")
             if margin:
                 figure.add_hline(y=budget * (1 - margin) / MIB, line={"color": "orange", "dash": "dash"},
-                                 annotation_text=f"budget less {margin:.0%} margin")
+                                 annotation_text=f"budget less {margin:.0%} margin", annotation_position="bottom left")
         if fit.get("batch_size"):
             figure.add_vline(x=fit["batch_size"], line={"color": "green", "dash": "dash"},
-                             annotation_text=f"ceiling {fit['batch_size']} ({fit.get('limited_by')})")
+                             annotation_text=f"ceiling {fit['batch_size']} ({fit.get('limited_by')})",
+                             annotation_position="bottom left")
     plot.figure = _layout(figure, plot.title, "batch size", "peak memory (MiB)")
     return plot
 
