@@ -79,16 +79,18 @@ def run_context(study: optuna.Study, run: Run, *, optimizers: list[str], ceiling
         finally:
             lengths.append(time.monotonic() - tick)
 
-    if count <= 0:
+    if count <= 0 or not _ranked(study, objective):  # nothing completed: there is no pick to put in context
         return
     if BASELINE_KEY not in study.user_attrs and not out_of_time():
         config = baseline_config(optimizers, ceiling)
         measured, failure = timed(config, seed)
         study.set_user_attr(BASELINE_KEY, {"config": config, "seed": seed, "measured": measured, "failure": failure})
-    record = dict(study.user_attrs.get(CONFIRM_KEY) or {"runs": []})
-    record.pop("skipped", None)  # a resumed study may now finish what an earlier call had no time for
-    done = {r["trial"] for r in record["runs"]}
-    for trial in [t for t in _ranked(study, objective)[:count] if t.number not in done]:
+    for trial in _ranked(study, objective)[:count]:
+        # read again before each configuration: another process on this study may have re-run it meanwhile
+        record = dict(study.user_attrs.get(CONFIRM_KEY) or {"runs": []})
+        record.pop("skipped", None)  # a resumed study may now finish what an earlier call had no time for
+        if trial.number in {r["trial"] for r in record["runs"]}:
+            continue
         for other in range(1, CONFIRM_SEEDS + 1):
             if out_of_time():
                 record["skipped"] = "the --timeout was reached before every re-run"

@@ -68,3 +68,52 @@ def test_one_notation_per_kind_of_figure():
     assert numbers.rate(0.000219) == "2.19e-04" and numbers.rate(0.1) == "1.00e-01"
     assert numbers.budget({"seconds": 1.0, "steps": None, "reports": 8}) == "1 s of training, 8 validation reports"
     assert numbers.budget({"seconds": None, "steps": 50, "reports": 8}) == "50 training steps, 8 validation reports"
+
+
+def _study_with(values):
+    import optuna
+
+    study = optuna.create_study()
+    for value in values:
+        config = {"batch_size": 64, "optimizer": "sgd", "lr": value / 10, "optimizer_params": {}}
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"config": config,
+                                                                           "measured": {"val_loss": value}}))
+    return study
+
+
+def test_run_context_reruns_the_best_once_and_stops_at_the_deadline():
+    import time
+
+    from autotune.confirm import run_context
+
+    calls = []
+
+    def run(config, seed):
+        calls.append((config["lr"], seed))
+        return {"val_loss": config["lr"] * 10 + seed / 100, "throughput": 10.0}, None
+
+    study = _study_with([0.3, 0.1, 0.2, 0.4])
+    run_context(study, run, optimizers=["sgd", "adam"], ceiling=16, objective="convergence", seed=5, count=2)
+    assert calls[0] == (1e-3, 5)  # the default configuration first: adam, lr 1e-3, at the ceiling below 32
+    assert study.user_attrs["context:baseline"]["config"] == {"batch_size": 16, "optimizer": "adam", "lr": 1e-3,
+                                                              "optimizer_params": {}}
+    assert sorted((r["trial"], r["seed"]) for r in study.user_attrs["context:confirm"]["runs"]) == [
+        (1, 6), (1, 7), (2, 6), (2, 7)]
+    run_context(study, run, optimizers=["sgd"], ceiling=16, objective="convergence", seed=5, count=2)
+    assert len(calls) == 5  # resumed: nothing left to run
+    late = _study_with([0.3, 0.1])
+    run_context(late, run, optimizers=["sgd"], ceiling=64, objective="convergence", seed=0, deadline=time.monotonic())
+    assert "context:baseline" not in late.user_attrs
+    assert late.user_attrs["context:confirm"]["skipped"].startswith("the --timeout was reached")
+
+
+def test_run_context_without_a_complete_trial_runs_nothing():
+    import optuna
+
+    from autotune.confirm import run_context
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    run_context(study, lambda config, seed: (_ for _ in ()).throw(AssertionError("ran")), optimizers=["sgd"],
+                ceiling=16, objective="convergence", seed=0)
+    assert study.user_attrs == {}
