@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 
@@ -23,7 +24,7 @@ DEFAULT_CONFIRM = 3
 """Configurations re-run at the end of a study (``--confirm``)."""
 CONFIRM_SEEDS = 2
 """Other seeds each of them is re-run with: with the study's own run, three values give its spread."""
-DEFAULT_CONFIGURATION = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32}
+DEFAULT_OPTIMIZER, DEFAULT_LR, DEFAULT_BATCH_SIZE = "adam", 1e-3, 32
 """The configuration a user would start from without tuning (framework defaults for everything else)."""
 
 Run = Callable[[dict[str, Any], int], tuple[dict[str, Any] | None, str | None]]
@@ -45,10 +46,9 @@ def trial_runner(*, worker: Worker | None, trial_kwargs: dict[str, Any], timeout
 def baseline_config(optimizers: list[str], ceiling: int) -> dict[str, Any]:
     """The default configuration, within this study: Adam if the space has it (else its first optimizer),
     batch 32 or the ceiling if smaller, the framework's own defaults for the optimizer's other parameters."""
-    optimizer = DEFAULT_CONFIGURATION["optimizer"] if DEFAULT_CONFIGURATION["optimizer"] in optimizers \
-        else sorted(optimizers)[0]
-    return {"batch_size": min(DEFAULT_CONFIGURATION["batch_size"], ceiling), "optimizer": optimizer,
-            "lr": DEFAULT_CONFIGURATION["lr"], "optimizer_params": {}}
+    optimizer = DEFAULT_OPTIMIZER if DEFAULT_OPTIMIZER in optimizers else min(optimizers)
+    return {"batch_size": min(DEFAULT_BATCH_SIZE, ceiling), "optimizer": optimizer, "lr": DEFAULT_LR,
+            "optimizer_params": {}}
 
 
 def _ranked(study: optuna.Study, objective: str) -> list[optuna.trial.FrozenTrial]:

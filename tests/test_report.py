@@ -98,11 +98,11 @@ def test_html_is_one_offline_page_with_headings_and_tables(written):
     page = (written / "report.html").read_text()
     assert "<pre>" not in page and page.count("<h1>") == 1 and "<h2>Trials</h2>" in page and "<table>" in page
     assert page.count("Plotly.newPlot(") >= 6
-    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", page, re.S)
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", page, re.DOTALL)
     assert not any("src" in attributes for attributes, _ in scripts)
     library = [body for _, body in scripts if "plotly.js v" in body]
     assert len(library) == 1  # inlined once; its own text names map-tile servers that no plot here uses
-    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page.replace(library[0], ""), re.I)
+    assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", page.replace(library[0], ""), re.IGNORECASE)
     assert "No plot: parameter importances need at least 10 complete trials" in page
 
 

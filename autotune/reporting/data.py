@@ -105,7 +105,7 @@ def _why(objective: str, chosen: dict[str, Any] | None, rows: list[dict[str, Any
     return text
 
 
-def _at_bound(value: float, low: float, high: float, log: bool) -> str | None:
+def _at_bound(value: float | None, low: float | None, high: float | None, log: bool) -> str | None:
     if low is None or high is None or not high > low or value is None:
         return None
     if log and low > 0 and value > 0:

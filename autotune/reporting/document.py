@@ -5,7 +5,8 @@ report data and rendered as Markdown or HTML, so that both say the same things i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from autotune.reporting import numbers as fmt
 from autotune.reporting.figures import Plot

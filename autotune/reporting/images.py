@@ -4,8 +4,8 @@ Chrome or Chromium: Debian's ``chromium`` serves, nothing is downloaded), all in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from autotune.reporting.figures import Plot
 

@@ -5,7 +5,7 @@ a PNG file beside the report, linked by a relative path.
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from autotune.reporting.document import Block, Bullets, Figure, Heading, Paragraph, Table
 

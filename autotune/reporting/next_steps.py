@@ -8,7 +8,6 @@ from typing import Any
 from autotune.console import status
 from autotune.storage import DEFAULT_STORAGE, redact
 
-
 AFTER_TUNE = ("html", "json")
 """What ``tune`` writes: the page and the data. The Markdown's PNGs start a browser (seconds), so
 ``autotune report`` writes them when asked."""

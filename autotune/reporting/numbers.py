@@ -6,6 +6,7 @@ separators, learning rates are always in scientific notation (they span decades)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from autotune.units import format_size
@@ -18,7 +19,7 @@ def loss(value: float | None) -> str:
     """``0.2423``, ``12.31``: plain decimals with four significant digits (an exponent only below 1e-4)."""
     if value is None:
         return MISSING
-    if value != value:  # NaN: a diverged run
+    if math.isnan(value):  # a diverged run
         return "NaN"
     if abs(value) >= 1e4:
         return f"{value:,.0f}"
