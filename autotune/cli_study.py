@@ -208,6 +208,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)
         print("no configuration is reported; the trials are stored in the study", file=sys.stderr)
+        if not args.no_report:
+            from autotune.reporting.next_steps import report_after_tune
+
+            report_after_tune(exc.result.study, args.storage)
         return 1
     except KeyboardInterrupt as exc:
         name = study_holder.get("study")

@@ -282,3 +282,12 @@ def test_no_report_and_confirm_0_write_and_run_neither(tmp_path):
     attrs = optuna.load_study(study_name="d", storage=storage).user_attrs
     assert not any(key.startswith("context:") for key in attrs) and "confirm" not in attrs["phases"][-1]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"] and "report:" not in result.stderr
+
+
+def test_without_a_browser_the_markdown_says_why_its_plots_are_missing(tuned, tmp_path):
+    result = run_cli("report", "digits", "--storage", tuned["storage"], "--format", "md", "-o", str(tmp_path),
+                     env={"BROWSER_PATH": str(tmp_path / "no-chromium")})  # where kaleido looks first
+    assert result.returncode == 0, result.stderr
+    markdown = (tmp_path / "report.md").read_text()
+    assert "![" not in markdown and "Plot not rendered: PNG plots need kaleido" in markdown
+    assert "apt-get install chromium" in markdown and not (tmp_path / "plots").exists()

@@ -117,3 +117,36 @@ def test_run_context_without_a_complete_trial_runs_nothing():
     run_context(study, lambda config, seed: (_ for _ in ()).throw(AssertionError("ran")), optimizers=["sgd"],
                 ceiling=16, objective="convergence", seed=0)
     assert study.user_attrs == {}
+
+
+def _searched(n_trials):
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial):
+        lr = trial.suggest_float("adam.lr", 1e-4, 1e-1, log=True)
+        exponent = trial.suggest_float("log2_batch_size", 4, 8)
+        loss = (lr - 0.01) ** 2 * 1e3 + exponent / 100
+        trial.set_user_attr("config", {"batch_size": int(2 ** exponent), "optimizer": "adam", "lr": lr,
+                                       "lr_reference": lr, "optimizer_params": {}})
+        trial.set_user_attr("measured", {"val_loss": loss, "throughput": 1000.0 * exponent})
+        trial.set_user_attr("history", [[8, loss, 1.0]])
+        return loss
+
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+@pytest.mark.parametrize("n_trials, drawn", [(9, False), (10, True)])
+def test_importances_are_drawn_only_from_ten_complete_trials(n_trials, drawn):
+    from autotune.reporting.data import report_data
+    from autotune.reporting.figures import all_plots
+
+    study = _searched(n_trials)
+    plots = {plot.key: plot for plot in all_plots(study, report_data(study))}
+    assert (plots["importance"].figure is not None) is drawn
+    assert drawn or "at least 10 complete trials" in plots["importance"].note
+    assert plots["history"].figure is not None and plots["curves"].figure is not None
+    assert len(plots["curves"].figure.data) == 5  # the five best, each labelled with its configuration
+    assert all(trace.name.startswith("#") and "adam batch" in trace.name for trace in plots["curves"].figure.data)

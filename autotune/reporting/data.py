@@ -16,6 +16,7 @@ import optuna
 from autotune.failures import shown_state
 from autotune.reporting.context import context_summary
 from autotune.study import best_trial, result_from_trial
+from autotune.verdict import not_learning
 
 IMPORTANCE_MIN_TRIALS = 10
 """Parameter importances are computed from at least this many complete trials; fewer would rank noise."""
@@ -161,8 +162,9 @@ def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
             for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
 
 
-def _notes(rows: list[dict[str, Any]], counts: dict[str, int], chosen: dict[str, Any] | None) -> list[str]:
-    notes = []
+def _notes(rows: list[dict[str, Any]], counts: dict[str, int], chosen: dict[str, Any] | None,
+           not_learning: str | None) -> list[str]:
+    notes = [f"{not_learning}: the pick below is only the best-valued trial, not a winner"] if not_learning else []
     if counts["RUNNING"] or counts["WAITING"]:
         notes.append(f"{counts['RUNNING']} trial(s) still running: this report is a snapshot; run "
                      "autotune report again when the study ends")
@@ -205,6 +207,6 @@ def report_data(study: optuna.Study) -> dict[str, Any]:
         "hardware": info.get("hardware"), "versions": info.get("versions"), "phases": info.get("phases") or [],
         "fits": fits, "range_tests": space.get("range_tests") or {}, "lr_ranges": space.get("lr_ranges") or {},
         "search_space": {k: v for k, v in space.items() if k not in ("range_tests", "lr_ranges")},
-        "trials": rows, "pareto_front": front, "counts": counts, "notes": _notes(rows, counts, chosen),
+        "trials": rows, "pareto_front": front, "counts": counts, "notes": _notes(rows, counts, chosen, not_learning(study)),
         "importance_note": importance_note(counts),
     }

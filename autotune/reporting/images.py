@@ -30,5 +30,7 @@ def write_pngs(plots: Sequence[Plot], folder: Path) -> tuple[dict[str, str], str
     try:
         pio.write_images([plot.figure for plot in drawn], paths, width=WIDTH, height=HEIGHT)
     except RuntimeError as exc:  # plotly's way of saying that kaleido found no browser
-        return {}, f"{NO_RENDERER}: {str(exc).strip().splitlines()[0][:160]}"
+        if not any(folder.iterdir()):
+            folder.rmdir()  # no empty folder beside a report that links nothing in it
+        return {}, f"{NO_RENDERER}: {str(exc).strip().splitlines()[0][:160].rstrip('.')}"
     return {plot.key: path.name for plot, path in zip(drawn, paths)}, None
