@@ -88,8 +88,8 @@ def test_json_holds_the_fit_the_range_tests_and_every_trial(written):
     data = json.loads((written / "report.json").read_text())
     assert data["chosen"]["trial"] in [r["number"] for r in data["trials"]]
     fit = next(iter(data["fits"].values()))
-    assert fit["fit"]["probes"] and all(p["batch_size"] > 0 for p in fit["fit"]["probes"])
-    assert fit["batch_size"] == max(p["batch_size"] for p in fit["fit"]["probes"] if p["fits"])
+    assert fit["probes"] and all(p["batch_size"] > 0 for p in fit["probes"])
+    assert fit["batch_size"] == max(p["batch_size"] for p in fit["probes"] if p["fits"])
     assert len(data["trials"]) >= 4 and data["counts"]["COMPLETE"] >= 1
     assert data["importance_note"] and "10 complete trials" in data["importance_note"]
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import optuna
 
-from autotune.failures import shown_state
+from autotune.records import TrialRecord
+from autotune.records import read as read_record
 from autotune.reporting.context import context_summary
 from autotune.study import best_trial, result_from_trial
 from autotune.verdict import not_learning
@@ -24,36 +25,36 @@ BOUND_SHARE = 0.02
 """A value within this share of its range (log range for a log-scaled one) from an end is "at the bound"."""
 
 
-def _last_report(trial: optuna.trial.FrozenTrial) -> tuple[int | None, float | None]:
-    """The last validation report a trial reached (pruned and failed ones included): from its history
-    attribute (every report) or, where that was not written, from the reports the pruner saw."""
-    history = trial.user_attrs.get("history") or []
-    if history:
-        index, value = history[-1][0], history[-1][1]
-        return int(index), float(value)
-    if trial.intermediate_values:
-        step = max(trial.intermediate_values)
-        return step, float(trial.intermediate_values[step])
-    return None, None
+SHOWN_STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running": "RUNNING",
+                "waiting": "WAITING"}
+"""A trial record's state as the report (and ``autotune studies``) shows it."""
+
+
+def _last_report(record: TrialRecord) -> tuple[int | None, float | None]:
+    """The last validation report a trial reached (pruned and failed ones included) and its number."""
+    if record.val_loss is not None and record.history:
+        return int(record.history[-1][0]), float(record.val_loss)
+    finite = [(index, value) for index, value, _ in record.history if value is not None and math.isfinite(value)]
+    return (int(finite[-1][0]), float(finite[-1][1])) if finite else (None, record.last_loss)
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One flat record per trial: configuration, figures, the last report reached and, if it stopped early, why."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        config, measured = trial.user_attrs.get("config") or {}, trial.user_attrs.get("measured") or {}
-        last_report, last_loss = _last_report(trial)
+        record = read_record(trial)
+        config, measured = record.config, record.measured
+        last_report, last_loss = _last_report(record)
         rows.append({
-            "number": trial.number, "state": shown_state(trial), "batch_size": config.get("batch_size"),
-            "optimizer": config.get("optimizer"), "lr": config.get("lr"), "lr_reference": config.get("lr_reference"),
-            "optimizer_params": config.get("optimizer_params") or {}, "val_loss": measured.get("val_loss"),
-            "last_loss": last_loss, "last_report": last_report,
-            "throughput": measured.get("throughput"), "busy": bool(measured.get("busy")),
+            "number": record.number, "state": SHOWN_STATES.get(record.state, record.state.upper()),
+            "batch_size": record.batch_size, "optimizer": record.optimizer, "lr": record.lr,
+            "lr_reference": config.get("lr_reference"), "optimizer_params": dict(config.get("optimizer_params") or {}),
+            "val_loss": record.val_loss, "last_loss": last_loss, "last_report": last_report,
+            "throughput": record.throughput, "busy": bool(measured.get("busy")),
             "step_seconds_p50": measured.get("step_seconds_p50"), "step_seconds_p95": measured.get("step_seconds_p95"),
             "peak_memory_bytes": measured.get("peak_memory_bytes"),
             "energy_per_sample_joules": measured.get("energy_per_sample_joules"),
-            "reason": trial.user_attrs.get("failure"),
-            "seconds": trial.duration.total_seconds() if trial.duration else None,
+            "reason": record.failure, "seconds": record.seconds,
             "history": [[int(h[0]), float(h[1]), float(h[2])] for h in trial.user_attrs.get("history") or []],
         })
     return rows

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from autotune.reporting import numbers as fmt
-from autotune.reporting.figures import Plot
+from autotune.reporting.figures import Plot, memory_formula
 
 
 @dataclasses.dataclass
@@ -141,11 +141,11 @@ def _ceiling(data: dict[str, Any], plots: dict[str, Plot]) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Batch-size ceiling")]
     rows = []
     for device, fit in data["fits"].items():
-        record = fit.get("fit") or {}
-        model = record.get("model") or {}
+        model = fit.get("model")
         rows.append([device, str(fit.get("batch_size")), str(fit.get("limited_by")),
                      fmt.size(fit.get("peak_memory_bytes")), fmt.size(fit.get("budget_bytes")),
-                     model.get("formula", fmt.MISSING), str(len(record.get("probes") or [])) if record else fmt.MISSING])
+                     memory_formula(model) if model else fmt.MISSING,
+                     str(len(fit["probes"])) if fit.get("probes") else fmt.MISSING])
     if rows:
         blocks.append(Table(["device", "ceiling", "limited by", "peak at the ceiling", "budget", "memory model",
                              "probes"], rows))

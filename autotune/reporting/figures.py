@@ -14,6 +14,8 @@ from typing import Any
 
 import optuna
 
+from autotune.units import format_size
+
 BEST_CURVES = 5
 """Loss curves are drawn for this many best trials: more make the plot unreadable."""
 MIB = 2 ** 20
@@ -51,6 +53,11 @@ def _layout(figure: Any, title: str, x: str, y: str, *, log_x: bool = False) -> 
     return figure
 
 
+def memory_formula(model: dict[str, Any]) -> str:
+    """The fit's memory line in words: ``313.83 MiB + 2.10 KiB × batch``."""
+    return f"{format_size(model['intercept_bytes'])} + {format_size(model['bytes_per_sample'])} × batch"
+
+
 def _label(row: dict[str, Any]) -> str:
     return f"#{row['number']} {row['optimizer']} batch {row['batch_size']} lr {row['lr']:.2e}"
 
@@ -64,39 +71,34 @@ def memory_plot(data: dict[str, Any]) -> Plot:
     import plotly.graph_objects as go
 
     plot = _new("memory")
-    fitted = [(device, f) for device, f in data["fits"].items() if (f.get("fit") or {}).get("probes")]
+    fitted = [(device, f) for device, f in data["fits"].items() if f.get("probes")]
     if not fitted:
         plot.note = ("no fit record in this study: the ceiling was given, not fitted (or fitted by a version "
                      "that did not keep the probes)")
         return plot
     figure = go.Figure()
     for device, fit in fitted:
-        record = fit["fit"]
-        probes = [p for p in record["probes"] if p.get("peak_memory_bytes")]
+        probes = [p for p in fit["probes"] if p.get("peak_memory_bytes")]
         figure.add_trace(go.Scatter(
             x=[p["batch_size"] for p in probes], y=[p["peak_memory_bytes"] / MIB for p in probes], mode="markers",
             name=f"probes that ran ({device})", marker={"size": 9}))
-        failed = [p for p in record["probes"] if not p.get("fits")]
+        failed = [p for p in fit["probes"] if not p.get("fits")]
         budget = fit.get("budget_bytes")
         if failed and budget:
             figure.add_trace(go.Scatter(x=[p["batch_size"] for p in failed], y=[budget / MIB] * len(failed),
                                         mode="markers", marker={"symbol": "x", "size": 11, "color": "crimson"},
                                         name="out of memory", text=[p.get("reason") for p in failed]))
-        sizes = [p["batch_size"] for p in record["probes"]] + [fit.get("batch_size") or 0]
-        model = record.get("model")
+        sizes = [p["batch_size"] for p in fit["probes"]] + [fit.get("batch_size") or 0]
+        model = fit.get("model")
         if model:
             top = max(sizes) * 1.1
             figure.add_trace(go.Scatter(
                 x=[0, top], y=[model["intercept_bytes"] / MIB, (model["intercept_bytes"]
                                                                 + model["bytes_per_sample"] * top) / MIB],
-                mode="lines", line={"dash": "dot"}, name=f"fitted: {model['formula']}"))
+                mode="lines", line={"dash": "dot"}, name=f"fitted: {memory_formula(model)}"))
         if budget:
             figure.add_hline(y=budget / MIB, line={"color": "crimson"}, annotation_text="budget",
                              annotation_position="top left")
-            margin = record.get("margin")
-            if margin:
-                figure.add_hline(y=budget * (1 - margin) / MIB, line={"color": "orange", "dash": "dash"},
-                                 annotation_text=f"budget less {margin:.0%} margin", annotation_position="bottom left")
         if fit.get("batch_size"):
             figure.add_vline(x=fit["batch_size"], line={"color": "green", "dash": "dash"},
                              annotation_text=f"ceiling {fit['batch_size']} ({fit.get('limited_by')})",
