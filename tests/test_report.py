@@ -145,7 +145,8 @@ def _odd_study(storage: str, name: str, kind: str) -> None:
                        "task": "examples/torch_digits.py:task", "reference_batch": 32,
                        "trial_budget": {"seconds": 1.0, "steps": None, "reports": 8}}.items():
         study.set_user_attr(key, value)
-    done, pruned, failed = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
+    states = optuna.trial.TrialState
+    done, pruned, failed = states.COMPLETE, states.PRUNED, states.FAIL
     if kind == "failed":
         _stored(study, done, val_loss=0.5, reports={2: 1.0, 8: 0.5})
         _stored(study, failed, failure="crash: killed by SIGSEGV")
@@ -263,7 +264,8 @@ def test_the_pick_is_measured_against_the_default_configuration_and_other_seeds(
     assert baseline["config"] == {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "optimizer_params": {}}
     assert baseline["val_loss"] is not None or baseline["failure"]
     complete = [r["number"] for r in data["trials"] if r["state"] == "COMPLETE"]
-    assert {c["trial"] for c in context["confirm"]} == set(sorted(complete, key=lambda n: data["trials"][n]["val_loss"])[:3])
+    best = sorted(complete, key=lambda n: data["trials"][n]["val_loss"])[:3]
+    assert {c["trial"] for c in context["confirm"]} == set(best)
     for entry in context["confirm"]:
         assert len(entry["values"]) + len(entry["failures"]) == 3 and entry["seeds"][0] == 0
         assert entry["low"] <= entry["mean"] <= entry["high"]

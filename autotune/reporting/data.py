@@ -13,8 +13,7 @@ from typing import Any
 
 import optuna
 
-from autotune.records import TrialRecord
-from autotune.records import read as read_record
+from autotune.records import TrialRecord, read as read_record
 from autotune.reporting.context import context_summary
 from autotune.study import best_trial, result_from_trial
 from autotune.verdict import not_learning
@@ -208,6 +207,7 @@ def report_data(study: optuna.Study) -> dict[str, Any]:
         "hardware": info.get("hardware"), "versions": info.get("versions"), "phases": info.get("phases") or [],
         "fits": fits, "range_tests": space.get("range_tests") or {}, "lr_ranges": space.get("lr_ranges") or {},
         "search_space": {k: v for k, v in space.items() if k not in ("range_tests", "lr_ranges")},
-        "trials": rows, "pareto_front": front, "counts": counts, "notes": _notes(rows, counts, chosen, not_learning(study)),
+        "trials": rows, "pareto_front": front, "counts": counts,
+        "notes": _notes(rows, counts, chosen, not_learning(study)),
         "importance_note": importance_note(counts),
     }

@@ -265,6 +265,7 @@ def all_plots(study: optuna.Study, data: dict[str, Any]) -> list[Plot]:
     import importlib.util
 
     if importlib.util.find_spec("plotly") is None:
-        return [Plot(key, title, note="plots need plotly: pip install 'autotune[plots]'") for key, title in PLOTS.items()]
+        note = "plots need plotly: pip install 'autotune[plots]'"
+        return [Plot(key, title, note=note) for key, title in PLOTS.items()]
     return [memory_plot(data), throughput_plot(data), pareto_plot(data), lr_plot(data), range_test_plot(data),
             history_plot(study, data), curves_plot(data), importance_plot(study, data)]
