@@ -72,14 +72,23 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 included (``--confirm 0``)."""
+    return _whole_number(text, 0)
 
 
 def _json_out(data: Any) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import sys
 import time
@@ -50,6 +49,8 @@ class ProgressDisplay:
             self._trial(event)
         elif kind == "phases":
             self._line(f"time: {event['summary']}")
+        elif kind == "confirm":
+            self._line(f"context: the default configuration, and the {event['count']} best re-run with other seeds")
         elif kind == "busy":
             self._line(f"note: {event['message']}")
         elif kind == "device":
@@ -87,7 +88,8 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the search commands to the CLI's subparsers."""
-    from autotune.cli import _positive_int, _seconds, _size
+    from autotune.cli import _count, _positive_int, _seconds, _size
+    from autotune.confirm import CONFIRM_SEEDS, DEFAULT_CONFIRM
 
     tune = sub.add_parser("tune", help="search batch size, optimizer and learning rate with Optuna")
     tune.add_argument("task", help="path/file.py[:attr] or package.module:attr")
@@ -120,6 +122,10 @@ def register(sub: Any) -> None:
                       "with gradient accumulation where it exceeds the fitted ceiling (learning rate scaled to it)")
     tune.add_argument("--json", action="store_true", help="print the result as JSON")
     tune.add_argument("--quiet", action="store_true", help="no progress lines")
+    tune.add_argument("--no-report", action="store_true", help="do not write studies/STUDY/report.* at the end")
+    tune.add_argument("--confirm", type=_count, default=DEFAULT_CONFIRM, metavar="K",
+                      help=f"re-run the K best configurations with {CONFIRM_SEEDS} other seeds and train the default "
+                           f"configuration once, for the report (default {DEFAULT_CONFIRM}; 0: neither)")
     tune.set_defaults(handler=cmd_tune)
 
     best = sub.add_parser("best", help="the chosen configuration of a study")
@@ -128,12 +134,13 @@ def register(sub: Any) -> None:
     best.add_argument("--json", action="store_true", help="print one JSON object a training script can load")
     best.set_defaults(handler=cmd_best)
 
-    report = sub.add_parser("report", help="write a study's report: Markdown, JSON or HTML with plots")
+    report = sub.add_parser("report", help="write a study's report: HTML with plots, Markdown with PNGs, JSON")
     report.add_argument("study")
     _add_storage(report)
-    report.add_argument("--format", choices=["md", "json", "html"], default="md")
-    report.add_argument("--output", "-o", help="write to this file (default: stdout; studies/STUDY.FORMAT with --save)")
-    report.add_argument("--save", action="store_true", help="write to studies/STUDY.FORMAT")
+    report.add_argument("--format", default="html,md,json",
+                        help="comma-separated: html, md, json (default all three)")
+    report.add_argument("--output", "-o", help="folder to write into (default studies/STUDY/); "
+                        "'-' prints one format (md, json or html) on stdout")
     report.set_defaults(handler=cmd_report)
 
     studies = sub.add_parser("studies", help="list the studies of a storage")
@@ -198,11 +205,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
             study_name=args.study, storage=args.storage, seed=args.seed, memory_limit=args.memory_limit,
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
-            refit=args.refit, global_batch=args.global_batch, progress=progress,
+            refit=args.refit, global_batch=args.global_batch, progress=progress, confirm=args.confirm,
         )
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)
         print("no configuration is reported; the trials are stored in the study", file=sys.stderr)
+        if not args.no_report:
+            from autotune.reporting.next_steps import report_after_tune
+
+            report_after_tune(exc.result.study, args.storage)
         return 1
     except KeyboardInterrupt as exc:
         name = study_holder.get("study")
@@ -224,6 +235,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not args.json:
         print()
     _print_result(result, args.json)
+    if not args.no_report:
+        from autotune.reporting.next_steps import report_after_tune
+
+        report_after_tune(result.study, args.storage)
     return 0
 
 
@@ -238,13 +253,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
 
     from autotune.failures import shown_state
-    from autotune.storage import DEFAULT_STORAGE, local_file, open_storage
+    from autotune.storage import open_storage
 
-    default_file = local_file(DEFAULT_STORAGE)
-    # a fresh machine: nothing to list
-    if args.storage is None and default_file is not None and not default_file.exists():
-        print("[]") if args.json else status("no studies in this storage yet: run autotune tune TASK")
-        return 0
     storage = open_storage(args.storage, must_exist=True)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=True):
@@ -268,32 +278,18 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
-def save_path(study: str, extension: str) -> str:
-    """``studies/NAME.EXT`` for ``report --save``, the study name made a plain file name: a name holding ``/``
-    or ``..`` must not write outside ``studies/`` (``-o`` is the way to write elsewhere)."""
-    from pathlib import Path
-
-    name = re.sub(r"[^\w.-]", "_", study).lstrip(".") or "study"
-    path = Path("studies") / f"{name}.{extension}"
-    if path.resolve().parent != Path("studies").resolve():  # cannot happen with the rule above; never write there
-        from autotune.errors import AutotuneError
-
-        raise AutotuneError(f"study name {study!r} makes no file name inside studies/: use -o FILE")
-    return str(path)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from autotune.report import render
+    from autotune.errors import AutotuneError
+    from autotune.reporting import parse_formats, render_text, write_report
     from autotune.study import load_study
 
-    text = render(load_study(args.study, args.storage), args.format)
-    target = args.output or (save_path(args.study, args.format) if args.save else None)
-    if target:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        Path(target).write_text(text, encoding="utf-8")
-        status(f"report written to {target}")
-    else:
-        print(text)
+    formats = parse_formats(args.format)
+    if args.output == "-" and len(formats) != 1:
+        raise AutotuneError("-o - prints one format on stdout: add --format md, --format json or --format html")
+    study = load_study(args.study, args.storage)
+    if args.output == "-":
+        sys.stdout.write(render_text(study, formats[0]))
+        return 0
+    for fmt, path in write_report(study, out_dir=args.output, formats=formats).items():
+        status(f"report ({fmt}) written to {path}")
     return 0

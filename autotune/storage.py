@@ -44,7 +44,7 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
         file = local_file(url)
         if file is not None and not file.exists():
             if must_exist:
-                raise StorageError(f"no storage file {str(file)!r} ({redact(url, url)}): check --storage; "
+                raise StorageError(f"no storage file {str(file.absolute())!r} ({redact(url, url)}): check --storage; "
                                    "autotune tune creates it")
             file.parent.mkdir(parents=True, exist_ok=True)
         if file is not None and is_journal(url):

@@ -22,6 +22,7 @@ from autotune.budget import Phases
 from autotune.ceiling import ensure_ceiling
 from autotune.ceiling_cache import CeilingCache
 from autotune.checks import check_task_data, seconds
+from autotune.confirm import DEFAULT_CONFIRM, run_context, trial_runner
 from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
 from autotune.failures import finished, shortfall
 from autotune.guard import guarded
@@ -206,6 +207,7 @@ def tune(
     refit: bool = False,
     progress: Progress | None = None,
     global_batch: int | None = None,
+    confirm: int = DEFAULT_CONFIRM,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
@@ -220,6 +222,8 @@ def tune(
     earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
     ``global_batch``: every trial trains at that batch, in micro-batches with gradient accumulation where it
     exceeds the ceiling; ``device="auto"``: the device bench measures fastest (`autotune.bench.auto_device`).
+    At the end, the backend's default configuration and the ``confirm`` best configurations with other
+    seeds are trained at the same budget for the report (`autotune.confirm`; 0 skips them).
 
     The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
     and fails them.
@@ -312,6 +316,13 @@ def tune(
                               attempts=attempts)
             if short and best_trial(study, objective) is not None:
                 say({"event": "shortfall", "message": short})
+        if confirm:  # the pick in context: the default configuration and re-runs with other seeds (autotune.confirm)
+            say({"event": "confirm", "count": confirm})
+            with phases.timed("confirm"):
+                run_context(study, trial_runner(worker=worker, timeout=limit, trial_kwargs=dict(
+                    task=handle, device=target.id, seconds=trial_time, steps=trial_steps, reports=REPORTS)),
+                    optimizers=sorted(space.optimizers), ceiling=ceiling, objective=objective, seed=seed,
+                    count=confirm, deadline=deadline.at)
         study.set_user_attr("phases", [*study.user_attrs.get("phases", []), phases.to_dict()])
         say({"event": "phases", "seconds": phases.to_dict(), "summary": phases.describe()})
         chosen = best_trial(study, objective)

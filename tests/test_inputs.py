@@ -59,13 +59,14 @@ def test_a_task_failing_in_the_first_probe_leaves_no_study_behind(tmp_path):
     assert optuna.get_all_study_names(storage) == []
 
 
-def test_report_save_writes_only_inside_studies(tmp_path):
+def test_report_writes_only_inside_studies(tmp_path):
     storage = f"sqlite:///{tmp_path / 'db' / 's.db'}"
     (tmp_path / "db").mkdir()
     optuna.create_study(study_name="../../escape", storage=storage)
-    result = run_cli("report", "../../escape", "--save", "--storage", storage, cwd=tmp_path / "db")
+    result = run_cli("report", "../../escape", "--format", "md,json", "--storage", storage, cwd=tmp_path / "db")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "db" / "studies").iterdir()) == ["_.._escape.md"]
+    assert sorted(p.name for p in (tmp_path / "db" / "studies").iterdir()) == ["_.._escape"]
+    assert sorted(p.name for p in (tmp_path / "db" / "studies" / "_.._escape").iterdir()) == ["report.json", "report.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["db"]
 
 

@@ -82,7 +82,7 @@ def test_a_study_stored_under_a_url_with_a_password_keeps_no_trace_of_it(tmp_pat
     assert outputs[0].returncode == 0, outputs[0].stderr
     assert "password=***" in outputs[0].stderr  # the start line names the storage
     outputs += [run_cli(*args, "--storage", url, cwd=tmp_path) for args in
-                (("best", "s"), ("studies",), ("report", "s", "--format", "json"), ("best", "nope"))]
+                (("best", "s"), ("studies",), ("report", "s", "--format", "json", "-o", "-"), ("best", "nope"))]
     for result in outputs:
         assert "hunter2" not in result.stdout + result.stderr
     assert outputs[-1].returncode == 2
@@ -90,4 +90,7 @@ def test_a_study_stored_under_a_url_with_a_password_keeps_no_trace_of_it(tmp_pat
     rows = sqlite3.connect(db).execute("select value_json from study_user_attributes "
                                        "union all select value_json from trial_user_attributes").fetchall()
     assert rows and not any("hunter2" in value for (value,) in rows)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]  # no stray folder named after the URL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db", "studies"]  # no stray folder named after the URL
+    written = sorted((tmp_path / "studies" / "s").iterdir())  # the report tune writes at its end
+    assert [p.name for p in written] == ["report.html", "report.json"]
+    assert not any(b"hunter2" in p.read_bytes() for p in written)

@@ -22,9 +22,10 @@ def test_a_read_command_on_a_mistyped_storage_creates_nothing(tmp_path, url, com
     assert list(tmp_path.iterdir()) == []
 
 
-def test_studies_on_a_fresh_machine_lists_none_and_creates_nothing(tmp_path):
-    listed = run_cli("studies", "--json", cwd=tmp_path)
-    assert listed.returncode == 0 and listed.stdout.strip() == "[]"
+@pytest.mark.parametrize("command", [("best", "s"), ("studies",), ("report", "s")])
+def test_a_read_command_on_a_fresh_machine_names_the_file_it_looked_for_and_creates_nothing(tmp_path, command):
+    result = run_cli(*command, "--json", cwd=tmp_path) if command[0] != "report" else run_cli(*command, cwd=tmp_path)
+    assert_one_line_error(result, "no storage file", "studies/autotune.db")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -71,12 +71,12 @@ def test_cli_tune_best_and_studies(tmp_path):
     studies = json.loads(run_cli("studies", "--storage", storage, "--json").stdout)
     assert studies[0]["study"] == "small" and studies[0]["complete"] + studies[0]["pruned"] == 3
     assert_one_line_error(run_cli("best", "nope", "--storage", storage), "no study 'nope'", "small")
-    markdown = run_cli("report", "small", "--storage", storage)
+    markdown = run_cli("report", "small", "--storage", storage, "--format", "md", "-o", "-")
     assert "## Chosen configuration" in markdown.stdout and "| # | state |" in markdown.stdout
-    report = json.loads(run_cli("report", "small", "--storage", storage, "--format", "json").stdout)
+    report = json.loads(run_cli("report", "small", "--storage", storage, "--format", "json", "-o", "-").stdout)
     assert report["chosen"] == result and len(report["trials"]) >= 3 and report["pareto_front"]
-    page = run_cli("report", "small", "--storage", storage, "--format", "html", "-o", str(tmp_path / "r.html"))
-    assert page.returncode == 0 and "plotly" in (tmp_path / "r.html").read_text()
+    page = run_cli("report", "small", "--storage", storage, "--format", "html", "-o", str(tmp_path / "r"))
+    assert page.returncode == 0 and "plotly" in (tmp_path / "r" / "report.html").read_text()
 
 
 def _wait_for(predicate, timeout=240):

@@ -27,7 +27,7 @@ def test_the_own_loop_example_stores_trials_that_best_reads(tmp_path):
     assert complete[0].user_attrs["config"]["batch_size"] in (16, 32, 64, 128, 256)
     shown = json.loads(run_cli("best", "own-loop-digits", "--storage", storage, "--json").stdout)
     assert shown["batch_size"] == best.batch_size and shown["optimizer"] == best.optimizer
-    assert run_cli("report", "own-loop-digits", "--storage", storage).returncode == 0
+    assert run_cli("report", "own-loop-digits", "--storage", storage, "-o", str(tmp_path / "report")).returncode == 0
     loaded = autotune.load_best("own-loop-digits", storage)
     optimizer = loaded.make_optimizer(torch.nn.Linear(64, 10).parameters())
     assert optimizer.param_groups[0]["lr"] == pytest.approx(best.lr)
