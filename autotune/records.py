@@ -41,8 +41,6 @@ class TrialRecord:
     failure_kind: str | None
     owner: Mapping[str, Any]
     reduced_budget: bool
-    role: str | None
-    """None for a search trial; ``baseline`` or ``confirm`` for the report's comparison runs."""
     values: tuple[float, ...] | None
     seconds: float | None
     """Wall time from start to end, None while running."""
@@ -95,7 +93,7 @@ def read(trial: optuna.trial.FrozenTrial) -> TrialRecord:
         number=trial.number, state=state, config=dict(attrs.get("config") or {}),
         measured=dict(attrs.get("measured") or {}), history=history,
         failure=attrs.get("failure"), failure_kind=attrs.get("failure_kind"), owner=dict(attrs.get("owner") or {}),
-        reduced_budget=bool(attrs.get("reduced_budget")), role=attrs.get("role"),
+        reduced_budget=bool(attrs.get("reduced_budget")),
         values=tuple(trial.values) if trial.values else None, seconds=seconds,
     )
 
