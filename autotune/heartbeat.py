@@ -16,13 +16,14 @@ import optuna
 class Heartbeat:
     """Beat for trial ``number`` of ``study`` every interval until `stop` (a no-op on storages without one)."""
 
-    def __init__(self, store: Any, study: optuna.Study, number: int) -> None:
+    def __init__(self, store: Any, study: optuna.Study, number: int, *, study_id: int | None = None) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         interval = getattr(store, "get_heartbeat_interval", lambda: None)()
         if not interval:
             return
-        study_id = store.get_study_id_from_name(study.study_name)
+        if study_id is None:
+            study_id = store.get_study_id_from_name(study.study_name)
         trial_id = store.get_trial_id_from_study_id_trial_number(study_id, number)
         store.record_heartbeat(trial_id)  # at once: a trial must never look stale while it starts
         self._thread = threading.Thread(target=self._beat, args=(store, trial_id, float(interval)),

@@ -2,7 +2,7 @@
 
 Each trial keeps its whole record in three user attributes (``config``, ``measured``, ``history``) and, beside
 them, the figures people sort by as flat numeric attributes (``batch_size``, ``lr_used``, ``throughput``,
-``val_loss``, ...): optuna-dashboard shows those as columns. Optuna's ``lr`` parameter is the sampled
+``val_loss``, ...): optuna-dashboard shows those as columns. Optuna's ``OPTIMIZER.lr`` parameter is the sampled
 *reference* rate at the reference batch; ``lr_used`` is the rate the trial trained with.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import optuna
 
-FLAT_CONFIG = {"batch_size": "batch_size", "lr": "lr_used", "optimizer": "optimizer"}
-"""config key -> flat attribute: what the trial trained with."""
+FLAT_CONFIG = {"batch_size": "batch_size", "lr": "lr_used"}
+"""config key -> flat attribute: what the trial trained with (the optimizer is an Optuna parameter already)."""
 FLAT_FIGURES = ("throughput", "val_loss", "step_seconds_p50", "step_seconds_p95", "peak_memory_bytes",
                 "energy_per_sample_joules")
 """measured keys also stored flat (numbers only, so the dashboard can sort by them)."""

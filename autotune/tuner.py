@@ -63,7 +63,7 @@ class TunerTrial:
         self._history: list[tuple[int, float, float]] = []
         self._started = time.perf_counter()
         self._last: float | None = None
-        self._heartbeat = Heartbeat(tuner.store, tuner.study, trial.number)
+        self._heartbeat = Heartbeat(tuner.store, tuner.study, trial.number, study_id=tuner.study_id())
         self.state: str | None = None
         """``complete``, ``pruned`` or ``failed`` once the trial has ended."""
 
@@ -252,6 +252,7 @@ class Tuner:
                 objective: str, ceiling: int) -> None:
         self.study, self.store, self.backend, self.device = study, store, backend, device
         self.space, self.objective, self.ceiling = space, objective, ceiling
+        self._study_id: int | None = None
 
     @staticmethod
     def _ceiling(ceiling: int | str | None, task: Any, memory_limit: int | None, backend: Any, device: Any,
@@ -271,6 +272,12 @@ class Tuner:
             return int(space.batch_high or max(space.batch_choices or [0]))
         raise AutotuneError("no batch-size ceiling: give Tuner(ceiling=N), ceiling='fit' with task=, or "
                             "batch_size.high in the search space")
+
+    def study_id(self) -> int | None:
+        """The study's id in its storage, looked up once (heartbeats need it; None without a heartbeat)."""
+        if self._study_id is None and getattr(self.store, "get_heartbeat_interval", None):
+            self._study_id = self.store.get_study_id_from_name(self.study.study_name)
+        return self._study_id
 
     def finished(self) -> int:
         """Complete and pruned trials in the study, not failed ones (those of earlier runs included)."""

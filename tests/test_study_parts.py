@@ -67,7 +67,7 @@ def test_a_complete_outcome_is_stored_whole_and_flat(tmp_path):
     assert frozen.state == optuna.trial.TrialState.COMPLETE and frozen.value == 0.5
     attrs = frozen.user_attrs
     assert attrs["throughput"] == 1000.0 and attrs["val_loss"] == 0.5 and attrs["batch_size"] in (16, 32)
-    assert attrs["lr_used"] == attrs["config"]["lr"] and attrs["optimizer"] == "adam"
+    assert attrs["lr_used"] == attrs["config"]["lr"] and frozen.params["optimizer"] == "adam"
     record = records.read(frozen)
     assert record.state == "complete" and record.history == [(2, 0.9, 0.1), (8, 0.5, 0.4)]
     assert record.last_loss == 0.5 and record.seconds is not None and "history" not in record.measured
