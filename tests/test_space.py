@@ -1,5 +1,6 @@
 """Search spaces: defaults ship in the package, user files merge over them, every bad case is one line."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -84,8 +85,20 @@ def test_bad_space_from_the_cli(tmp_path):
 
 
 def test_default_spaces_ship_in_the_wheel(tmp_path):
+    # built from a copy of the sources alone: the checkout's own *.egg-info (from the editable install) lists
+    # every file and would hide a subpackage that pyproject.toml leaves out
+    source = tmp_path / "source"
+    for part in ("pyproject.toml", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy(ROOT / part, source / part)
+    for folder in ("autotune", "search_spaces"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("autotune-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
+    names = set(zipfile.ZipFile(wheel).namelist())
     assert "autotune/search_spaces/torch.yaml" in names
+    # every module of the source tree ships: a subpackage missing from pyproject's list works in an editable
+    # install and breaks a real one
+    modules = {path.relative_to(ROOT).as_posix() for path in (ROOT / "autotune").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)
