@@ -111,3 +111,21 @@ def test_keras_precisions_follow_the_documented_hardware_rules():
     assert backend.precisions(tpu) == ("fp32", "bf16") and "float16" in backend.precision_notes(tpu)["fp16"]
     assert backend.precisions(old_gpu) == ("fp32", "fp16") and "7.5" in backend.precision_notes(old_gpu)["bf16"]
     assert backend.precisions(new_gpu) == ("fp32", "bf16", "fp16")
+
+
+def test_a_mindspore_fp16_trial_trains_with_a_dynamic_loss_scaler():
+    if not is_installed("mindspore"):
+        pytest.skip("mindspore is not installed")
+    import mindspore as ms
+
+    backend = get_backend("mindspore")
+    cpu = backend.resolve_device("cpu")
+    if "fp16" not in backend.precisions(cpu):
+        pytest.skip("this CPU's MindSpore build has no float16 matmul")
+    task = load_task(str(EXAMPLES / "mindspore_digits.py"))
+    session = backend.bench_session(task, task.load_data(), cpu, batch_size=32, optimizer={"name": "adam"},
+                                    precision="fp16")
+    assert isinstance(session.loss_scaler, ms.amp.DynamicLossScaler)
+    session.close()
+    figures = run_trial(str(EXAMPLES / "mindspore_digits.py"), _config(precision="fp16"), "cpu", steps=20, reports=2)
+    assert figures["val_loss"] < figures["initial_val_loss"]
