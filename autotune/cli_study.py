@@ -40,7 +40,9 @@ class ProgressDisplay:
         elif kind == "fit":
             self._line(f"fit: {event['message'].strip()}", final=not self.live)
         elif kind == "ceiling":
-            self._line(f"batch-size ceiling {event['batch_size']} (limited by {event.get('limited_by') or 'memory'})")
+            precision = "" if event.get("precision", "fp32") == "fp32" else f" in {event['precision']}"
+            self._line(f"batch-size ceiling {event['batch_size']}{precision} "
+                       f"(limited by {event.get('limited_by') or 'memory'})")
         elif kind == "range_test":
             self._line(f"learning-rate range test: {event['optimizer']}", final=not self.live)
         elif kind == "wait":
