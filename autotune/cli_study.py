@@ -170,7 +170,8 @@ def _print_result(result: Any, as_json: bool) -> None:
                               f"{number(result.step_seconds_p95 and result.step_seconds_p95 * 1000, 3)} ms"),
         ("peak memory", format_size(result.peak_memory_bytes)),
         ("energy", f"{number(result.energy_per_sample_joules)} J/sample" if result.energy_per_sample_joules else "-"),
-        ("device", f"{result.device} ({result.backend})"),
+        ("device", f"{result.device} ({result.backend}), {result.precision} "
+                   f"{'compiled' if result.compile else 'eager'}"),
     ]))
 
 

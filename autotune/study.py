@@ -76,6 +76,10 @@ class TuneResult:
     """Seconds of each phase of the study's latest call (fit, range_test, trials)."""
     accumulation: dict[str, int] | None = None
     """With a global batch over the ceiling: ``micro_batch`` × ``accumulation_steps`` (see `autotune.training`)."""
+    precision: str = "fp32"
+    """The training precision of the chosen trial (searched, or picked by ``device="auto"``)."""
+    compile: bool = False
+    """Whether the chosen trial's step was compiled (`Backend.compile_name`)."""
     study: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +159,8 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
         study_name=study.study_name, objective=info.get("objective", "convergence"),
         throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
-        accumulation=accumulation_of(config),
+        accumulation=accumulation_of(config), precision=str(config.get("precision", "fp32")),
+        compile=bool(config.get("compile", False)),
     )
 
 

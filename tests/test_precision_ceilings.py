@@ -113,6 +113,8 @@ def test_tune_device_auto_trains_in_the_bench_winner_mode(tmp_path):
         assert (config["precision"], config["compile"]) == (winner["precision"], winner["compile"])
         assert trial.user_attrs["measured"]["device"] == winner["device"]
     assert result.study.user_attrs["search_space"]["precision"]["choices"] == [winner["precision"]]
+    assert (result.device, result.precision, result.compile) == (
+        winner["device"], winner["precision"], winner["compile"])
 
 
 def test_the_study_budget_decides_whether_a_compiled_mode_pays():
@@ -136,3 +138,17 @@ def test_explain_names_the_winner_and_the_runner_up_with_the_ratio():
     rank(result.rows, 10.0)
     assert explain(result) == ("cpu bf16 eager trains fastest: 300 samples/s over a 10 s budget at batch 8, "
                                "3.00× the runner-up cpu fp32 eager (100)")
+
+
+@needs_bf16
+def test_bench_ceiling_trains_each_precision_at_its_own_fit():
+    from autotune.bench import bench
+    from autotune.memory import fit_batch_size
+
+    result = bench(SMALL, devices="cpu", precisions="fp32,bf16", compile_modes="off", batch_size="ceiling",
+                   seconds=0.2, latency_seconds=0.0, isolation="none")
+    assert {row["precision"] for row in result.rows} == {"fp32", "bf16"}
+    for row in result.rows:
+        assert row["ok"] and row["batch_is_ceiling"], row.get("failure")
+        fitted = fit_batch_size(SMALL, device="cpu", precision=row["precision"], isolation="none")
+        assert row["batch_size"] == fitted.batch_size and fitted.precision == row["precision"]
