@@ -117,9 +117,10 @@ def plan_modes(backend: Any, devices: str | Sequence[str] | None, precisions: st
         supported_anywhere.update(supported)
         for precision in wanted_precisions or supported:
             if precision not in supported:
+                why = backend.precision_notes(device).get(precision)
                 skipped.append({"mode": f"{device.id} {precision}",
                                 "reason": f"{backend.name} has no {precision} training on {device.id} "
-                                          f"(it has {', '.join(supported)})"})
+                                          f"(it has {', '.join(supported)})" + (f": {why}" if why else "")})
                 continue
             modes.extend(Mode(device.id, precision, flag) for flag in compiles)
     missing = [p for p in (wanted_precisions or []) if p not in supported_anywhere]
@@ -278,9 +279,10 @@ def bench(
     """Measure ``task`` in every mode (`plan_modes`) and rank the modes by samples trained within ``budget``.
 
     ``batch_size``: a number, ``"ceiling"`` (the largest batch that fits, from `autotune.fit_batch_size` per
-    device, fp32), or None (`DEFAULT_BATCH`, capped at the training set). ``seconds`` of timed training and
-    ``latency_seconds`` per latency figure per mode (0: no inference figures); each mode runs in a fresh worker
-    (``isolation="process"``) so that its peak memory is its own, or here (``"none"``). A mode that fails is
+    device and precision: each row trains at its own precision's ceiling), or None (`DEFAULT_BATCH`, capped
+    at the training set). ``seconds`` of timed training and ``latency_seconds`` per latency figure per mode
+    (0: no inference figures); each mode runs in a fresh worker (``isolation="process"``) so that its peak
+    memory is its own, or here (``"none"``). A mode that fails is
     kept with its reason.
     ``peak_cache``: the directory of the device-peak cache (default: see `autotune.peak.cache_path`)."""
     started = time.perf_counter()
@@ -308,15 +310,16 @@ def bench(
     handle = task_handle(task) if isolation == "process" else task
     rows: list[dict[str, Any]] = []
     for mode in modes:
-        say(f"bench {mode.label} at batch {batches[mode.device]} ...")
-        kwargs = {"task": handle, "mode": mode, "batch_size": batches[mode.device], "optimizer": spec,
+        batch = batches[(mode.device, mode.precision)]
+        say(f"bench {mode.label} at batch {batch} ...")
+        kwargs = {"task": handle, "mode": mode, "batch_size": batch, "optimizer": spec,
                   "seed": seed, "seconds": seconds, "latency_seconds": latency_seconds, "peak_cache": peak_cache}
         outcome = (run_in_worker(_bench_mode, kwargs, timeout=mode_timeout, preload=preload)
                    if isolation == "process" else run_here(_bench_mode, kwargs))
         if outcome.kind == "fatal":
             raise AutotuneError(outcome.message)
-        row: dict[str, Any] = {"mode": mode.label, **dataclasses.asdict(mode), "batch_size": batches[mode.device],
-                               "ok": outcome.ok}
+        row: dict[str, Any] = {"mode": mode.label, **dataclasses.asdict(mode), "batch_size": batch,
+                               "batch_is_ceiling": batch_size == "ceiling", "ok": outcome.ok}
         if outcome.ok:
             row.update(outcome.value)
         else:
@@ -329,20 +332,21 @@ def bench(
 
 
 def _batches(task: Task, modes: list[Mode], batch_size: int | str | None, n_train: int, isolation: str,
-             say: Callable[[str], None]) -> dict[str, int]:
-    """The batch each device is measured at: given, fitted per device (``"ceiling"``), or the default."""
-    device_ids = list(dict.fromkeys(mode.device for mode in modes))
+             say: Callable[[str], None]) -> dict[tuple[str, str], int]:
+    """The batch each (device, precision) is measured at: given, fitted per device and precision
+    (``"ceiling"``: mixed precision keeps smaller activations, so each has its own), or the default."""
+    keys = list(dict.fromkeys((mode.device, mode.precision) for mode in modes))
     if batch_size == "ceiling":
         from autotune.memory import fit_batch_size
 
         fitted = {}
-        for device_id in device_ids:
-            say(f"fit the batch ceiling on {device_id} ...")
-            fitted[device_id] = fit_batch_size(task, device=device_id, isolation=isolation).batch_size
+        for device_id, precision in keys:
+            say(f"fit the batch ceiling on {device_id} in {precision} ...")
+            fitted[(device_id, precision)] = fit_batch_size(task, device=device_id, isolation=isolation,
+                                                            precision=precision).batch_size
         return fitted
     size = batch_size if isinstance(batch_size, int) else min(DEFAULT_BATCH, n_train)
-    return {device_id: size for device_id in device_ids}
-
+    return {key: size for key in keys}
 
 
 def choose_device(
@@ -353,39 +357,97 @@ def choose_device(
     isolation: str = "process",
     progress: Callable[[str], None] | None = None,
 ) -> tuple[str, str, BenchResult | None]:
-    """``--device auto``: the device with the best measured training throughput for ``task``, why, and the
-    bench table it was read from (None when the backend sees a single device, which is then the answer).
+    """``--device auto`` for fit-batch and bench: the device with the best measured fp32 eager training
+    throughput for ``task``, why, and the bench table it was read from (None when the backend sees a single
+    device, which is then the answer). See `choose_mode`."""
+    chosen = choose_mode(task, precisions=["fp32"], compile_modes=[False], seconds=seconds, batch_size=batch_size,
+                         isolation=isolation, progress=progress)
+    return chosen["device"], chosen["why"], chosen["table"]
 
-    Every device is benched in fp32 without compiling (the quickest modes to measure), training only, for
-    ``seconds`` each at ``batch_size`` (default: `bench`'s)."""
+
+def choose_mode(
+    task: Task | str,
+    *,
+    precisions: Sequence[str] = ("fp32",),
+    compile_modes: Sequence[bool] = (False,),
+    budget: float = DEFAULT_BUDGET,
+    seconds: float = 1.0,
+    batch_size: int | None = None,
+    isolation: str = "process",
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The mode (device, precision, compile) with the most samples trained within ``budget`` seconds, by
+    `bench`'s ranking (a compiled mode must pay its compile time back within the budget), among every device
+    the backend sees × ``precisions`` it supports × ``compile_modes``: ``{"device", "precision", "compile",
+    "why", "table"}``. A single candidate mode is the answer without a bench (``table`` None). Each mode
+    trains for ``seconds`` at ``batch_size`` (default: `bench`'s), without inference figures."""
     task = load_task(task)
     backend = get_backend(task.backend)
     devices = backend.devices()
-    if len(devices) == 1:
-        return devices[0].id, f"{devices[0].id} is the only device {backend.name} sees", None
-    result = bench(task, devices="all", precisions="fp32", compile_modes="off", seconds=seconds,
+    compiles = sorted(set(bool(flag) for flag in compile_modes))
+    candidates = [(device.id, precision, flag) for device in devices for precision in precisions
+                  if precision in backend.precisions(device) for flag in compiles]
+    if len(candidates) == 1:
+        device_id, precision, flag = candidates[0]
+        only = f"the only device {backend.name} sees" if len(devices) == 1 else "the only mode"
+        return {"device": device_id, "precision": precision, "compile": flag, "table": None,
+                "why": f"{Mode(device_id, precision, flag).label} is {only}"}
+    result = bench(task, devices="all", precisions=list(dict.fromkeys(precisions)),
+                   compile_modes=["on" if flag else "off" for flag in compiles], budget=budget, seconds=seconds,
                    latency_seconds=0.0, batch_size=batch_size, isolation=isolation, progress=progress)
     winner = result.winner
     if winner is None:
-        failures = "; ".join(f"{row['device']}: {row['failure']}" for row in result.rows)
+        failures = "; ".join(f"{row['mode']}: {row['failure']}" for row in result.rows)
         raise BenchError(f"no device could train the task: {failures}")
-    others = [f"{row['device']} {row['throughput']:.4g}" for row in result.rows[1:] if row["ok"]]
-    others += [f"{row['device']} failed" for row in result.rows if not row["ok"]]
-    why = (f"{winner['device']} trains fastest: {winner['throughput']:.4g} samples/s at batch {winner['batch_size']} "
-           f"(fp32, eager), against {', '.join(others) or 'no other device'}")
-    return winner["device"], why, result
+    return {"device": winner["device"], "precision": winner["precision"], "compile": winner["compile"],
+            "why": explain(result), "table": result}
+
+
+def explain(result: BenchResult) -> str:
+    """One line: the winning row and the runner-up, with the ratio of their samples trained in the budget."""
+    winner = result.winner
+    assert winner is not None
+    compiled = f", {winner['compile_seconds']:.1f} s compile included" if winner["compile"] else ""
+    line = (f"{winner['mode']} trains fastest: {winner['throughput_in_budget']:.4g} samples/s over a "
+            f"{result.budget_seconds:g} s budget at batch {winner['batch_size']}{compiled}")
+    ranked = [row for row in result.rows if row["ok"]]
+    if len(ranked) > 1:
+        second = ranked[1]
+        ratio = winner["throughput_in_budget"] / second["throughput_in_budget"] \
+            if second["throughput_in_budget"] else math.inf
+        line += f", {ratio:.2f}× the runner-up {second['mode']} ({second['throughput_in_budget']:.4g})"
+    failed = [row["mode"] for row in result.rows if not row["ok"]]
+    if failed:
+        line += f"; failed: {', '.join(failed)}"
+    return line
+
+
+def trial_budget_seconds(trial_time: float | None, trial_steps: int | None, timeout: float | None,
+                         n_trials: int) -> float:
+    """The seconds a compiled mode must pay its compile time back within when `tune` chooses: one trial's
+    (every trial builds and compiles a fresh model), else the timeout's share per trial, else `DEFAULT_BUDGET`."""
+    if trial_time:
+        return float(trial_time)
+    if timeout:
+        return float(timeout) / max(1, n_trials)
+    return DEFAULT_BUDGET
 
 
 def auto_device(task: Task | str, device: str | None, *, isolation: str = "process",
-                say: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
-    """For ``device == "auto"``: `choose_device`'s answer as ``{"device", "why", "table"}`` (a study records
+                say: Callable[[dict[str, Any]], None] | None = None, space: Any = None,
+                budget: float = DEFAULT_BUDGET) -> dict[str, Any] | None:
+    """For ``device == "auto"``: `choose_mode`'s answer over the devices and, with a search ``space``, its
+    precision and compile choices, as ``{"device", "precision", "compile", "why", "table"}`` (a study records
     it), announced through ``say`` as a ``device`` event; None for any other device."""
     if device != "auto":
         return None
-    chosen, why, table = choose_device(task, isolation=isolation)
+    chosen = choose_mode(task, precisions=space.precisions if space is not None else ["fp32"],
+                         compile_modes=space.compile_modes if space is not None else [False], budget=budget,
+                         isolation=isolation)
     if say is not None:
-        say({"event": "device", "message": why})
-    return {"device": chosen, "why": why, "table": table.to_dict() if table else None}
+        say({"event": "device", "message": chosen["why"]})
+    table = chosen["table"]
+    return {**chosen, "table": table.to_dict() if table else None}
 
 
 def with_global_batch(space: Any, global_batch: int | None, backend: Any, task: Task) -> None:

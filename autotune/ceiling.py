@@ -3,6 +3,7 @@ that joins the study (`autotune.shared`), read back by the report."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import optuna
@@ -17,34 +18,53 @@ Say = Callable[[dict[str, Any]], None]
 
 def ensure_ceiling(study: optuna.Study, task: Any, *, backend: Any, device: Any, memory_limit: int | None,
                    margin: float, isolation: str, max_batch: int | None, phases: Phases, say: Say,
-                   cache: Callable[[], Any] | None = None, refit: bool = False) -> int:
-    """The study's ceiling for ``device``: stored in the study, else fitted by another process joining it
-    (waited for rather than fitted twice), else from ``cache()`` (`autotune.ceiling_cache`: the same task
+                   cache: Callable[[], Any] | None = None, refit: bool = False, precision: str = "fp32") -> int:
+    """The study's ceiling for ``device`` in ``precision``: stored in the study, else fitted by another process
+    joining it (waited for rather than fitted twice), else from ``cache()`` (`autotune.ceiling_cache`: the same task
     structure fitted earlier on this device, unless ``refit``), else a fresh fit stored in both."""
     from autotune.shared import wait_for_shared
 
-    key = ceiling_key(backend.name, device)
+    key = ceiling_key(backend.name, device, precision)
     record = wait_for_shared(study, key, lambda attrs: attrs.get(key), say=say)
     if record is None:  # this process holds the claim: a fit of the same task stored earlier, or a new fit
         cached = None if cache is None else cache()
         record = None if (refit or cached is None) else cached.lookup(say)
         if record is None:
-            say({"event": "fit", "message": "fitting the batch-size ceiling to memory"})
+            say({"event": "fit", "message": "fitting the batch-size ceiling to memory"
+                 + ("" if precision == "fp32" else f" in {precision}")})
             with phases.timed("fit"):
                 fit = fit_batch_size(task, device=device.id, memory_limit=memory_limit, margin=margin,
-                                     isolation=isolation, max_batch=max_batch,
+                                     isolation=isolation, max_batch=max_batch, precision=precision,
                                      progress=lambda message: say({"event": "fit", "message": message}))
             record = {**ceiling_record(fit), "fitted_by": fitted_by(fit.seconds)}
             if cached is not None:
                 cached.remember(study, record)
         study.set_user_attr(key, record)
-    say({"event": "ceiling", "batch_size": int(record["batch_size"]), "limited_by": record.get("limited_by")})
+    say({"event": "ceiling", "batch_size": int(record["batch_size"]), "limited_by": record.get("limited_by"),
+         "precision": precision})
     return int(record["batch_size"])
+
+
+def ensure_ceilings(study: optuna.Study, task: Any, *, precisions: list[str], backend: Any, device: Any,
+                    cache: Callable[[str], Any] | None = None, **options: Any) -> dict[str, int]:
+    """`ensure_ceiling` for each training precision the space searches: mixed precision keeps smaller
+    activations, so a bf16 trial may train at a batch that would not fit in fp32 (and must not exceed its own).
+    ``cache(precision)`` gives each precision's cache entry."""
+    from autotune.memory import check_precision
+
+    for precision in precisions:  # one line, before any fit, for a precision the device lacks
+        check_precision(backend, device, precision, ": drop it from precision.choices in the search space")
+    found = {}
+    for precision in precisions:
+        entry = None if cache is None else functools.partial(cache, precision)
+        found[precision] = ensure_ceiling(study, task, backend=backend, device=device, precision=precision,
+                                          cache=entry, **options)
+    return found
 
 
 def ceiling_record(fit: Any) -> dict[str, Any]:
     """What the study keeps of a fit: the answer, its budget, and each probe (for the report's memory plot)."""
-    return {"batch_size": fit.batch_size, "peak_memory_bytes": fit.peak_memory_bytes,
+    return {"batch_size": fit.batch_size, "precision": fit.precision, "peak_memory_bytes": fit.peak_memory_bytes,
             "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
             "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits},
             "probes": [{"batch_size": p.batch_size, "fits": p.fits, "peak_memory_bytes": p.peak_memory_bytes,

@@ -23,12 +23,12 @@ PREFIX = "ceiling_cache:"
 
 
 def ceiling_key(structure: Mapping[str, Any], *, device: Any, versions: Mapping[str, str],
-                memory_limit: int | None, margin: float, max_batch: int | None) -> str:
+                memory_limit: int | None, margin: float, max_batch: int | None, precision: str = "fp32") -> str:
     """The cache key of a fit: the task's structure, the device (not its free memory, a moment's reading), the
-    versions the fit ran with and the options that bound it."""
+    training precision (each has its own ceiling), the versions the fit ran with and the options that bound it."""
     return digest({"task": dict(structure), "device": [device.id, device.kind, device.name, device.memory_total],
                    "versions": dict(versions), "memory_limit": memory_limit, "margin": margin,
-                   "max_batch": max_batch})
+                   "max_batch": max_batch, "precision": precision})
 
 
 def fitted_by(seconds: float | None) -> dict[str, Any]:
@@ -47,14 +47,15 @@ class CeilingCache:
     @classmethod
     def for_task(cls, storage: Any, handle: Any, *, device: Any, versions: Mapping[str, str],
                  memory_limit: int | None, margin: float, max_batch: int | None,
-                 preload: tuple[str, ...] = (), isolation: str = "process") -> "CeilingCache":
+                 preload: tuple[str, ...] = (), isolation: str = "process", precision: str = "fp32",
+                 ) -> "CeilingCache":
         """The entry for ``handle``'s task, its structure read in a worker (the model is built there); a task
         whose structure cannot be read gets an entry that finds and keeps nothing."""
         structure = fingerprint_in_worker(handle, preload=preload, isolation=isolation)
         if structure is None:
             return cls(storage, None)
         return cls(storage, ceiling_key(structure, device=device, versions=versions, memory_limit=memory_limit,
-                                        margin=margin, max_batch=max_batch))
+                                        margin=margin, max_batch=max_batch, precision=precision))
 
     def lookup(self, say: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
         """The newest stored fit (the ceiling record a study keeps), or None; says so through ``say`` if found."""

@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from autotune.backends import backend_names
+from autotune.backends.base import PRECISIONS
 from autotune.console import key_values, number, status, table
 from autotune.errors import AutotuneError
 from autotune.units import format_size, parse_size
@@ -160,7 +161,7 @@ def cmd_fit_batch(args: argparse.Namespace) -> int:
         task, device=chosen["device"] if chosen else args.device, memory_limit=args.memory_limit,
         margin=args.margin, max_batch=args.max_batch,
         granularity=args.granularity, optimizer=optimizer, isolation="none" if args.in_process else "process",
-        progress=None if args.json or args.quiet else status,
+        progress=None if args.json or args.quiet else status, precision=args.precision,
     )
     if args.json:
         _json_out(fit.to_dict())
@@ -172,7 +173,7 @@ def cmd_fit_batch(args: argparse.Namespace) -> int:
         ("budget", f"{format_size(fit.budget_bytes)} less a {fit.margin:.0%} margin"),
         ("memory model", model),
         ("probe steps", f"{len(fit.probes)} ({fit.ooms} out of memory)"),
-        ("device", f"{fit.device} ({fit.backend})"),
+        ("device", f"{fit.device} ({fit.backend}), {fit.precision} training"),
         ("time", f"{fit.seconds:.1f} s"),
     ]))
     print()
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--granularity", type=_positive_int,
                      help="resolution of the answer (default: a power of two near 1/64 of it)")
     fit.add_argument("--optimizer", help="optimizer whose state is counted (default adam)")
+    fit.add_argument("--precision", type=str.lower, default="fp32", choices=PRECISIONS,
+                     help="training precision the probes run in (default fp32); each has its own ceiling")
     fit.add_argument("--in-process", action="store_true", help="probe in this process (less exact; no CPU cap)")
     fit.add_argument("--json", action="store_true", help="print one JSON object")
     fit.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
                        "`autotune probe`")
     bench.add_argument("--precision", help="comma list of fp32, bf16, fp16 (default: all the device supports)")
     bench.add_argument("--compile", help="comma list of off, on (default: both)")
-    bench.add_argument("--batch", type=_batch, help="batch size, or 'ceiling' to fit it per device first "
+    bench.add_argument("--batch", type=_batch, help="batch size, or 'ceiling' to fit it per device and precision first "
                        "(default 256, capped at the training set)")
     bench.add_argument("--budget", type=_seconds, default=300.0, help="seconds of training a compiled mode must "
                        "pay its compile time back within (default 300)")

@@ -40,7 +40,9 @@ class ProgressDisplay:
         elif kind == "fit":
             self._line(f"fit: {event['message'].strip()}", final=not self.live)
         elif kind == "ceiling":
-            self._line(f"batch-size ceiling {event['batch_size']} (limited by {event.get('limited_by') or 'memory'})")
+            precision = "" if event.get("precision", "fp32") == "fp32" else f" in {event['precision']}"
+            self._line(f"batch-size ceiling {event['batch_size']}{precision} "
+                       f"(limited by {event.get('limited_by') or 'memory'})")
         elif kind == "range_test":
             self._line(f"learning-rate range test: {event['optimizer']}", final=not self.live)
         elif kind == "wait":
@@ -168,7 +170,8 @@ def _print_result(result: Any, as_json: bool) -> None:
                               f"{number(result.step_seconds_p95 and result.step_seconds_p95 * 1000, 3)} ms"),
         ("peak memory", format_size(result.peak_memory_bytes)),
         ("energy", f"{number(result.energy_per_sample_joules)} J/sample" if result.energy_per_sample_joules else "-"),
-        ("device", f"{result.device} ({result.backend})"),
+        ("device", f"{result.device} ({result.backend}), {result.precision} "
+                   f"{'compiled' if result.compile else 'eager'}"),
     ]))
 
 

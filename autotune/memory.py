@@ -43,6 +43,7 @@ def fit_batch_size(
     isolation: str = "process",
     probe_timeout: float = 600.0,
     progress: Callable[[str], None] | None = None,
+    precision: str = "fp32",
 ) -> BatchFit:
     """The largest batch size whose whole training step fits the device's memory budget.
 
@@ -52,7 +53,9 @@ def fit_batch_size(
     the model puts over the cap is not risked for a second OOM; `BatchFit.granularity` says which).
     ``optimizer`` defaults to Adam (its state is counted). ``isolation='process'`` probes in capped worker
     processes (exact, and the only way a CPU limit is enforced); ``'none'`` probes in this process, releasing
-    memory in between (less exact: allocators keep some memory).
+    memory in between (less exact: allocators keep some memory). ``precision`` (fp32, bf16, fp16) is the
+    training precision the probes run in, as a trial in it would (`autotune.training.configured_session`): each
+    precision has its own ceiling; one the device lacks is a `FitError` before any probe.
     """
     started = time.perf_counter()
     say = progress or (lambda _message: None)
@@ -66,6 +69,7 @@ def fit_batch_size(
         raise FitError(f"granularity must be a positive integer, got {granularity}")
     if isolation not in ("process", "none"):
         raise FitError(f"isolation must be 'process' or 'none', got {isolation!r}")
+    check_precision(backend, target, precision)
     in_worker = isolation == "process"
     preload = backend.worker_preload(task)
     if in_worker:
@@ -96,15 +100,28 @@ def fit_batch_size(
                      f"against a median of {int(np.median(sizes))})")
     probes: list[Probe] = []
     kwargs = dict(task=task_handle(task) if in_worker else task, device=target.id, optimizer=spec, steps=steps,
-                  seed=seed, largest=largest)
+                  seed=seed, largest=largest, precision=precision)
     executor = ProbeExecutor(budget, probes, in_worker=in_worker, function=_probe_run, series=_probe_series,
                              kwargs=kwargs, preload=preload, timeout=probe_timeout, say=say)
     answer = run_plan(planner, executor, probes)
     fit = result_of(answer, budget, probes, limit=ceiling, device=target.id, backend=backend.name,
                     started=started, notes=notes)
+    fit.precision = precision
     if answer.batch_size >= n_train:
         fit.limited_by = "dataset"
         fit.notes.append(f"the whole training set ({n_train} samples) fits in one batch")
     if not in_worker:
         fit.notes.append("probed in-process: allocator caches make the figures less exact than worker probes")
     return fit
+
+
+def check_precision(backend: Any, device: Any, precision: str, fix: str = "") -> None:
+    """`FitError` (one line, naming what the device has, then ``fix``) unless ``backend`` trains in
+    ``precision`` on ``device``."""
+    if precision == "fp32":  # every backend trains in it; the others' probes (a matmul per dtype) are skipped
+        return
+    supported = backend.precisions(device)
+    if precision not in supported:
+        why = backend.precision_notes(device).get(precision)
+        raise FitError(f"precision {precision!r}: {backend.name} has no {precision} training on {device.id} "
+                       f"(it has {', '.join(supported)}{'; ' + why if why else ''}){fix}")

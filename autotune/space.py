@@ -117,7 +117,8 @@ class SearchSpace:
                 params[param] = trial.suggest_float(key, spec.low, spec.high, log=spec.log)
         return params
 
-    def suggest(self, trial: Any, ceiling: int, global_batch: int | None = None) -> dict[str, Any]:
+    def suggest(self, trial: Any, ceiling: int | Mapping[str, int], global_batch: int | None = None,
+                ) -> dict[str, Any]:
         """Sample one configuration: batch size, optimizer, its parameters and a batch-scaled learning rate.
 
         Parameters are conditional on the optimizer (``adam.beta1``), and the learning rate is sampled at the
@@ -125,8 +126,12 @@ class SearchSpace:
         With ``global_batch`` (default: the space's own) the batch is not searched: it is that batch (the
         learning rate scaled to it), run as
         micro-batches under ``ceiling`` with gradient accumulation where it is larger (``micro_batch`` ×
-        ``accumulation_steps`` in the configuration).
+        ``accumulation_steps`` in the configuration). ``ceiling`` may be one per training precision
+        (`autotune.ceiling.ensure_ceilings`): the precision is sampled first and bounds the batch by its own.
         """
+        precision = self._choose(trial, "precision", self.precisions)
+        if isinstance(ceiling, Mapping):
+            ceiling = ceiling[precision]
         accumulation: dict[str, int] = {}
         global_batch = global_batch if global_batch is not None else self.global_batch
         if global_batch is not None:
@@ -146,7 +151,7 @@ class SearchSpace:
             "batch_size": batch_size, "optimizer": name, "lr": min(base_lr * scale, self.lr_high),
             "lr_reference": base_lr,
             "lr_scale": scale, "optimizer_params": params, **accumulation,
-            "precision": self._choose(trial, "precision", self.precisions),
+            "precision": precision,
             "compile": self._choose(trial, "compile", self.compile_modes),
         }
 

@@ -19,7 +19,7 @@ import optuna
 
 from autotune.backends import get_backend
 from autotune.budget import Phases
-from autotune.ceiling import ensure_ceiling
+from autotune.ceiling import ensure_ceilings
 from autotune.ceiling_cache import CeilingCache
 from autotune.checks import check_task_data, seconds
 from autotune.confirm import DEFAULT_CONFIRM, run_context, trial_runner
@@ -76,6 +76,10 @@ class TuneResult:
     """Seconds of each phase of the study's latest call (fit, range_test, trials)."""
     accumulation: dict[str, int] | None = None
     """With a global batch over the ceiling: ``micro_batch`` × ``accumulation_steps`` (see `autotune.training`)."""
+    precision: str = "fp32"
+    """The training precision of the chosen trial (searched, or picked by ``device="auto"``)."""
+    compile: bool = False
+    """Whether the chosen trial's step was compiled (`Backend.compile_name`)."""
     study: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,7 +159,8 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
         study_name=study.study_name, objective=info.get("objective", "convergence"),
         throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
-        accumulation=accumulation_of(config),
+        accumulation=accumulation_of(config), precision=str(config.get("precision", "fp32")),
+        compile=bool(config.get("compile", False)),
     )
 
 
@@ -221,7 +226,9 @@ def tune(
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
     earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
     ``global_batch``: every trial trains at that batch, in micro-batches with gradient accumulation where it
-    exceeds the ceiling; ``device="auto"``: the device bench measures fastest (`autotune.bench.auto_device`).
+    exceeds the ceiling; ``device="auto"``: the device, precision and compilation mode (among the space's
+    choices) that bench measures fastest within a trial's budget (`autotune.bench.auto_device`); trials run in
+    it. Each precision the space searches gets its own ceiling, which bounds its trials' batch sizes.
     At the end, the backend's default configuration and the ``confirm`` best configurations with other
     seeds are trained at the same budget for the report (`autotune.confirm`; 0 skips them).
 
@@ -245,12 +252,18 @@ def tune(
     space = load_space(backend.name, backend.optimizer_names, search_space, space_overrides)
     handle = task_handle(task) if isolation == "process" else task
     check_task_data(task)  # NaN, infinities, mismatched shapes: before a study or a worker exists
-    from autotune.bench import auto_device, with_global_batch  # issue 14's hooks: the logic lives there
+    from autotune.bench import auto_device, trial_budget_seconds, with_global_batch  # issue 14's hooks
 
     with_global_batch(space, global_batch, backend, task)
-    device_choice = auto_device(task, device, isolation=isolation, say=say)
-    if device_choice:
+    device_choice = auto_device(task, device, isolation=isolation, say=say, space=space,
+                                budget=trial_budget_seconds(trial_time, trial_steps, timeout, n_trials))
+    if device_choice:  # the trials run in the measured winner's mode: device, precision and compilation
         target = backend.resolve_device(device_choice["device"])
+        space.precisions, space.compile_modes = [device_choice["precision"]], [device_choice["compile"]]
+    from autotune.memory import check_precision
+
+    for precision in space.precisions:  # one line before a study exists, for a precision the device lacks
+        check_precision(backend, target, precision, ": drop it from precision.choices in the search space")
     beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
     store = open_storage(storage, **beat)
     name = study_name or _study_name(task)
@@ -269,12 +282,13 @@ def tune(
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
     phases = Phases()
-    cache = lambda: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling yet
+    cache = lambda precision: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling yet
         store, handle, device=target, versions=_versions(backend.name), memory_limit=memory_limit, margin=margin,
-        max_batch=space.batch_high, preload=backend.worker_preload(task), isolation=isolation)
-    ceiling = ensure_ceiling(study, task, backend=backend, device=target, memory_limit=memory_limit, margin=margin,
-                             isolation=isolation, max_batch=space.batch_high, phases=phases, say=say,
-                             cache=cache, refit=refit)
+        max_batch=space.batch_high, preload=backend.worker_preload(task), isolation=isolation, precision=precision)
+    ceilings = ensure_ceilings(study, task, precisions=space.precisions, backend=backend, device=target,
+                               memory_limit=memory_limit, margin=margin, isolation=isolation,
+                               max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit)
+    ceiling = min(ceilings.values())  # what every precision fits: the range test and the default configuration
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     # one worker runs the range test and trial after trial; a failed trial's worker is replaced
     worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None
@@ -287,7 +301,7 @@ def tune(
                                   run=lambda function, kwargs, limit: _run(function, kwargs, worker, limit),
                                   phases=phases, say=say)
         tuner = Tuner.attached(study, store=store, backend=backend, device=target, space=space, objective=objective,
-                               ceiling=ceiling)
+                               ceiling=ceilings)
         plan = TrialPlan(objective=objective, seconds=trial_time, steps=trial_steps, pruning=pruning)
         limit = trial_timeout or ((trial_time or 0) * 3 + 120 if trial_time else 600)
 

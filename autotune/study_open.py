@@ -83,6 +83,8 @@ def resume_space(study: optuna.Study, space: SearchSpace) -> None:
     check_resumable(study, space)
 
 
-def ceiling_key(backend: str, device: Any) -> str:
-    """The study attribute holding the batch-size ceiling fitted for one backend on one device."""
-    return f"ceiling:{backend}:{device.id}:{device.name}"
+def ceiling_key(backend: str, device: Any, precision: str = "fp32") -> str:
+    """The study attribute holding the batch-size ceiling fitted for one backend on one device in one training
+    precision (fp32's key has no suffix, as before precisions had ceilings of their own)."""
+    key = f"ceiling:{backend}:{device.id}:{device.name}"
+    return key if precision == "fp32" else f"{key}|{precision}"

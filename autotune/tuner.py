@@ -209,7 +209,8 @@ class Tuner:
     """Ask-and-tell over autotune's search space for any training loop (see the module docstring).
 
     ``ceiling`` caps the batch size (an int), or ``"fit"`` fits it first from ``task`` (a Task or its
-    reference) as ``autotune fit-batch`` does; None uses the search space's own ``batch_size.high`` or choices.
+    reference) as ``autotune fit-batch`` does, once per precision the space searches; None uses the search
+    space's own ``batch_size.high`` or choices.
     A stored study of the same name is resumed: its finished trials count towards ``trials(n)``.
     """
 
@@ -219,7 +220,8 @@ class Tuner:
     device: Any
     space: SearchSpace
     objective: str
-    ceiling: int
+    ceiling: int | dict[str, int]
+    """The batch-size cap, or one per training precision the space searches."""
 
     def __init__(self, study: str, *, backend: str, storage: str | None = None, search_space: str | None = None,
                  space_overrides: Mapping[str, Any] | None = None, objective: str = "convergence",
@@ -232,16 +234,20 @@ class Tuner:
         opened, _ = open_study(study, store=store, objective=objective, seed=seed)
         self._attach(opened, store=store, backend=chosen, device=target, space=space, objective=objective,
                      ceiling=self._ceiling(ceiling, task, memory_limit, chosen, target, space))
+        ceilings = self.ceiling if isinstance(self.ceiling, dict) else {"fp32": self.ceiling}
         new = describe_new_study(self.study, {
             "objective": objective, "task": "own training loop", "backend": chosen.name, "device": target.id,
             "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed, "door": "loop",
-            ceiling_key(chosen.name, target): {"batch_size": self.ceiling, "limited_by": "given"}}, store=store)
+            **{ceiling_key(chosen.name, target, precision): {
+                "batch_size": size, "precision": precision,
+                "limited_by": "given" if ceiling != "fit" else "memory"} for precision, size in ceilings.items()}},
+            store=store)
         if not new:
             resume_space(self.study, self.space)
 
     @classmethod
     def attached(cls, study: optuna.Study, *, store: Any, backend: Any, device: Any, space: SearchSpace,
-                 objective: str, ceiling: int) -> "Tuner":
+                 objective: str, ceiling: int | dict[str, int]) -> "Tuner":
         """A Tuner over a study autotune's own loop has already opened and prepared (`autotune.study.tune`)."""
         tuner = cls.__new__(cls)
         tuner._attach(study, store=store, backend=backend, device=device, space=space, objective=objective,
@@ -249,21 +255,23 @@ class Tuner:
         return tuner
 
     def _attach(self, study: optuna.Study, *, store: Any, backend: Any, device: Any, space: SearchSpace,
-                objective: str, ceiling: int) -> None:
+                objective: str, ceiling: int | dict[str, int]) -> None:
         self.study, self.store, self.backend, self.device = study, store, backend, device
         self.space, self.objective, self.ceiling = space, objective, ceiling
         self._study_id: int | None = None
 
     @staticmethod
     def _ceiling(ceiling: int | str | None, task: Any, memory_limit: int | None, backend: Any, device: Any,
-                 space: SearchSpace) -> int:
+                 space: SearchSpace) -> int | dict[str, int]:
         if ceiling == "fit":
             if task is None:
                 raise AutotuneError("ceiling='fit' needs task=: the Task (or path/file.py:attr) to fit the batch for")
             from autotune.memory import fit_batch_size
 
-            return fit_batch_size(task, device=device.id, memory_limit=memory_limit,
-                                  max_batch=space.batch_high).batch_size
+            fitted = {precision: fit_batch_size(task, device=device.id, memory_limit=memory_limit,
+                                                max_batch=space.batch_high, precision=precision).batch_size
+                      for precision in space.precisions}  # one ceiling per precision the space searches
+            return fitted if len(fitted) > 1 else fitted[space.precisions[0]]
         if ceiling is not None:
             if isinstance(ceiling, bool) or not isinstance(ceiling, int) or ceiling < 1:
                 raise AutotuneError(f"ceiling must be a positive batch size or 'fit', got {ceiling!r}")

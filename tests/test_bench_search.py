@@ -8,6 +8,7 @@ import pytest
 from autotune.backends import get_backend, is_installed
 from autotune.errors import AutotuneError, SearchSpaceError
 from autotune.space import load_space
+from autotune.task import load_task
 from autotune.trial import run_trial
 from tests.conftest import EXAMPLES
 
@@ -72,3 +73,59 @@ def test_a_compiled_keras_trial_reports_its_compile_time_apart():
 def test_a_precision_the_device_lacks_stops_with_the_fix():
     with pytest.raises(AutotuneError, match="drop it from precision.choices"):
         run_trial(str(EXAMPLES / "torch_digits.py"), _config(precision="fp16"), "cpu", steps=2, reports=1)
+
+
+def _tensorflow():
+    if not is_installed("tensorflow"):
+        pytest.skip("tensorflow is not installed")
+    return get_backend("tensorflow")
+
+
+def test_a_keras_fp16_trial_trains_with_a_loss_scale_optimizer():
+    import keras
+
+    backend = _tensorflow()
+    cpu = backend.resolve_device("cpu")
+    if "fp16" not in backend.precisions(cpu):
+        assert backend.precision_notes(cpu)["fp16"]  # listed as unsupported, with the reason
+        pytest.skip(backend.precision_notes(cpu)["fp16"])
+    task = load_task(str(EXAMPLES / "tensorflow_digits.py"))
+    session = backend.bench_session(task, task.load_data(), cpu, batch_size=32, optimizer={"name": "adam"},
+                                    precision="fp16")
+    assert isinstance(session.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert session.model.layers[-1].compute_dtype == "float16"
+    session.close()
+    figures = run_trial(str(EXAMPLES / "tensorflow_digits.py"),
+                        _config(optimizer="adamw", optimizer_params={"weight_decay": 0.01}, precision="fp16"),
+                        "cpu", steps=20, reports=2)
+    assert figures["val_loss"] < figures["initial_val_loss"]
+
+
+def test_keras_precisions_follow_the_documented_hardware_rules():
+    from autotune.devices import Device
+
+    backend = _tensorflow()
+    tpu = Device(id="TPU:0", kind="tpu", index=0, name="TPU v4")
+    old_gpu = Device(id="GPU:0", kind="gpu", index=0, name="T4", details={"capability": "7.5"})
+    new_gpu = Device(id="GPU:0", kind="gpu", index=0, name="H100", details={"capability": "9.0"})
+    assert backend.precisions(tpu) == ("fp32", "bf16") and "float16" in backend.precision_notes(tpu)["fp16"]
+    assert backend.precisions(old_gpu) == ("fp32", "fp16") and "7.5" in backend.precision_notes(old_gpu)["bf16"]
+    assert backend.precisions(new_gpu) == ("fp32", "bf16", "fp16")
+
+
+def test_a_mindspore_fp16_trial_trains_with_a_dynamic_loss_scaler():
+    if not is_installed("mindspore"):
+        pytest.skip("mindspore is not installed")
+    import mindspore as ms
+
+    backend = get_backend("mindspore")
+    cpu = backend.resolve_device("cpu")
+    if "fp16" not in backend.precisions(cpu):
+        pytest.skip("this CPU's MindSpore build has no float16 matmul")
+    task = load_task(str(EXAMPLES / "mindspore_digits.py"))
+    session = backend.bench_session(task, task.load_data(), cpu, batch_size=32, optimizer={"name": "adam"},
+                                    precision="fp16")
+    assert isinstance(session.loss_scaler, ms.amp.DynamicLossScaler)
+    session.close()
+    figures = run_trial(str(EXAMPLES / "mindspore_digits.py"), _config(precision="fp16"), "cpu", steps=20, reports=2)
+    assert figures["val_loss"] < figures["initial_val_loss"]

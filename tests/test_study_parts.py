@@ -172,7 +172,8 @@ def test_a_stored_ceiling_is_used_without_a_fit(tmp_path):
     events = []
     got = ensure_ceiling(tuner.study, None, backend=tuner.backend, device=tuner.device, memory_limit=None,
                          margin=0.05, isolation="process", max_batch=None, phases=Phases(), say=events.append)
-    assert got == 48 and events == [{"event": "ceiling", "batch_size": 48, "limited_by": "memory"}]
+    assert got == 48 and events == [{"event": "ceiling", "batch_size": 48, "limited_by": "memory",
+                                    "precision": "fp32"}]
 
 
 def test_a_trial_whose_heartbeat_stops_is_failed_by_the_next_worker(tmp_path):

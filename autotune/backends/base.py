@@ -212,6 +212,11 @@ class Backend(abc.ABC):
         """The precisions (of `PRECISIONS`) this backend trains in on ``device``, fp32 first."""
         return ("fp32",)
 
+    def precision_notes(self, device: Device) -> dict[str, str]:
+        """Why a precision missing from `precisions` is missing on ``device``, where the backend knows (by
+        precision name); bench and fit-batch print it beside the mode they skip or refuse."""
+        return {}
+
     def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
                       optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
                       seed: int = 0) -> TrainingSession:

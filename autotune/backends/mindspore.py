@@ -605,13 +605,33 @@ class MindSporeSession(TrainingSession):
         grad_fn = ms.value_and_grad(forward, None, self.optimizer.parameters)
         self._grad_fn = grad_fn
         optimizer_ = self.optimizer
+        scaler = self.loss_scaler = self._loss_scaler()
 
-        def train_step(*batch: Any) -> Any:
-            loss, grads = grad_fn(*batch)
-            return ops.depend(loss, optimizer_(grads))
+        if scaler is None:
+            def train_step(*batch: Any) -> Any:
+                loss, grads = grad_fn(*batch)
+                return ops.depend(loss, optimizer_(grads))
+        else:  # float16: the step of mindspore.amp.DynamicLossScaler's documentation
+            def scaled(*batch: Any) -> Any:
+                return scaler.scale(forward(*batch))
+
+            scaled_grad_fn = ms.value_and_grad(scaled, None, self.optimizer.parameters)
+
+            def train_step(*batch: Any) -> Any:
+                loss, grads = scaled_grad_fn(*batch)
+                loss = scaler.unscale(loss)
+                is_finite = ms.amp.all_finite(grads)
+                if is_finite:  # an overflowed step is skipped, and the scale lowered
+                    loss = ops.depend(loss, optimizer_(scaler.unscale(grads)))
+                scaler.adjust(is_finite)
+                return loss
 
         self._train = ms.jit(train_step) if mode == "graph" else train_step
         self._eval = ms.jit(forward) if mode == "graph" else forward
+
+    def _loss_scaler(self) -> Any:
+        """The loss scaler of the step, None for none (a float16 session has one; see `MindSporeBenchSession`)."""
+        return None
 
     def _forward(self, compute_loss: Callable[[Any, Any], Any] | None) -> Callable[..., Any]:
         """The loss of one batch, given as the data's columns: the function value_and_grad differentiates."""
@@ -920,9 +940,16 @@ def _in_amp(build: Callable[[], Any], precision: str) -> Callable[[], Any]:
 
 
 class MindSporeBenchSession(MindSporeSession):
-    """A `MindSporeSession` in AMP level O2 (float16 or bfloat16 compute) and in graph mode (``mindspore.jit``,
+    """A `MindSporeSession` in AMP level O2 (float16 with a ``DynamicLossScaler``, or bfloat16 compute) and in
+    graph mode (``mindspore.jit``,
     compiled on the first step) or PyNative, whatever the task's own mode option says; also runs forward
     passes alone."""
+
+    def _loss_scaler(self) -> Any:
+        # float16 gradients underflow without loss scaling; `train_micro_batches` (accumulation) runs unscaled
+        if self.precision != "fp16":
+            return None
+        return ms.amp.DynamicLossScaler(scale_value=2.0**16, scale_factor=2, scale_window=1000)
 
     def __init__(self, task: Task, data: HostData, device: Device, batch_size: int, optimizer: Mapping[str, Any],
                  seed: int, precision: str, compile: bool) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from autotune.backends.base import Backend, TrainingSession
+from autotune.backends.base import PRECISIONS, Backend, TrainingSession
 from autotune.devices import Device, cpu_device, nvidia_gpus
 from autotune.errors import DeviceError, TaskError
 from autotune.scoped import environment_defaults
@@ -609,7 +609,7 @@ class TensorFlowSession(TrainingSession):
 
         with self._scope():
             self.model = self._built_model(task)
-            self.optimizer = _OPTIMIZERS[optimizer["name"]](optimizer)
+            self.optimizer = self._wrapped_optimizer(_OPTIMIZERS[optimizer["name"]](optimizer))
             self.optimizer.build(self.model.trainable_variables)
         self.from_logits = _model_from_logits(task, self.model) if self._loss_name in _CROSS_ENTROPIES else None
         self.loss_fn: Any = None if self._compute_loss is not None else (
@@ -624,6 +624,10 @@ class TensorFlowSession(TrainingSession):
         self._eval_fn = tf.function(self._replicated(self._eval_step), input_signature=val_sig)
         self._traced: set[str] = set()
         self._last: Any = None
+
+    def _wrapped_optimizer(self, optimizer: Any) -> Any:
+        """The optimizer the step applies gradients with (a subclass may wrap it; see `TensorFlowBenchSession`)."""
+        return optimizer
 
     def _built_model(self, task: Task) -> Any:
         """The task's fresh model, its variables created (a wrong input shape fails here)."""
@@ -666,6 +670,9 @@ class TensorFlowSession(TrainingSession):
 
     def _make_train_step(self, decay: float) -> Callable[[Any], Any]:
         model, optimizer = self.model, self.optimizer
+        # float16 training: the loss is scaled before the gradients and `LossScaleOptimizer.apply_gradients`
+        # unscales them and skips a step whose gradients overflowed (the Keras mixed-precision guide)
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def step(batch: Any) -> Any:
             with tf.GradientTape() as tape:
@@ -673,10 +680,15 @@ class TensorFlowSession(TrainingSession):
                 total = loss + tf.add_n(model.losses) if model.losses else loss
                 if self._strategy is not None:
                     total = total / self._strategy.num_replicas_in_sync  # Keras sums gradients over replicas
+                if scaled:
+                    total = optimizer.scale_loss(total)
             variables = model.trainable_variables
             gradients = tape.gradient(total, variables)
             if decay:
-                gradients = [g if g is None else g + decay * tf.cast(v, g.dtype) for g, v in zip(gradients, variables)]
+                # the decay term joins gradients still scaled by the loss scale: it is scaled alike
+                factor = optimizer.scale_loss(tf.constant(decay, tf.float32)) if scaled else decay
+                gradients = [g if g is None else g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype)
+                             for g, v in zip(gradients, variables)]
             optimizer.apply_gradients(zip(gradients, variables))
             return loss
 
@@ -973,19 +985,31 @@ class TensorFlowBackend(Backend):
 
     def precisions(self, device: Device) -> tuple[str, ...]:
         """fp32 everywhere; bf16 (Keras ``mixed_bfloat16``) on TPUs, on GPUs of compute capability 8.0 up and on
-        CPUs whose oneDNN build runs a bf16 matmul. fp16 (``mixed_float16``) needs loss scaling in the step,
-        which this backend does not build yet."""
+        CPUs whose build runs a bf16 matmul; fp16 (``mixed_float16``, with a ``LossScaleOptimizer``) on GPUs and
+        on CPUs whose build runs a float16 matmul. `precision_notes` says why one is missing."""
+        return tuple(p for p in PRECISIONS if p not in self.precision_notes(device))
+
+    def precision_notes(self, device: Device) -> dict[str, str]:
+        """Why each precision missing on ``device`` is missing: the Keras mixed-precision guide's hardware
+        rules for TPUs and GPUs, and on the CPU a small matmul in the dtype that failed (probed once per
+        process, so the list cannot change within a run)."""
         if device.kind == "tpu":
-            return ("fp32", "bf16")
+            return {"fp16": "TPUs compute in bfloat16, not float16 (Keras: use mixed_bfloat16 on TPUs)"}
         if device.kind == "gpu":
             capability = (device.details or {}).get("capability") or "0.0"
-            return ("fp32", "bf16") if float(capability) >= 8.0 else ("fp32",)
-        try:
-            with tf.device("/CPU:0"):
-                tf.matmul(tf.ones((2, 2), tf.bfloat16), tf.ones((2, 2), tf.bfloat16)).numpy()
-        except (tf.errors.OpError, TypeError):
-            return ("fp32",)
-        return ("fp32", "bf16")
+            return {} if float(capability) >= 8.0 else {
+                "bf16": f"bfloat16 needs compute capability 8.0 or higher (this GPU has {capability})"}
+        known: dict[str, str] | None = self.__dict__.get("_cpu_notes")
+        if known is None:
+            known = self.__dict__["_cpu_notes"] = {}
+            for precision, dtype in (("bf16", tf.bfloat16), ("fp16", tf.float16)):
+                try:
+                    with tf.device("/CPU:0"):
+                        tf.matmul(tf.ones((2, 2), dtype), tf.ones((2, 2), dtype)).numpy()
+                except (tf.errors.OpError, TypeError) as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                    known[precision] = f"a {dtype.name} matmul fails in this CPU's TensorFlow build ({first})"
+        return dict(known)
 
     def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
                       optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
@@ -1064,8 +1088,14 @@ def forward_flops_per_sample(model: Any) -> float | None:
 
 
 class TensorFlowBenchSession(TensorFlowSession):
-    """A `TensorFlowSession` whose model is built under a mixed-precision policy (``mixed_bfloat16``) and whose
+    """A `TensorFlowSession` whose model is built under a mixed-precision policy (``mixed_bfloat16``, or
+    ``mixed_float16`` with its optimizer wrapped in a dynamic ``keras.optimizers.LossScaleOptimizer``) and whose
     steps are XLA-compiled (``tf.function(jit_compile=True)``) when asked; it also runs forward passes alone."""
+
+    def _wrapped_optimizer(self, optimizer: Any) -> Any:
+        if self.precision == "fp16":  # float16 gradients underflow without loss scaling (Keras guide)
+            return keras.optimizers.LossScaleOptimizer(optimizer)
+        return optimizer
 
     def __init__(self, task: Task, data: HostData, device: Device, batch_size: int, optimizer: Mapping[str, Any],
                  seed: int, precision: str, compile: bool) -> None:

@@ -22,7 +22,7 @@ from autotune.fitting.planner import Answer, ProbeAt
 from autotune.procmem import pool_blocks, process_memory, reset_resident_peak
 from autotune.runner import WorkerOutcome, run_here, run_in_worker
 from autotune.task import resolve_task
-from autotune.training import BatchSampler, LargestSampler, measure_probe
+from autotune.training import BatchSampler, LargestSampler, configured_session, measure_probe
 from autotune.trial import fresh_session
 from autotune.units import format_size
 
@@ -40,11 +40,14 @@ def _probe_setup(task: Any, device: str | None, device_memory_limit: int | None)
 
 
 def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, optimizer: Mapping[str, Any],
-             steps: int, seed: int, largest: Any = None, first_in_process: bool = False) -> dict[str, Any]:
+             steps: int, seed: int, largest: Any = None, first_in_process: bool = False,
+             precision: str = "fp32") -> dict[str, Any]:
     free_at_start = backend.free_memory(target) if target.kind != "cpu" else None
     reset_resident_peak()
-    build = lambda: backend.session(task, data, target, batch_size=batch_size, optimizer=optimizer,  # noqa: E731
-                                    seed=seed)
+    # the session a trial in ``precision`` trains with: its activations and casts set the memory
+    build = lambda: configured_session(  # noqa: E731
+        backend, task, data, target, {"batch_size": batch_size, "precision": precision}, optimizer=optimizer,
+        seed=seed)
     with fresh_session(backend, target, build) as session:
         session.reset_peak_memory()
         n_train, _ = backend.data_size(data)
@@ -59,15 +62,17 @@ def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, o
 
 
 def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mapping[str, Any], steps: int,
-               seed: int, device_memory_limit: int | None, largest: Any = None) -> dict[str, Any]:
-    """Build a fresh session at ``batch_size``, run `measure_probe`, return the peak; OOM → TrialError('oom')."""
+               seed: int, device_memory_limit: int | None, largest: Any = None,
+               precision: str = "fp32") -> dict[str, Any]:
+    """Build a fresh session at ``batch_size`` (in ``precision``), run `measure_probe`, return the peak;
+    OOM → TrialError('oom')."""
     task, backend, target, data = _probe_setup(task, device, device_memory_limit)
-    return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest)
+    return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest, precision=precision)
 
 
 def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], steps: int, seed: int,
                   device_memory_limit: int | None, channel: Any, largest: Any = None,
-                  retime_first: bool = False) -> int:
+                  retime_first: bool = False, precision: str = "fp32") -> int:
     """Probe the sizes the parent asks for, one after another in this worker, until it answers None.
 
     Saves a worker start (and a device context) per probe; the parent asks for a size here only while the
@@ -80,7 +85,7 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
         # the fit's first probe (a small growth size) carries the process's first-call set-up: a second,
         # timed step costs little there
         return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
-                        first_in_process=retime_first and first)
+                        first_in_process=retime_first and first, precision=precision)
 
     def limit_device(limit: int) -> None:
         if target.kind != "cpu":

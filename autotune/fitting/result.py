@@ -29,6 +29,8 @@ class BatchFit:
     backend: str
     seconds: float
     notes: list[str] = dataclasses.field(default_factory=list)
+    precision: str = "fp32"
+    """The training precision the probes ran in (mixed precision keeps fewer bytes per activation)."""
 
     @property
     def ooms(self) -> int:

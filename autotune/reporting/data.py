@@ -153,7 +153,8 @@ def _fits(info: dict[str, Any]) -> dict[str, Any]:
     fits = {}
     for key, value in info.items():
         if key.startswith("ceiling:") and isinstance(value, dict):
-            fits[key.split(":", 2)[-1]] = value  # "ceiling:BACKEND:DEVICE_ID:DEVICE_NAME"; ids hold colons
+            # "ceiling:BACKEND:DEVICE_ID:DEVICE_NAME[|PRECISION]"; ids hold colons
+            fits[key.split(":", 2)[-1].replace("|", " in ")] = value
     return fits
 
 
