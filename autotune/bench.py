@@ -23,6 +23,7 @@ from autotune.errors import AutotuneError, DeviceError
 from autotune.runner import run_here, run_in_worker, warm_up_server
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, CpuContention, percentile
+from autotune.peak import cache_path as peak_cache_path
 
 DEFAULT_BATCH = 256
 """The batch a bench trains at unless told (``batch="ceiling"`` fits it per device first), capped at the
@@ -308,6 +309,8 @@ def bench(
                          f"{n_train} or less")
     batches = _batches(task, modes, batch_size, n_train, isolation, say)
     handle = task_handle(task) if isolation == "process" else task
+    # resolved here: workers fork from a server that keeps the environment it started with
+    peak_cache = peak_cache or str(peak_cache_path().parent)
     rows: list[dict[str, Any]] = []
     for mode in modes:
         batch = batches[(mode.device, mode.precision)]

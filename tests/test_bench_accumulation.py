@@ -81,7 +81,7 @@ def test_a_trial_runs_the_global_batch_in_micro_batches():
 def test_cli_global_batch_over_the_training_set_is_one_line(tmp_cwd):
     from tests.conftest import assert_one_line_error, run_cli
 
-    result = run_cli("tune", str(EXAMPLES / "torch_digits.py"), "--global-batch", "5000", "--trials", "1",
+    result = run_cli("tune", "--confirm", "0", str(EXAMPLES / "torch_digits.py"), "--global-batch", "5000", "--trials", "1",
                      cwd=tmp_cwd)
     assert_one_line_error(result, "--global-batch 5000", "1437")
     assert not list(tmp_cwd.rglob("*.db"))  # caught before a storage or a study exists

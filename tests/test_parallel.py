@@ -39,7 +39,7 @@ def test_a_trial_draws_from_the_study_seed_and_its_number():
 
 def test_two_processes_on_one_study_share_the_fit_and_range_test_and_draw_different_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    command = [sys.executable, "-m", "autotune", "tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "10",
+    command = [sys.executable, "-m", "autotune", "tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "10",
                "--trial-steps", "150", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
                "--storage", storage, "--study", "both", "--seed", "0"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

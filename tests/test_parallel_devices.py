@@ -36,7 +36,7 @@ def test_cpu_workers_split_the_cores_and_bad_specs_are_one_line():
 
 def test_a_bad_devices_option_stops_before_any_study(tmp_path):
     storage = tmp_path / "s.db"
-    result = run_cli("tune", TASK, "--devices", "cpu*64", "--storage", f"sqlite:///{storage}")
+    result = run_cli("tune", "--confirm", "0", TASK, "--devices", "cpu*64", "--storage", f"sqlite:///{storage}")
     assert_one_line_error(result, "--devices cpu*64", "cpu*")
     assert not storage.exists()
 
@@ -44,7 +44,7 @@ def test_a_bad_devices_option_stops_before_any_study(tmp_path):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two CPU workers need two cores")
 def test_two_pinned_cpu_workers_share_a_study_and_one_killed_loses_only_its_trial(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    command = [sys.executable, "-m", "autotune", "tune", TASK, "--devices", "cpu*2", "--trials", "8",
+    command = [sys.executable, "-m", "autotune", "tune", "--confirm", "0", TASK, "--devices", "cpu*2", "--trials", "8",
                "--trial-time", "1", "--no-pruning", "--no-range-test", "--search-space", SPACE,
                "--storage", storage, "--study", "pair", "--json"]
     coordinator = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -35,7 +35,7 @@ def server():
 
 
 def _tune(url, study, *extra):
-    return [sys.executable, "-m", "autotune", "tune", TASK, "--storage", url, "--study", study,
+    return [sys.executable, "-m", "autotune", "tune", "--confirm", "0", TASK, "--storage", url, "--study", study,
             "--search-space", SPACE, "--no-range-test", *extra]
 
 

@@ -76,7 +76,7 @@ def test_cli_errors_never_show_the_password(tmp_path, url):
 def test_a_study_stored_under_a_url_with_a_password_keeps_no_trace_of_it(tmp_path):
     db = tmp_path / "s.db"
     url = f"sqlite:///file:{db}?password=hunter2&uri=true"  # SQLite ignores the parameter; the URL holds it
-    outputs = [run_cli("tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "2", "--trial-time", "0.3",
+    outputs = [run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "2", "--trial-time", "0.3",
                        "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"), "--no-range-test",
                        "--storage", url, "--study", "s", cwd=tmp_path)]
     assert outputs[0].returncode == 0, outputs[0].stderr

@@ -94,11 +94,11 @@ def test_a_study_of_the_former_categorical_batch_size_still_resumes(tmp_path):
 def test_cli_resumes_a_narrowed_space_and_refuses_a_changed_optimizer_list(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     common = ("--trial-time", "0.3", "--storage", storage, "--study", "moving", "--no-range-test")
-    first = run_cli("tune", SMALL_TASK, "--trials", "2", "--search-space", str(SMALL_SPACE), *common)
+    first = run_cli("tune", "--confirm", "0", SMALL_TASK, "--trials", "2", "--search-space", str(SMALL_SPACE), *common)
     assert first.returncode == 0, first.stderr
     narrowed = tmp_path / "narrowed.yaml"
     narrowed.write_text(SMALL_SPACE.read_text().replace("[16, 32, 64]", "[16, 32]"))
-    again = run_cli("tune", SMALL_TASK, "--trials", "4", "--search-space", str(narrowed), *common)
+    again = run_cli("tune", "--confirm", "0", SMALL_TASK, "--trials", "4", "--search-space", str(narrowed), *common)
     assert again.returncode == 0, again.stderr
     assert "resuming study moving" in again.stderr and "Traceback" not in again.stderr
     study = optuna.load_study(study_name="moving", storage=storage)
@@ -106,6 +106,6 @@ def test_cli_resumes_a_narrowed_space_and_refuses_a_changed_optimizer_list(tmp_p
     assert all(t.user_attrs["config"]["batch_size"] in (16, 32) for t in study.trials[2:])
     other = tmp_path / "other.yaml"
     other.write_text("batch_size: {choices: [16, 32]}\noptimizers:\n  adam: {}\n")
-    refused = run_cli("tune", SMALL_TASK, "--trials", "6", "--search-space", str(other), *common)
+    refused = run_cli("tune", "--confirm", "0", SMALL_TASK, "--trials", "6", "--search-space", str(other), *common)
     assert_one_line_error(refused, "sampled optimizer from choices [adam, sgd]", "--study NEW_NAME")
     assert len(optuna.load_study(study_name="moving", storage=storage).trials) == 4

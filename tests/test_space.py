@@ -76,10 +76,10 @@ def test_bad_space_is_a_one_line_error_naming_file_and_key(tmp_path, case):
 def test_bad_space_from_the_cli(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("lr: {low: 1.0e-1, high: 1.0e-3}\n")
-    result = run_cli("tune", f"{TASKS / 'torch_tasks.py'}:small", "--search-space", str(path),
+    result = run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:small", "--search-space", str(path),
                      "--storage", f"sqlite:///{tmp_path / 's.db'}")
     assert_one_line_error(result, "mine.yaml", "lr: low")
-    missing = run_cli("tune", f"{TASKS / 'torch_tasks.py'}:small", "--search-space", str(tmp_path / "no.yaml"),
+    missing = run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:small", "--search-space", str(tmp_path / "no.yaml"),
                       "--storage", f"sqlite:///{tmp_path / 's.db'}")
     assert_one_line_error(missing, "not found")
 

@@ -39,7 +39,7 @@ def _tune(url, trials, file_size_limit=None):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    return subprocess.run([sys.executable, "-m", "autotune", "tune", *SMALL, "--trials", str(trials), "--storage", url],
+    return subprocess.run([sys.executable, "-m", "autotune", "tune", "--confirm", "0", *SMALL, "--trials", str(trials), "--storage", url],
                           cwd=ROOT, capture_output=True, text=True, timeout=600,
                           preexec_fn=limit if file_size_limit else None, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -41,7 +41,7 @@ def _session(name, batch_size=8, optimizer="adam"):
 def test_gpt2_trains_through_the_library_with_a_dataset_and_dict_batches(tmp_path):
     storage = f"sqlite:///{tmp_path / 'g.db'}"
     result = autotune.tune(f"{REAL}:gpt2", n_trials=3, trial_time=1.5, search_space=SPACE, storage=storage,
-                           study_name="gpt2", memory_limit=autotune.parse_size("3GiB"))
+                           study_name="gpt2", memory_limit=autotune.parse_size("3GiB"), confirm=0)
     assert result.batch_size in (8, 16) and result.optimizer == "adam"
     assert result.val_loss < math.log(256)  # better than uniform over the byte vocabulary
     study = result.study
@@ -56,7 +56,7 @@ def test_gpt2_trains_through_the_library_with_a_dataset_and_dict_batches(tmp_pat
 
 def test_gpt2_trains_through_the_cli(tmp_path):
     storage = f"sqlite:///{tmp_path / 'g.db'}"
-    tuned = run_cli("tune", f"{REAL}:gpt2", "--trials", "2", "--trial-time", "1.5", "--search-space", SPACE,
+    tuned = run_cli("tune", "--confirm", "0", f"{REAL}:gpt2", "--trials", "2", "--trial-time", "1.5", "--search-space", SPACE,
                     "--storage", storage, "--study", "gpt2", "--no-range-test", "--memory-limit", "3GiB")
     assert tuned.returncode == 0, tuned.stderr
     assert "batch size" in tuned.stdout and "(torch)" in tuned.stdout
@@ -127,7 +127,7 @@ def test_a_broken_contract_is_one_line(name, fragment):
 
 def test_a_model_that_does_not_learn_gets_no_winner(tmp_path):
     storage = f"sqlite:///{tmp_path / 'f.db'}"
-    result = run_cli("tune", f"{REAL}:flat", "--trials", "3", "--trial-steps", "20", "--search-space", SPACE,
+    result = run_cli("tune", "--confirm", "0", f"{REAL}:flat", "--trials", "3", "--trial-steps", "20", "--search-space", SPACE,
                      "--storage", storage, "--study", "flat", "--no-range-test", "--no-pruning")
     assert result.returncode == 1, result.stderr
     assert "does not learn" in result.stderr and "Traceback" not in result.stderr

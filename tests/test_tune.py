@@ -39,7 +39,7 @@ def _rescore(config, steps, seeds=(0, 1, 2)):
 def test_tuned_configuration_beats_the_default_on_digits(tmp_path):
     budget = 60
     result = autotune.tune(str(EXAMPLES / "torch_digits.py"), n_trials=14, trial_steps=budget,
-                           storage=f"sqlite:///{tmp_path / 's.db'}", study_name="digits", seed=0)
+                           storage=f"sqlite:///{tmp_path / 's.db'}", study_name="digits", seed=0, confirm=0)
     assert result.backend == "torch" and result.device == "cpu"
     tuned = {"batch_size": result.batch_size, "optimizer": result.optimizer, "lr": result.lr,
              "optimizer_params": result.optimizer_params}
@@ -57,7 +57,7 @@ def test_tuned_configuration_beats_the_default_on_digits(tmp_path):
 
 def test_cli_tune_best_and_studies(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    tuned = run_cli("tune", SMALL_TASK, "--trials", "3", "--trial-time", "0.5", "--search-space", SMALL_SPACE,
+    tuned = run_cli("tune", "--confirm", "0", SMALL_TASK, "--trials", "3", "--trial-time", "0.5", "--search-space", SMALL_SPACE,
                     "--storage", storage, "--study", "small", "--json", "--no-range-test")
     assert tuned.returncode == 0, tuned.stderr
     result = json.loads(tuned.stdout)
@@ -97,7 +97,7 @@ def _finished(storage, name):
 
 
 def _start_tune(storage, name, trials, *extra):
-    args = [sys.executable, "-m", "autotune", "tune", SMALL_TASK, "--trials", str(trials), "--trial-time", "1",
+    args = [sys.executable, "-m", "autotune", "tune", "--confirm", "0", SMALL_TASK, "--trials", str(trials), "--trial-time", "1",
             "--search-space", SMALL_SPACE, "--storage", storage, "--study", name, "--no-range-test", *extra]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -112,7 +112,7 @@ def test_resume_after_kill_keeps_trials_and_fails_the_orphan(tmp_path):
     time.sleep(3)  # past the 2 s heartbeat grace, so even a trial killed before it named its owner is stale
     before = optuna.load_study(study_name="killed", storage=storage)
     kept = [t.number for t in finished(before.trials)]
-    again = run_cli("tune", SMALL_TASK, "--trials", str(len(kept) + 2), "--trial-time", "1", "--search-space",
+    again = run_cli("tune", "--confirm", "0", SMALL_TASK, "--trials", str(len(kept) + 2), "--trial-time", "1", "--search-space",
                     SMALL_SPACE, "--storage", storage, "--study", "killed", "--no-range-test", "--heartbeat", "1")
     assert again.returncode == 0, again.stderr
     assert "resuming study killed" in again.stderr
@@ -149,7 +149,7 @@ def test_crashing_and_hanging_workers_fail_their_trial_and_the_study_goes_on(tmp
     result = autotune.tune(f"{TASKS / 'torch_faulty.py'}:{attr}", n_trials=3, trial_time=0.5,
                            search_space=str(ROOT / "tests" / "spaces" / "batch_16_32.yaml"),
                            storage=f"sqlite:///{tmp_path / 's.db'}", study_name=attr, range_test=False,
-                           trial_timeout=8, seed=10)  # seed 10 draws 16, 32, 16, 16
+                           trial_timeout=8, seed=10, confirm=0)  # seed 10 draws 16, 32, 16, 16
     study = result.study
     bad = [t for t in study.trials if failed(t)]
     assert bad, "no trial hit the faulty batch size"
@@ -163,23 +163,23 @@ def test_crashing_and_hanging_workers_fail_their_trial_and_the_study_goes_on(tmp
 def test_throughput_and_pareto_objectives(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     fast = autotune.tune(SMALL_TASK, n_trials=4, trial_time=0.3, objective="throughput", search_space=SMALL_SPACE,
-                         storage=storage, study_name="fast", range_test=False)
+                         storage=storage, study_name="fast", range_test=False, confirm=0)
     assert fast.throughput > 0 and fast.objective == "throughput"
     both = autotune.tune(SMALL_TASK, n_trials=3, trial_time=0.3, objective="pareto", search_space=SMALL_SPACE,
-                         storage=storage, study_name="both", range_test=False)
+                         storage=storage, study_name="both", range_test=False, confirm=0)
     assert both.objective == "pareto" and both.val_loss is not None
     with pytest.raises(autotune.StorageError, match="created with --objective throughput"):
         autotune.tune(SMALL_TASK, n_trials=1, trial_time=0.3, objective="convergence", search_space=SMALL_SPACE,
-                      storage=storage, study_name="fast", range_test=False)
+                      storage=storage, study_name="fast", range_test=False, confirm=0)
 
 
 def test_in_process_trials_and_journal_storage(tmp_path):
     result = autotune.tune(SMALL_TASK, n_trials=3, trial_time=0.3, search_space=SMALL_SPACE, isolation="none",
-                           storage=f"journal:{tmp_path / 'j.log'}", study_name="journal", range_test=False)
+                           storage=f"journal:{tmp_path / 'j.log'}", study_name="journal", range_test=False, confirm=0)
     assert result.val_loss is not None and (tmp_path / "j.log").exists()
 
 
 def test_unreachable_storage_is_one_line_and_hides_the_password(tmp_path):
-    result = run_cli("tune", SMALL_TASK, "--storage", "postgresql://alice:hunter2@127.0.0.1:9/none")
+    result = run_cli("tune", "--confirm", "0", SMALL_TASK, "--storage", "postgresql://alice:hunter2@127.0.0.1:9/none")
     assert_one_line_error(result, "cannot open storage", "alice:***@")
     assert "hunter2" not in result.stderr + result.stdout

@@ -21,9 +21,9 @@ def _example(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_tuned_beats_the_default_and_resumes(tmp_path, backend):
     budget, storage = 60, f"sqlite:///{tmp_path / 's.db'}"  # steps: independent of the machine's load
-    first = autotune.tune(_example(backend), n_trials=8, trial_steps=budget, storage=storage, study_name="d", seed=0)
+    first = autotune.tune(_example(backend), n_trials=8, trial_steps=budget, storage=storage, study_name="d", seed=0, confirm=0)
     assert first.backend == backend
-    result = autotune.tune(_example(backend), n_trials=12, trial_steps=budget, storage=storage, study_name="d", seed=0)
+    result = autotune.tune(_example(backend), n_trials=12, trial_steps=budget, storage=storage, study_name="d", seed=0, confirm=0)
     study = result.study
     finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished) == 12, "the resumed study keeps and counts the first run's trials"
@@ -42,9 +42,9 @@ def test_tuned_beats_the_default_and_resumes(tmp_path, backend):
 def test_bad_input_on_the_backend(tmp_path, backend):
     space = tmp_path / "space.yaml"
     space.write_text(f"optimizers:\n  {LACKS[backend]}: {{}}\n")
-    result = run_cli("tune", _example(backend), "--search-space", str(space), "--storage",
+    result = run_cli("tune", "--confirm", "0", _example(backend), "--search-space", str(space), "--storage",
                      f"sqlite:///{tmp_path / 's.db'}")
     assert_one_line_error(result, f"optimizers.{LACKS[backend]}", f"not available on backend {backend}")
-    wrong = run_cli("tune", _example(backend), "--backend", "torch", "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    wrong = run_cli("tune", "--confirm", "0", _example(backend), "--backend", "torch", "--storage", f"sqlite:///{tmp_path / 's.db'}")
     assert_one_line_error(wrong, "does not match")
     assert_one_line_error(run_cli("fit-batch", _example(backend), "--optimizer", "shampoo"), "not available")
