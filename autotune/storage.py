@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 import optuna.storages.journal
@@ -151,8 +151,7 @@ def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseSt
 
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(running,)):
-        who = trial.user_attrs.get("owner") or {}
-        if who.get("host") != host or not isinstance(who.get("pid"), int) or _alive(who["pid"]):
+        if not orphaned(trial.user_attrs.get("owner") or {}, host):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "failure", "interrupted: its process ended without finishing")
@@ -169,6 +168,12 @@ def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseSt
             return failed
         failed += before - len(study.get_trials(deepcopy=False, states=(running,)))
     return failed
+
+
+def orphaned(who: Mapping[str, Any], host: str | None = None) -> bool:
+    """Whether a trial's ``owner`` record names a process on this host (``host``) that is gone."""
+    pid = who.get("pid")
+    return who.get("host") == (host or socket.gethostname()) and isinstance(pid, int) and not _alive(pid)
 
 
 def _alive(pid: int) -> bool:
