@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import optuna
 import optuna.storages.journal
+import psutil
 
 from autotune.errors import StorageError
 from autotune.journal import mend_journal
@@ -185,4 +186,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead, though kill(pid, 0) still finds it
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

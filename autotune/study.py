@@ -76,6 +76,9 @@ class TuneResult:
     """Seconds of each phase of the study's latest call (fit, range_test, trials)."""
     accumulation: dict[str, int] | None = None
     """With a global batch over the ceiling: ``micro_batch`` × ``accumulation_steps`` (see `autotune.training`)."""
+    worker: dict[str, Any] | None = None
+    """The ``--devices`` worker that ran the trial (``worker``, ``cpus``, ``threads``): ``throughput`` is that
+    one device's (on the CPU, those cores'), not the study's total."""
     study: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,8 +158,12 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
         study_name=study.study_name, objective=info.get("objective", "convergence"),
         throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
-        accumulation=accumulation_of(config),
+        accumulation=accumulation_of(config), worker=_worker_of(attrs.get("owner") or {}),
     )
+
+
+def _worker_of(who: Mapping[str, Any]) -> dict[str, Any] | None:
+    return {k: who[k] for k in ("worker", "cpus", "threads") if k in who} if who.get("worker") else None
 
 
 def load_result(study_name: str, storage: str | None = None) -> TuneResult:
@@ -208,6 +215,7 @@ def tune(
     progress: Progress | None = None,
     global_batch: int | None = None,
     confirm: int = DEFAULT_CONFIRM,
+    memory_share: int = 1,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
@@ -224,6 +232,9 @@ def tune(
     exceeds the ceiling; ``device="auto"``: the device bench measures fastest (`autotune.bench.auto_device`).
     At the end, the backend's default configuration and the ``confirm`` best configurations with other
     seeds are trained at the same budget for the report (`autotune.confirm`; 0 skips them).
+    ``memory_share``: on the CPU, this many workers share the host's RAM (``--devices cpu*N``): this one's budget
+    is ``memory_limit`` (or the available RAM) divided by it, the ceiling is fitted under that share and its trial
+    workers are capped to it, so that the workers at their ceilings together stay within the whole.
 
     The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
     and fails them.
@@ -237,6 +248,8 @@ def tune(
     trial_time = seconds("--trial-time", trial_time)
     if (trial_time is None or trial_time <= 0) and (trial_steps is None or trial_steps < 1):
         raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
+    if isinstance(memory_share, bool) or not isinstance(memory_share, int) or memory_share < 1:
+        raise AutotuneError(f"memory_share must be a positive number of workers, got {memory_share!r}")
     if isolation not in ("process", "none"):
         raise AutotuneError(f"isolation must be 'process' or 'none', got {isolation!r}")
     task = load_task(task)
@@ -269,12 +282,14 @@ def tune(
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
     phases = Phases()
+    share = memory_share if target.kind == "cpu" else 1  # accelerators each have their own memory
+    given_limit, memory_limit = memory_limit, _share_of(memory_limit, target, share)
     cache = lambda: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling yet
-        store, handle, device=target, versions=_versions(backend.name), memory_limit=memory_limit, margin=margin,
-        max_batch=space.batch_high, preload=backend.worker_preload(task), isolation=isolation)
+        store, handle, device=target, versions=_versions(backend.name), memory_limit=given_limit, margin=margin,
+        max_batch=space.batch_high, share=share, preload=backend.worker_preload(task), isolation=isolation)
     ceiling = ensure_ceiling(study, task, backend=backend, device=target, memory_limit=memory_limit, margin=margin,
                              isolation=isolation, max_batch=space.batch_high, phases=phases, say=say,
-                             cache=cache, refit=refit)
+                             cache=cache, refit=refit, share=share)
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     # one worker runs the range test and trial after trial; a failed trial's worker is replaced
     worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None
@@ -358,6 +373,17 @@ class ModelDoesNotLearn(AutotuneError):
     def __init__(self, message: str, result: TuneResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+def _share_of(memory_limit: int | None, device: Any, share: int) -> int | None:
+    """One of ``share`` workers' memory budget on ``device``: the limit given, or its available memory, split."""
+    if share == 1:
+        return memory_limit
+    whole = memory_limit or device.memory_free
+    if not whole:
+        raise AutotuneError(f"cannot split the memory of {device.id} between {share} workers: its available memory "
+                            "is unknown; give --memory-limit (the budget of all the workers together)")
+    return int(whole) // share
 
 
 def _finished(study: optuna.Study) -> int:

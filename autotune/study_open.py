@@ -83,6 +83,8 @@ def resume_space(study: optuna.Study, space: SearchSpace) -> None:
     check_resumable(study, space)
 
 
-def ceiling_key(backend: str, device: Any) -> str:
-    """The study attribute holding the batch-size ceiling fitted for one backend on one device."""
-    return f"ceiling:{backend}:{device.id}:{device.name}"
+def ceiling_key(backend: str, device: Any, *, share: int = 1) -> str:
+    """The study attribute holding the batch-size ceiling fitted for one backend on one device; with ``share``
+    workers on one device's memory (``--devices cpu*N``), the ceiling of one worker's share (suffix ``:1/N``)."""
+    key = f"ceiling:{backend}:{device.id}:{device.name}"
+    return key if share == 1 else f"{key}:1/{share}"
