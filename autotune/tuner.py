@@ -57,7 +57,8 @@ class TunerTrial:
     records a worker's outcome with `complete`, `prune` and `fail`. Either way the trial is told exactly once.
     """
 
-    def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any]) -> None:
+    def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any], *,
+                 heartbeat: Heartbeat | None = None) -> None:
         self._tuner = tuner
         self._trial = trial
         self.config: dict[str, Any] = dict(config)
@@ -72,7 +73,7 @@ class TunerTrial:
         self._history: list[tuple[int, float, float]] = []
         self._started = time.perf_counter()
         self._last: float | None = None
-        self._heartbeat = Heartbeat(tuner.store, tuner.study, trial.number, study_id=tuner.study_id())
+        self._heartbeat = heartbeat or Heartbeat(tuner.store, tuner.study, trial.number, study_id=tuner.study_id())
         self.state: str | None = None
         """``complete``, ``pruned`` or ``failed`` once the trial has ended."""
 
@@ -295,20 +296,22 @@ class Tuner:
     def ask(self) -> TunerTrial:
         """One new trial: its owner recorded first (a kill from then on leaves a trial known to be orphaned),
         then its configuration sampled under the ceiling; its heartbeat runs until it is told."""
-        return self._configured(self._asked())
+        return self._configured(*self._asked())
 
-    def _asked(self) -> optuna.Trial:
+    def _asked(self) -> tuple[optuna.Trial, Heartbeat]:
         fail_stale(self.study)
         with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask()
+        # beating at once: a trial that never beat is never found stale, so a kill from here on must find one
+        heartbeat = Heartbeat(self.store, self.study, trial.number, study_id=self.study_id())
         trial.set_user_attr("owner", owner())
-        return trial
+        return trial, heartbeat
 
-    def _configured(self, trial: optuna.Trial) -> TunerTrial:
+    def _configured(self, trial: optuna.Trial, heartbeat: Heartbeat) -> TunerTrial:
         config = self.space.suggest(trial, self.ceiling)
         store_config(trial, config)
-        return TunerTrial(self, trial, config)
+        return TunerTrial(self, trial, config, heartbeat=heartbeat)
 
     def trials(self, n: int, *, stop: Callable[[], bool] | None = None) -> Iterator[TunerTrial]:
         """Yield trials until the study has ``n`` finished (complete or pruned) or ``stop()`` says so; failed
@@ -349,10 +352,11 @@ class Tuner:
     def _claimed(self, n: int) -> TunerTrial | None:
         """A new trial if it is among the first ``n`` not failed, by number (the storage numbers trials in the
         order they are created, so every process judges alike); else None, the trial stored failed unrun."""
-        trial = self._asked()
+        trial, heartbeat = self._asked()
         ahead = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
         if len(finished(ahead)) + len(_running(ahead)) < n:
-            return self._configured(trial)
+            return self._configured(trial, heartbeat)
+        heartbeat.stop()
         trial.set_user_attr("failure", f"surplus: the study already had {n} trials finished or running when this "
                                        "one was created; it did not run")
         with quiet_optuna():
