@@ -41,7 +41,7 @@ def test_two_processes_on_one_study_share_the_fit_and_range_test_and_draw_differ
     storage = f"sqlite:///{tmp_path / 's.db'}"
     command = [sys.executable, "-m", "autotune", "tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "10",
                "--trial-steps", "150", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
-               "--storage", storage, "--study", "both", "--seed", "0"]
+               "--storage", storage, "--study", "both", "--seed", "0", "--confirm", "0", "--no-report"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     second = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
