@@ -20,10 +20,10 @@ import numpy as np
 from autotune.backends import get_backend
 from autotune.backends.base import PRECISIONS
 from autotune.errors import AutotuneError, DeviceError
+from autotune.peak import cache_path as peak_cache_path
 from autotune.runner import run_here, run_in_worker, warm_up_server
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, CpuContention, percentile
-from autotune.peak import cache_path as peak_cache_path
 
 DEFAULT_BATCH = 256
 """The batch a bench trains at unless told (``batch="ceiling"`` fits it per device first), capped at the

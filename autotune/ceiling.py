@@ -4,6 +4,7 @@ that joins the study (`autotune.shared`), read back by the report."""
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable
 
 import optuna
@@ -11,6 +12,7 @@ import optuna
 from autotune.budget import Phases
 from autotune.ceiling_cache import fitted_by
 from autotune.memory import fit_batch_size
+from autotune.storage import WORKER_ENV, owner
 from autotune.study_open import ceiling_key
 
 Say = Callable[[dict[str, Any]], None]
@@ -18,13 +20,18 @@ Say = Callable[[dict[str, Any]], None]
 
 def ensure_ceiling(study: optuna.Study, task: Any, *, backend: Any, device: Any, memory_limit: int | None,
                    margin: float, isolation: str, max_batch: int | None, phases: Phases, say: Say,
-                   cache: Callable[[], Any] | None = None, refit: bool = False, precision: str = "fp32") -> int:
+                   cache: Callable[[], Any] | None = None, refit: bool = False, precision: str = "fp32",
+                   share: int = 1) -> int:
     """The study's ceiling for ``device`` in ``precision``: stored in the study, else fitted by another process
     joining it (waited for rather than fitted twice), else from ``cache()`` (`autotune.ceiling_cache`: the same task
-    structure fitted earlier on this device, unless ``refit``), else a fresh fit stored in both."""
+    structure fitted earlier on this device, unless ``refit``), else a fresh fit stored in both.
+
+    ``share``: workers splitting the device's memory (``--devices cpu*N``); ``memory_limit`` is then one
+    worker's share, and the ceiling is kept apart from the whole device's (`ceiling_key`), fitted by the first
+    of them and reused by the others. A ``--devices`` worker also records which ceiling it took (``worker:LABEL``)."""
     from autotune.shared import wait_for_shared
 
-    key = ceiling_key(backend.name, device, precision)
+    key = ceiling_key(backend.name, device, precision, share=share)
     record = wait_for_shared(study, key, lambda attrs: attrs.get(key), say=say)
     if record is None:  # this process holds the claim: a fit of the same task stored earlier, or a new fit
         cached = None if cache is None else cache()
@@ -37,9 +44,15 @@ def ensure_ceiling(study: optuna.Study, task: Any, *, backend: Any, device: Any,
                                      isolation=isolation, max_batch=max_batch, precision=precision,
                                      progress=lambda message: say({"event": "fit", "message": message}))
             record = {**ceiling_record(fit), "fitted_by": fitted_by(fit.seconds)}
+            if share != 1:
+                record["memory_share"] = share
             if cached is not None:
                 cached.remember(study, record)
         study.set_user_attr(key, record)
+    if os.environ.get(WORKER_ENV):  # one attribute per worker and precision: concurrent writers never collide
+        study.set_user_attr(f"worker:{os.environ[WORKER_ENV]}" + ("" if precision == "fp32" else f"|{precision}"), {
+            "ceiling": key, "batch_size": int(record["batch_size"]), "budget_bytes": record.get("budget_bytes"),
+            "fitted_by": record.get("fitted_by"), "owner": owner()})
     say({"event": "ceiling", "batch_size": int(record["batch_size"]), "limited_by": record.get("limited_by"),
          "precision": precision})
     return int(record["batch_size"])

@@ -23,12 +23,17 @@ PREFIX = "ceiling_cache:"
 
 
 def ceiling_key(structure: Mapping[str, Any], *, device: Any, versions: Mapping[str, str],
-                memory_limit: int | None, margin: float, max_batch: int | None, precision: str = "fp32") -> str:
+                memory_limit: int | None, margin: float, max_batch: int | None, precision: str = "fp32",
+                share: int = 1) -> str:
     """The cache key of a fit: the task's structure, the device (not its free memory, a moment's reading), the
-    training precision (each has its own ceiling), the versions the fit ran with and the options that bound it."""
+    training precision (each has its own ceiling), the versions the fit ran with and the options that bound it
+    (``share``: workers splitting the budget)."""
+    bounds: dict[str, Any] = {"memory_limit": memory_limit, "margin": margin, "max_batch": max_batch,
+                              "precision": precision}
+    if share != 1:  # only then: the keys of unshared fits stay those stored before shares existed
+        bounds["share"] = share
     return digest({"task": dict(structure), "device": [device.id, device.kind, device.name, device.memory_total],
-                   "versions": dict(versions), "memory_limit": memory_limit, "margin": margin,
-                   "max_batch": max_batch, "precision": precision})
+                   "versions": dict(versions), **bounds})
 
 
 def fitted_by(seconds: float | None) -> dict[str, Any]:
@@ -46,7 +51,7 @@ class CeilingCache:
 
     @classmethod
     def for_task(cls, storage: Any, handle: Any, *, device: Any, versions: Mapping[str, str],
-                 memory_limit: int | None, margin: float, max_batch: int | None,
+                 memory_limit: int | None, margin: float, max_batch: int | None, share: int = 1,
                  preload: tuple[str, ...] = (), isolation: str = "process", precision: str = "fp32",
                  ) -> "CeilingCache":
         """The entry for ``handle``'s task, its structure read in a worker (the model is built there); a task
@@ -55,7 +60,7 @@ class CeilingCache:
         if structure is None:
             return cls(storage, None)
         return cls(storage, ceiling_key(structure, device=device, versions=versions, memory_limit=memory_limit,
-                                        margin=margin, max_batch=max_batch, precision=precision))
+                                        margin=margin, max_batch=max_batch, precision=precision, share=share))
 
     def lookup(self, say: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
         """The newest stored fit (the ceiling record a study keeps), or None; says so through ``say`` if found."""

@@ -109,7 +109,9 @@ def register(sub: Any) -> None:
     tune.add_argument("--study", help="study name (default: from the task); an existing one is resumed")
     _add_storage(tune)
     tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (CPU: enforced per worker)")
+    tune.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (CPU: each trial process is "
+                      "capped to it); with --devices cpu*N the budget of all N workers together: each gets 1/N")
+    tune.add_argument("--memory-share", type=_positive_int, default=1, help=argparse.SUPPRESS)  # set by --devices
     tune.add_argument("--in-process", action="store_true", help="run trials in this process (no isolation)")
     tune.add_argument("--no-range-test", action="store_true", help="skip the learning-rate range test")
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
@@ -119,7 +121,8 @@ def register(sub: Any) -> None:
     tune.add_argument("--refit", action="store_true", help="fit the batch-size ceiling again instead of reusing "
                       "the one stored for this task, device and versions")
     tune.add_argument("--devices", help="one worker per device, all on one study: all, cuda:0,cuda:1 or cpu*N "
-                      "(N CPU workers, the cores split between them)")
+                      "(N CPU workers, the cores split between them and the RAM budget too: each fits its own "
+                      "ceiling to --memory-limit, or the available RAM, divided by N); samples/s are per worker")
     tune.add_argument("--global-batch", type=_positive_int, help="train every trial at this batch: in micro-batches "
                       "with gradient accumulation where it exceeds the fitted ceiling (learning rate scaled to it)")
     tune.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -164,7 +167,7 @@ def _print_result(result: Any, as_json: bool) -> None:
         ("optimizer", f"{result.optimizer}" + (f" ({params})" if params else "")),
         ("learning rate", f"{result.lr:.4g}  ({result.lr_scaling})"),
         ("validation loss", number(result.val_loss)),
-        ("throughput", f"{number(result.throughput)} samples/s"
+        ("throughput", f"{number(result.throughput)} samples/s on one device" + _measured_by(result.worker)
                        + (" (measured on a busy machine)" if result.throughput_busy else "")),
         ("step time p50/p95", f"{number(result.step_seconds_p50 and result.step_seconds_p50 * 1000, 3)} / "
                               f"{number(result.step_seconds_p95 and result.step_seconds_p95 * 1000, 3)} ms"),
@@ -173,6 +176,13 @@ def _print_result(result: Any, as_json: bool) -> None:
         ("device", f"{result.device} ({result.backend}), {result.precision} "
                    f"{'compiled' if result.compile else 'eager'}"),
     ]))
+
+
+def _measured_by(worker: dict[str, Any] | None) -> str:
+    if not worker:
+        return ""
+    cores = f", cores {','.join(map(str, worker['cpus']))}" if worker.get("cpus") else ""
+    return f" (worker {worker['worker']}{cores})"
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -209,6 +219,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
             refit=args.refit, global_batch=args.global_batch, progress=progress, confirm=args.confirm,
+            memory_share=args.memory_share,
         )
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)

@@ -3,11 +3,13 @@
 Each child is the single-device study loop (`autotune.study.tune` behind ``autotune tune --device D``) against
 the same storage and study, so everything one process guarantees holds for each: its trials stored with their
 owner, a ceiling fitted once per device kind and shared through the study (`autotune.shared`), per-trial seeds
-and TPE's constant liar so that concurrent trials differ. A child that dies takes only its running trial down
-(failed by the heartbeat, or by the orphan check here once it is gone); the others go on until the study has
-``--trials`` finished trials. On the CPU the cores are split between the workers and each is pinned to its
-share (``sched_setaffinity``, inherited by its trial workers) with thread counts to match, so that workers do
-not compete for the same cores and each one's throughput is that of its share.
+and TPE's constant liar so that concurrent trials differ. CPU workers share the host's RAM: each gets 1/N of
+the budget (``--memory-limit``, else the available RAM; ``--memory-share N`` to the child), and their ceiling,
+fitted under that share by the first of them, is kept apart from a whole-memory one. A child that dies takes
+only its running trial down (failed by the heartbeat, or by the orphan check here once it is gone); the others
+go on until the study has ``--trials`` finished trials. On the CPU the cores are split between the workers and
+each is pinned to its share (``sched_setaffinity``, inherited by its trial workers) with thread counts to match,
+so that workers do not compete for the same cores and each one's throughput is that of its share.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -28,6 +31,7 @@ from autotune.storage import WORKER_ENV
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 """Thread-pool sizes the frameworks read at start: set to a CPU worker's share of the cores."""
+REAP_SECONDS = 0.2
 
 
 @dataclass
@@ -155,10 +159,8 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
         argv = [*argv, "--study", _study_name(task)]
         args.study = _study_name(task)
     cpu_workers = sum(1 for slot in slots if slot.device == "cpu")
-    if cpu_workers > 1 and not args.memory_limit:  # they share the RAM: each fits, and is capped to, its share
-        import psutil
-
-        argv = [*argv, "--memory-limit", str(psutil.virtual_memory().available // cpu_workers)]
+    if cpu_workers > 1:  # they share the RAM: each fits its ceiling to, and is capped at, its share of the budget
+        argv = [*argv, "--memory-share", str(cpu_workers)]
     quiet = args.quiet or args.json
     outputs: dict[str, list[str]] = {slot.label: [] for slot in slots}
     relays = []
@@ -177,7 +179,9 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
             relay = threading.Thread(target=_relay, args=(slot, outputs[slot.label], quiet), daemon=True)
             relay.start()
             relays.append(relay)
-        codes = {slot.label: _started(slot).wait() for slot in slots}
+        while any(_started(slot).poll() is None for slot in slots):  # each reaped as it ends: never left a zombie
+            time.sleep(REAP_SECONDS)  # that the others' orphan checks would take for alive
+        codes = {slot.label: _started(slot).returncode for slot in slots}
         for relay in relays:
             relay.join(timeout=10)
     finally:
@@ -210,12 +214,15 @@ def _conclude(args: argparse.Namespace, slots: list[Slot], codes: dict[str, int]
     else:
         from autotune.cli_study import _print_result
         from autotune.console import number, table
+        from autotune.units import format_size
 
-        print(table(["worker", "device", "cores", "pid", "exit", "complete", "pruned", "failed",
-                     "samples/s (this device)"],
+        print(table(["worker", "device", "cores", "pid", "exit", "complete", "pruned", "failed", "ceiling",
+                     "memory budget", "samples/s per device"],
                     [[r["worker"], r["device"], r["cores"], r["pid"], r["exit"], r["complete"], r["pruned"],
-                      r["failed"], number(r["throughput"])] for r in rows]), file=sys.stderr)
-        print("samples/s: median over the worker's complete trials, measured on its own device (and cores)",
+                      r["failed"], r["ceiling"], format_size(r["budget_bytes"]), number(r["throughput"])]
+                     for r in rows]), file=sys.stderr)
+        print("samples/s per device: median over the worker's complete trials, measured on its own device (and "
+              "cores), not the study's total; memory budget: the worker's share, its ceiling fitted under it",
               file=sys.stderr)
         for row in rows:
             if row["exit"] not in (0, 1):
@@ -234,7 +241,8 @@ def _ending(code: int) -> str:
 
 
 def worker_rows(study: Any, slots: list[Slot], codes: dict[str, int]) -> list[dict[str, Any]]:
-    """Per worker: its trials of ``study`` by state and its median throughput (samples/s on its device)."""
+    """Per worker: its trials of ``study`` by state, the ceiling it took and its memory budget (its record
+    ``worker:LABEL``), and its median throughput (samples/s on its own device, per device)."""
     from autotune.failures import shown_state
 
     rows = []
@@ -244,7 +252,10 @@ def worker_rows(study: Any, slots: list[Slot], codes: dict[str, int]) -> list[di
         states = [shown_state(t) for t in mine]
         rates = [t.user_attrs.get("measured", {}).get("throughput") for t in mine if shown_state(t) == "COMPLETE"]
         rates = [r for r in rates if r]
+        took = study.user_attrs.get(f"worker:{slot.label}") or {}
         rows.append({"worker": slot.label, "device": slot.device, "pid": slot.pid, "exit": codes[slot.label],
+                     "ceiling": took.get("batch_size"), "budget_bytes": took.get("budget_bytes"),
+                     "ceiling_key": took.get("ceiling"),
                      "cores": ",".join(map(str, slot.cpus)) if slot.cpus else None,
                      "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
                      "failed": states.count("FAIL"), "throughput": statistics.median(rates) if rates else None})

@@ -11,10 +11,11 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 import optuna.storages.journal
+import psutil
 
 from autotune.errors import StorageError
 from autotune.journal import mend_journal
@@ -151,8 +152,7 @@ def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseSt
 
     failed = 0
     for trial in study.get_trials(deepcopy=False, states=(running,)):
-        who = trial.user_attrs.get("owner") or {}
-        if who.get("host") != host or not isinstance(who.get("pid"), int) or _alive(who["pid"]):
+        if not orphaned(trial.user_attrs.get("owner") or {}, host):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         storage.set_trial_user_attr(trial_id, "failure", "interrupted: its process ended without finishing")
@@ -171,6 +171,12 @@ def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseSt
     return failed
 
 
+def orphaned(who: Mapping[str, Any], host: str | None = None) -> bool:
+    """Whether a trial's ``owner`` record names a process on this host (``host``) that is gone."""
+    pid = who.get("pid")
+    return who.get("host") == (host or socket.gethostname()) and isinstance(pid, int) and not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -180,4 +186,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed child its parent has not reaped yet is a zombie: dead, though kill(pid, 0) still finds it
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -80,6 +80,9 @@ class TuneResult:
     """The training precision of the chosen trial (searched, or picked by ``device="auto"``)."""
     compile: bool = False
     """Whether the chosen trial's step was compiled (`Backend.compile_name`)."""
+    worker: dict[str, Any] | None = None
+    """The ``--devices`` worker that ran the trial (``worker``, ``cpus``, ``threads``): ``throughput`` is that
+    one device's (on the CPU, those cores'), not the study's total."""
     study: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -160,8 +163,12 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         study_name=study.study_name, objective=info.get("objective", "convergence"),
         throughput_busy=bool(measured.get("busy")), phases=dict((info.get("phases") or [{}])[-1]), study=study,
         accumulation=accumulation_of(config), precision=str(config.get("precision", "fp32")),
-        compile=bool(config.get("compile", False)),
+        compile=bool(config.get("compile", False)), worker=_worker_of(attrs.get("owner") or {}),
     )
+
+
+def _worker_of(who: Mapping[str, Any]) -> dict[str, Any] | None:
+    return {k: who[k] for k in ("worker", "cpus", "threads") if k in who} if who.get("worker") else None
 
 
 def load_result(study_name: str, storage: str | None = None) -> TuneResult:
@@ -213,6 +220,7 @@ def tune(
     progress: Progress | None = None,
     global_batch: int | None = None,
     confirm: int = DEFAULT_CONFIRM,
+    memory_share: int = 1,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
@@ -231,6 +239,9 @@ def tune(
     it. Each precision the space searches gets its own ceiling, which bounds its trials' batch sizes.
     At the end, the backend's default configuration and the ``confirm`` best configurations with other
     seeds are trained at the same budget for the report (`autotune.confirm`; 0 skips them).
+    ``memory_share``: on the CPU, this many workers share the host's RAM (``--devices cpu*N``): this one's budget
+    is ``memory_limit`` (or the available RAM) divided by it, the ceiling is fitted under that share and its trial
+    workers are capped to it, so that the workers at their ceilings together stay within the whole.
 
     The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
     and fails them.
@@ -244,6 +255,8 @@ def tune(
     trial_time = seconds("--trial-time", trial_time)
     if (trial_time is None or trial_time <= 0) and (trial_steps is None or trial_steps < 1):
         raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
+    if isinstance(memory_share, bool) or not isinstance(memory_share, int) or memory_share < 1:
+        raise AutotuneError(f"memory_share must be a positive number of workers, got {memory_share!r}")
     if isolation not in ("process", "none"):
         raise AutotuneError(f"isolation must be 'process' or 'none', got {isolation!r}")
     task = load_task(task)
@@ -282,12 +295,16 @@ def tune(
          "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
 
     phases = Phases()
+    share = memory_share if target.kind == "cpu" else 1  # accelerators each have their own memory
+    given_limit, memory_limit = memory_limit, _share_of(memory_limit, target, share)
     cache = lambda precision: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling yet
-        store, handle, device=target, versions=_versions(backend.name), memory_limit=memory_limit, margin=margin,
-        max_batch=space.batch_high, preload=backend.worker_preload(task), isolation=isolation, precision=precision)
+        store, handle, device=target, versions=_versions(backend.name), memory_limit=given_limit, margin=margin,
+        max_batch=space.batch_high, share=share, preload=backend.worker_preload(task), isolation=isolation,
+        precision=precision)
     ceilings = ensure_ceilings(study, task, precisions=space.precisions, backend=backend, device=target,
                                memory_limit=memory_limit, margin=margin, isolation=isolation,
-                               max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit)
+                               max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit,
+                               share=share)
     ceiling = min(ceilings.values())  # what every precision fits: the range test and the default configuration
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     # one worker runs the range test and trial after trial; a failed trial's worker is replaced
@@ -372,6 +389,17 @@ class ModelDoesNotLearn(AutotuneError):
     def __init__(self, message: str, result: TuneResult) -> None:
         super().__init__(message)
         self.result = result
+
+
+def _share_of(memory_limit: int | None, device: Any, share: int) -> int | None:
+    """One of ``share`` workers' memory budget on ``device``: the limit given, or its available memory, split."""
+    if share == 1:
+        return memory_limit
+    whole = memory_limit or device.memory_free
+    if not whole:
+        raise AutotuneError(f"cannot split the memory of {device.id} between {share} workers: its available memory "
+                            "is unknown; give --memory-limit (the budget of all the workers together)")
+    return int(whole) // share
 
 
 def _finished(study: optuna.Study) -> int:

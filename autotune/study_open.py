@@ -83,8 +83,10 @@ def resume_space(study: optuna.Study, space: SearchSpace) -> None:
     check_resumable(study, space)
 
 
-def ceiling_key(backend: str, device: Any, precision: str = "fp32") -> str:
+def ceiling_key(backend: str, device: Any, precision: str = "fp32", *, share: int = 1) -> str:
     """The study attribute holding the batch-size ceiling fitted for one backend on one device in one training
-    precision (fp32's key has no suffix, as before precisions had ceilings of their own)."""
+    precision (fp32's key has no suffix, as before precisions had ceilings of their own); with ``share`` workers
+    on one device's memory (``--devices cpu*N``), the ceiling of one worker's share (suffix ``:1/N``)."""
     key = f"ceiling:{backend}:{device.id}:{device.name}"
+    key = key if share == 1 else f"{key}:1/{share}"
     return key if precision == "fp32" else f"{key}|{precision}"

@@ -36,9 +36,18 @@ from autotune.procmem import process_memory
 from autotune.records import store_config, store_measured
 from autotune.scoped import quiet_optuna
 from autotune.space import SearchSpace, load_space
-from autotune.storage import open_storage, owner
+from autotune.storage import open_storage, orphaned, owner
 from autotune.study_open import ceiling_key, describe_new_study, open_study, resume_space
 from autotune.training import percentile
+
+WAIT_SECONDS = 1.0
+"""How often a process that found the study's ``--trials`` all finished or running looks again."""
+
+
+def _running(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials that may still finish: all but those whose owner on this host is gone (about to be failed)."""
+    running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    return [t for t in running if not orphaned(t.user_attrs.get("owner") or {})]
 
 
 class TunerTrial:
@@ -48,7 +57,8 @@ class TunerTrial:
     records a worker's outcome with `complete`, `prune` and `fail`. Either way the trial is told exactly once.
     """
 
-    def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any]) -> None:
+    def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any], *,
+                 heartbeat: Heartbeat | None = None) -> None:
         self._tuner = tuner
         self._trial = trial
         self.config: dict[str, Any] = dict(config)
@@ -63,7 +73,7 @@ class TunerTrial:
         self._history: list[tuple[int, float, float]] = []
         self._started = time.perf_counter()
         self._last: float | None = None
-        self._heartbeat = Heartbeat(tuner.store, tuner.study, trial.number, study_id=tuner.study_id())
+        self._heartbeat = heartbeat or Heartbeat(tuner.store, tuner.study, trial.number, study_id=tuner.study_id())
         self.state: str | None = None
         """``complete``, ``pruned`` or ``failed`` once the trial has ended."""
 
@@ -294,29 +304,72 @@ class Tuner:
     def ask(self) -> TunerTrial:
         """One new trial: its owner recorded first (a kill from then on leaves a trial known to be orphaned),
         then its configuration sampled under the ceiling; its heartbeat runs until it is told."""
+        return self._configured(*self._asked())
+
+    def _asked(self) -> tuple[optuna.Trial, Heartbeat]:
         fail_stale(self.study)
         with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask()
+        # beating at once: a trial that never beat is never found stale, so a kill from here on must find one
+        heartbeat = Heartbeat(self.store, self.study, trial.number, study_id=self.study_id())
         trial.set_user_attr("owner", owner())
+        return trial, heartbeat
+
+    def _configured(self, trial: optuna.Trial, heartbeat: Heartbeat) -> TunerTrial:
         config = self.space.suggest(trial, self.ceiling)
         store_config(trial, config)
-        return TunerTrial(self, trial, config)
+        return TunerTrial(self, trial, config, heartbeat=heartbeat)
 
     def trials(self, n: int, *, stop: Callable[[], bool] | None = None) -> Iterator[TunerTrial]:
-        """Yield trials until ``n`` have finished (complete or pruned) or ``stop()`` says so; failed ones are
-        retried, at most ``3 n + 2`` attempts in all, so that a loop that always raises ends."""
+        """Yield trials until the study has ``n`` finished (complete or pruned) or ``stop()`` says so; failed
+        ones are retried, at most ``3 n + 2`` attempts in all, so that a loop that always raises ends.
+
+        ``n`` counts the whole study's trials, every process's: no trial starts while finished and running ones
+        already make ``n``; while other processes' running trials might still fail, this one waits and looks
+        again (`WAIT_SECONDS`), so that the study ends with exactly ``n`` finished whenever it can."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise AutotuneError(f"trials(n) needs a positive number of trials, got {n!r}")
-        for _attempt in range(self.attempts(max(1, n - self.finished()))):
-            if self.finished() >= n or (stop is not None and stop()):
+        attempts = self.attempts(max(1, n - self.finished()))
+        while attempts > 0:
+            if not self._room(n, stop):
                 return
-            handle = self.ask()
+            handle = self._claimed(n)
+            if handle is None:  # another process's trial took the last place first: wait for its outcome
+                continue
+            attempts -= 1
             try:
                 yield handle
             finally:
                 if handle.state is None:  # the loop left the trial open (a break, or a generator closed)
                     handle.finish()
+
+    def _room(self, n: int, stop: Callable[[], bool] | None) -> bool:
+        """Whether a trial may start: False once ``n`` have finished or ``stop()`` says so; while finished and
+        running trials make ``n``, wait until one ends either way (another host's, if its heartbeat stops)."""
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            done = len(finished(trials))
+            if done >= n or (stop is not None and stop()):
+                return False
+            if done + len(_running(trials)) < n:
+                return True
+            fail_stale(self.study)  # a lost machine's trial must not hold its place (a dead local one holds none)
+            time.sleep(WAIT_SECONDS)
+
+    def _claimed(self, n: int) -> TunerTrial | None:
+        """A new trial if it is among the first ``n`` not failed, by number (the storage numbers trials in the
+        order they are created, so every process judges alike); else None, the trial stored failed unrun."""
+        trial, heartbeat = self._asked()
+        ahead = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
+        if len(finished(ahead)) + len(_running(ahead)) < n:
+            return self._configured(trial, heartbeat)
+        heartbeat.stop()
+        trial.set_user_attr("failure", f"surplus: the study already had {n} trials finished or running when this "
+                                       "one was created; it did not run")
+        with quiet_optuna():
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return None
 
     @staticmethod
     def attempts(n: int) -> int:

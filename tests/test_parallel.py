@@ -41,7 +41,7 @@ def test_two_processes_on_one_study_share_the_fit_and_range_test_and_draw_differ
     storage = f"sqlite:///{tmp_path / 's.db'}"
     command = [sys.executable, "-m", "autotune", "tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "10",
                "--trial-steps", "150", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
-               "--storage", storage, "--study", "both", "--seed", "0"]
+               "--storage", storage, "--study", "both", "--seed", "0", "--confirm", "0", "--no-report"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     second = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -60,3 +60,22 @@ def test_two_processes_on_one_study_share_the_fit_and_range_test_and_draw_differ
     configs = [(t.user_attrs["config"]["batch_size"], t.user_attrs["config"]["optimizer"],
                 round(t.user_attrs["config"]["lr_reference"], 12)) for t in study.trials]
     assert len(set(configs)) == len(configs), configs  # with one seed per process the first ones were twins
+
+
+def test_three_processes_end_the_study_with_exactly_its_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    command = [sys.executable, "-m", "autotune", "tune", f"{TASKS / 'torch_tasks.py'}:small", "--trials", "4",
+               "--trial-steps", "40", "--search-space", str(ROOT / "tests" / "spaces" / "small.yaml"),
+               "--storage", storage, "--study", "exact", "--no-range-test", "--confirm", "0", "--no-report"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    processes = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env) for _ in range(3)]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], outputs
+    trials = optuna.load_study(study_name="exact", storage=storage).get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    # each process stopped starting trials once the study's finished and running ones made 4: none overshot
+    assert len(finished) == 4 and optuna.trial.TrialState.RUNNING not in states, states
+    unrun = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert all(t.user_attrs["failure"].startswith("surplus") for t in unrun), [t.user_attrs for t in unrun]

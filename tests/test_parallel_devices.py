@@ -46,7 +46,8 @@ def test_two_pinned_cpu_workers_share_a_study_and_one_killed_loses_only_its_tria
     storage = f"sqlite:///{tmp_path / 's.db'}"
     command = [sys.executable, "-m", "autotune", "tune", "--confirm", "0", TASK, "--devices", "cpu*2", "--trials", "8",
                "--trial-time", "1", "--no-pruning", "--no-range-test", "--search-space", SPACE,
-               "--storage", storage, "--study", "pair", "--json"]
+               "--storage", storage, "--study", "pair", "--json", "--memory-limit", "8GiB",
+               "--confirm", "0", "--no-report"]
     coordinator = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
     victim, killed_trial = None, None
@@ -77,12 +78,31 @@ def test_two_pinned_cpu_workers_share_a_study_and_one_killed_loses_only_its_tria
     assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["failure"].startswith("interrupted")
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in trials]
     finished = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert 8 <= len(finished) <= 9 and workers["cpu#0"]["complete"] >= 1
+    assert len(finished) == 8 and workers["cpu#0"]["complete"] >= 1  # --trials counts the study's, exactly
     owners = {t.user_attrs["owner"]["worker"]: t.user_attrs["owner"] for t in trials}
     assert set(owners) == {"cpu#0", "cpu#1"}, "both workers ran trials"
     assert owners["cpu#0"]["cpus"] != owners["cpu#1"]["cpus"]  # pinned to disjoint cores
     assert all(len(who["cpus"]) == 1 and who["threads"] == 1 for who in owners.values())
-    ceilings = [k for k in study.user_attrs if k.startswith("ceiling:torch:cpu")]
-    assert len(ceilings) == 1  # one fit for the RAM the CPU workers share, by one of them
-    assert study.user_attrs[ceilings[0]]["fitted_by"]["pid"] in {row["pid"] for row in workers.values()}
+    # --memory-limit is the two workers' budget together: one of them fits the ceiling of a half, the other
+    # reuses it; the study keeps it apart from a whole-memory ceiling, and each worker records the one it took
+    (key,) = [k for k in study.user_attrs if k.startswith("ceiling:torch:cpu")]
+    record = study.user_attrs[key]
+    assert key.endswith(":1/2") and record["memory_share"] == 2 and record["budget_bytes"] == 4 * 2**30, record
+    assert record["fitted_by"]["pid"] in {row["pid"] for row in workers.values()}
+    assert record["fitted_by"]["worker"] in workers
+    for label, row in workers.items():
+        took = study.user_attrs[f"worker:{label}"]
+        assert took["ceiling"] == key and took["budget_bytes"] == 4 * 2**30 and took["owner"]["worker"] == label
+        assert row["ceiling"] == record["batch_size"] and row["budget_bytes"] == 4 * 2**30
     assert "samples/s" not in out and workers["cpu#0"]["throughput"] > 0  # per worker, on its own core
+    assert summary["result"]["worker"]["worker"] in workers  # the pick's samples/s: that worker's device only
+
+
+def test_shared_memory_ceilings_are_kept_apart_from_whole_memory_ones():
+    from autotune.ceiling_cache import ceiling_key as cache_key
+    from autotune.study_open import ceiling_key
+
+    cpu = TORCH.resolve_device("cpu")
+    assert ceiling_key("torch", cpu, share=2) == ceiling_key("torch", cpu) + ":1/2"
+    bounds = dict(device=cpu, versions={}, memory_limit=None, margin=0.05, max_batch=64)
+    assert cache_key({}, **bounds, share=2) != cache_key({}, **bounds) == cache_key({}, **bounds, share=1)

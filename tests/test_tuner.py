@@ -93,3 +93,33 @@ def test_the_tuner_resumes_a_stored_study_and_needs_a_ceiling(tmp_path):
         autotune.Tuner(study="none", backend="torch", storage=storage)
     with pytest.raises(AutotuneError, match="positive"):
         autotune.Tuner(study="bad", backend="torch", storage=storage, ceiling=0)
+
+
+def test_trials_count_the_whole_study_a_surplus_trial_never_runs_and_a_failed_one_frees_its_place(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune.tuner, "WAIT_SECONDS", 0.05)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    rival = autotune.Tuner(study="one", backend="torch", storage=storage, space_overrides=SPACE)
+    mine = autotune.Tuner(study="one", backend="torch", storage=storage, space_overrides=SPACE)
+    held = []
+
+    def meanwhile():  # the rival process: it starts a trial just after this one looked, then that trial fails
+        if not held:
+            held.append(rival.ask())
+        elif len(held) == 1:
+            held.append("failed")
+            held[0].fail("error", "the rival's loop broke")
+        return False
+
+    ran = []
+    for trial in mine.trials(1, stop=meanwhile):
+        with trial:
+            ran.append(trial.number)
+            trial.finish(1.0)
+    trials = mine.study.get_trials(deepcopy=False)
+    states = [(t.number, t.state.name, (t.user_attrs.get("failure") or "").split(":")[0]) for t in trials]
+    # 0: the rival's, failed; 1: created while 0 ran, so over --trials 1, stored failed unrun; 2: the rival's
+    # place, freed by its failure, taken by this process once it had waited for the outcome
+    assert states == [(0, "FAIL", "error"), (1, "FAIL", "surplus"), (2, "COMPLETE", "")], states
+    assert ran == [2] and "config" not in trials[1].user_attrs
+    assert list(mine.trials(1)) == []  # the study has its one finished trial

@@ -63,8 +63,8 @@ def _chosen(data: dict[str, Any]) -> list[Block]:
     if not chosen:
         return blocks + [Paragraph(f"None: {data['why']}.")]
     blocks += [Table(
-        ["trial", "batch size", "optimizer", "learning rate", "parameters", "validation loss", "samples/s",
-         "step p50 / p95", "peak memory"],
+        ["trial", "batch size", "optimizer", "learning rate", "parameters", "validation loss",
+         "samples/s (one device)", "step p50 / p95", "peak memory"],
         [[str(chosen["trial"]), str(chosen["batch_size"]), chosen["optimizer"], fmt.rate(chosen["lr"]),
           _params(chosen["optimizer_params"]), fmt.loss(chosen["val_loss"]),
           fmt.throughput(chosen["throughput"]) + (" (busy machine)" if chosen["throughput_busy"] else ""),
@@ -183,7 +183,7 @@ def _trials(data: dict[str, Any]) -> list[Block]:
         f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, {counts['RUNNING']} "
         f"running. Pareto front (throughput against validation loss): trials {front}."),
         Table(["#", "state", "batch", "optimizer", "learning rate", "validation loss", "last loss reached",
-               "samples/s", "step p95", "peak memory", "time", "reason"], rows)]
+               "samples/s (one device)", "step p95", "peak memory", "time", "reason"], rows)]
 
 
 def build(data: dict[str, Any], plots: Sequence[Plot]) -> list[Block]:
