@@ -336,11 +336,12 @@ def tune(
                 for trial in tuner.trials(n_trials, stop=lambda: interrupts.requested or deadline.reached()):
                     deadline.started += 1
                     run_and_record(trial, plan, run, {"task": handle, "device": target.id, "seed": seed})
-                    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-                    record = read_record(frozen)
+                    trials = study.get_trials(deepcopy=False)  # one read per trial serves the record and the line
+                    record = read_record(next(t for t in reversed(trials) if t.number == trial.number))
                     deadline.record(record.seconds if record.state == "complete" else None,
                                     full_budget=not record.reduced_budget)
-                    _say_trial(say, study, objective, record, n_trials=n_trials, started=started, deadline=deadline)
+                    _say_trial(say, study, objective, record, trials, n_trials=n_trials, started=started,
+                               deadline=deadline)
             if interrupts.requested:
                 raise Interrupted(interrupts.signum)
             short = shortfall(study, n_trials, timed_out=deadline.at is not None and deadline.started < attempts,
@@ -372,14 +373,24 @@ def tune(
             worker.close()
 
 
-def _say_trial(say: Progress, study: optuna.Study, objective: str, record: TrialRecord, *, n_trials: int,
-               started: float, deadline: Deadline) -> None:
-    best = best_trial(study, objective)
+def _say_trial(say: Progress, study: optuna.Study, objective: str, record: TrialRecord,
+               trials: list[optuna.trial.FrozenTrial], *, n_trials: int, started: float, deadline: Deadline) -> None:
     say({"event": "trial", "number": record.number, "state": record.state.upper() if record.state != "failed"
          else "FAIL", "value": record.values[0] if record.values else None, "failure": record.failure,
-         "config": record.config, "best": best.values[0] if best is not None else None,
-         "done": _finished(study), "total": n_trials, "elapsed": time.monotonic() - started,
+         "config": record.config, "best": _best_value(study, objective, trials),
+         "done": len(finished(trials)), "total": n_trials, "elapsed": time.monotonic() - started,
          "time_left": deadline.left()})
+
+
+def _best_value(study: optuna.Study, objective: str, trials: list[optuna.trial.FrozenTrial]) -> float | None:
+    """The progress line's best value, from trials already read (the Pareto pick asks the study)."""
+    if objective == "pareto":
+        best = best_trial(study, objective)
+        return best.values[0] if best is not None else None
+    values = [t.values[0] for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    if not values:
+        return None
+    return max(values) if study.direction == optuna.study.StudyDirection.MAXIMIZE else min(values)
 
 
 class ModelDoesNotLearn(AutotuneError):

@@ -306,8 +306,9 @@ class Tuner:
         then its configuration sampled under the ceiling; its heartbeat runs until it is told."""
         return self._configured(*self._asked())
 
-    def _asked(self) -> tuple[optuna.Trial, Heartbeat]:
-        fail_stale(self.study)
+    def _asked(self, *, stale_possible: bool = True) -> tuple[optuna.Trial, Heartbeat]:
+        if stale_possible:  # only a RUNNING trial can have a stopped heartbeat
+            fail_stale(self.study)
         with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask()
@@ -332,9 +333,10 @@ class Tuner:
             raise AutotuneError(f"trials(n) needs a positive number of trials, got {n!r}")
         attempts = self.attempts(max(1, n - self.finished()))
         while attempts > 0:
-            if not self._room(n, stop):
+            seen = self._room(n, stop)
+            if seen is None:
                 return
-            handle = self._claimed(n)
+            handle = self._claimed(n, seen)
             if handle is None:  # another process's trial took the last place first: wait for its outcome
                 continue
             attempts -= 1
@@ -344,24 +346,30 @@ class Tuner:
                 if handle.state is None:  # the loop left the trial open (a break, or a generator closed)
                     handle.finish()
 
-    def _room(self, n: int, stop: Callable[[], bool] | None) -> bool:
-        """Whether a trial may start: False once ``n`` have finished or ``stop()`` says so; while finished and
-        running trials make ``n``, wait until one ends either way (another host's, if its heartbeat stops)."""
+    def _room(self, n: int, stop: Callable[[], bool] | None) -> list[optuna.trial.FrozenTrial] | None:
+        """The study's trials when a trial may start; None once ``n`` have finished or ``stop()`` says so; while
+        finished and running trials make ``n``, wait until one ends either way (another host's, if its heartbeat
+        stops)."""
         while True:
             trials = self.study.get_trials(deepcopy=False)
             done = len(finished(trials))
             if done >= n or (stop is not None and stop()):
-                return False
+                return None
             if done + len(_running(trials)) < n:
-                return True
+                return trials
             fail_stale(self.study)  # a lost machine's trial must not hold its place (a dead local one holds none)
             time.sleep(WAIT_SECONDS)
 
-    def _claimed(self, n: int) -> TunerTrial | None:
+    def _claimed(self, n: int, seen: list[optuna.trial.FrozenTrial]) -> TunerTrial | None:
         """A new trial if it is among the first ``n`` not failed, by number (the storage numbers trials in the
-        order they are created, so every process judges alike); else None, the trial stored failed unrun."""
-        trial, heartbeat = self._asked()
-        ahead = [t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
+        order they are created, so every process judges alike); else None, the trial stored failed unrun.
+
+        ``seen``: the trials read just before; when no trial was created since, they are the ones ahead (their
+        states can only have moved on from running), and the study is not read again."""
+        trial, heartbeat = self._asked(stale_possible=any(t.state == optuna.trial.TrialState.RUNNING for t in seen))
+        last_seen = max((t.number for t in seen), default=-1)
+        ahead = seen if trial.number == last_seen + 1 else [
+            t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
         if len(finished(ahead)) + len(_running(ahead)) < n:
             return self._configured(trial, heartbeat)
         heartbeat.stop()
