@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
 import optuna.storages.journal
@@ -71,31 +71,35 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
 _CREATION_RACE = ("alembic_version", "already exists", "database is locked")
 
 
-class HeartbeatStorage(optuna.storages.RDBStorage):
-    """An RDB storage whose stale trials (owner stopped beating: killed, its machine lost) get their reason.
+STALE_REASON_KEY = "failure:{number}"
+"""Study attribute holding the reason of trial ``number`` failed by the heartbeat check (`stale_reason`)."""
 
-    Optuna fails a stale trial and only then runs its callback, when the trial can no longer be written; the
-    reason is written here, while the trial is still RUNNING, as each process does before its next trial.
+
+def _stale_recorder(grace: int) -> Any:
+    """Optuna's ``failed_trial_callback``: store why a stale trial failed, as a study attribute.
+
+    Optuna fails a stale trial before calling back, so the trial itself can no longer be written; the study can.
     """
+    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        who = trial.user_attrs.get("owner") or {}
+        whose = f" from process {who.get('pid')} on {who.get('host')}" if who else ""
+        study.set_user_attr(STALE_REASON_KEY.format(number=trial.number),
+                            f"interrupted: no heartbeat for over {grace} s{whose}")
+    return record
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = super()._get_stale_trial_ids(study_id)
-        for trial_id in stale:
-            try:
-                who = self.get_trial(trial_id).user_attrs.get("owner") or {}
-                self.set_trial_user_attr(trial_id, "failure", "interrupted: no heartbeat for over "
-                                         f"{self.grace_period} s from process {who.get('pid')} on {who.get('host')}")
-            except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
-                pass  # finished or failed meanwhile by another process: its state already says what happened
-        return stale
+
+def stale_reason(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any]) -> str | None:
+    """Why ``trial`` was failed by the heartbeat check, from the study's attributes ``study_attrs``, if it was."""
+    reason = study_attrs.get(STALE_REASON_KEY.format(number=trial.number))
+    return str(reason) if reason is not None else None
 
 
 def _rdb_storage(url: str, heartbeat: int, grace: int, attempts: int = 4) -> Any:
     for attempt in range(attempts):
         try:
             with quiet_optuna():  # the heartbeat is an experimental option
-                return HeartbeatStorage(
-                    url, heartbeat_interval=heartbeat, grace_period=grace,
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat, grace_period=grace, failed_trial_callback=_stale_recorder(grace),
                     engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
                 )
         except Exception as exc:

@@ -16,6 +16,7 @@ import time
 import optuna
 import pytest
 
+from autotune import records
 from autotune.ceiling_cache import PREFIX
 from tests.conftest import EXAMPLES, ROOT, run_cli
 from tests.postgres_server import postgres_bin, running_server
@@ -89,7 +90,8 @@ def test_three_processes_share_one_study_and_a_killed_one_loses_only_its_trial(s
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # none lost, none twice
     killed = trials[killed_trial]
     assert killed.state == optuna.trial.TrialState.FAIL, killed
-    assert "no heartbeat" in killed.user_attrs["failure"] and str(victim.pid) in killed.user_attrs["failure"]
+    reason = records.read(killed, study.user_attrs).failure or ""
+    assert "no heartbeat" in reason and str(victim.pid) in reason
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     # --trials counts the study's finished trials: each process stops once there are that many, so at most the
     # trials the other survivor had in flight come on top
