@@ -18,6 +18,7 @@ import optuna.storages.journal
 
 from autotune.errors import StorageError
 from autotune.journal import mend_journal
+from autotune.reconnect import STORAGE_RETRY_SECONDS, ReconnectingStorage
 from autotune.redact import redact as _redact, unencoded_at_in_password, url_secrets
 from autotune.scoped import quiet_optuna
 
@@ -33,11 +34,12 @@ def redact(text: str, url: str | None = None) -> str:
 
 
 def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS,
-                 must_exist: bool = False) -> Any:
+                 must_exist: bool = False, retry: float = STORAGE_RETRY_SECONDS) -> Any:
     """An Optuna storage for ``url`` (default: SQLite under ./studies), or `StorageError` with the URL redacted.
 
     ``journal:PATH`` (or a path ending in ``.log``/``.jsonl``) opens a journal file. With ``must_exist`` (the
-    read commands) a SQLite or journal file that is not there is an error, not a new empty database.
+    read commands) a SQLite or journal file that is not there is an error, not a new empty database. On a
+    database server, a call that finds the server gone waits up to ``retry`` seconds for it (`autotune.reconnect`).
     """
     url = url or DEFAULT_STORAGE
     try:
@@ -57,7 +59,7 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
         if unencoded_at_in_password(url):
             raise StorageError(f"storage {redact(url, url)}: the password holds a raw '@', which ends it for the "
                                "URL parser: percent-encode it (@ as %40, : as %3A, / as %2F)")
-        return _rdb_storage(url, heartbeat, grace)
+        return _rdb_storage(url, heartbeat, grace, retry)
     except StorageError:
         raise
     except Exception as exc:
@@ -76,7 +78,7 @@ STALE_REASON_KEY = "failure:{number}"
 
 
 def _stale_recorder(grace: int) -> Any:
-    """Optuna's ``failed_trial_callback``: store why a stale trial failed, as a study attribute.
+    """Optuna's ``heartbeat_stale_trial_callback``: store why a stale trial failed, as a study attribute.
 
     Optuna fails a stale trial before calling back, so the trial itself can no longer be written; the study can.
     """
@@ -94,14 +96,15 @@ def stale_reason(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any]
     return str(reason) if reason is not None else None
 
 
-def _rdb_storage(url: str, heartbeat: int, grace: int, attempts: int = 4) -> Any:
+def _rdb_storage(url: str, heartbeat: int, grace: int, retry: float, attempts: int = 4) -> Any:
+    options = dict(heartbeat_interval=heartbeat, grace_period=grace,
+                   heartbeat_stale_trial_callback=_stale_recorder(grace))
     for attempt in range(attempts):
         try:
             with quiet_optuna():  # the heartbeat is an experimental option
-                return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=heartbeat, grace_period=grace, failed_trial_callback=_stale_recorder(grace),
-                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                )
+                if url.startswith("sqlite"):  # a local file: its faults (full disk, read-only) do not pass
+                    return optuna.storages.RDBStorage(url, **options)
+                return ReconnectingStorage(url, retry_seconds=retry, engine_kwargs={"pool_pre_ping": True}, **options)
         except Exception as exc:
             if attempt == attempts - 1 or not any(sign in str(exc) for sign in _CREATION_RACE):
                 raise

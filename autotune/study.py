@@ -30,6 +30,7 @@ from autotune.memory import DEFAULT_MARGIN
 from autotune.narrowing import narrow_learning_rates
 from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
+from autotune.reconnect import STORAGE_RETRY_SECONDS
 from autotune.records import TrialRecord, read as read_record
 from autotune.runner import Worker, run_here
 from autotune.scoped import quiet_optuna
@@ -196,6 +197,7 @@ def tune(
     space_overrides: Mapping[str, Any] | None = None,
     study_name: str | None = None,
     storage: str | None = None,
+    storage_retry: float = STORAGE_RETRY_SECONDS,
     seed: int = 0,
     memory_limit: int | None = None,
     margin: float = DEFAULT_MARGIN,
@@ -220,6 +222,7 @@ def tune(
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
     earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
+    On a database server, a lost connection waits up to ``storage_retry`` seconds for the server to return.
     ``global_batch``: every trial trains at that batch, in micro-batches with gradient accumulation where it
     exceeds the ceiling; ``device="auto"``: the device bench measures fastest (`autotune.bench.auto_device`).
     At the end, the backend's default configuration and the ``confirm`` best configurations with other
@@ -252,7 +255,7 @@ def tune(
     if device_choice:
         target = backend.resolve_device(device_choice["device"])
     beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
-    store = open_storage(storage, **beat)
+    store = open_storage(storage, retry=storage_retry, **beat)
     name = study_name or _study_name(task)
     study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
                                 pruning=pruning)

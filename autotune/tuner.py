@@ -31,6 +31,7 @@ import optuna
 from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError
 from autotune.failures import finished, mark_infeasible
+from autotune.guard import storage_fault
 from autotune.heartbeat import Heartbeat, fail_stale
 from autotune.procmem import process_memory
 from autotune.records import store_config, store_measured
@@ -48,7 +49,7 @@ class TunerTrial:
     records a worker's outcome with `complete`, `prune` and `fail`. Either way the trial is told exactly once.
     """
 
-    def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any]) -> None:
+    def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any], heartbeat: Heartbeat) -> None:
         self._tuner = tuner
         self._trial = trial
         self.config: dict[str, Any] = dict(config)
@@ -63,7 +64,7 @@ class TunerTrial:
         self._history: list[tuple[int, float, float]] = []
         self._started = time.perf_counter()
         self._last: float | None = None
-        self._heartbeat = Heartbeat(tuner.store, tuner.study, trial.number, study_id=tuner.study_id())
+        self._heartbeat = heartbeat
         self.state: str | None = None
         """``complete``, ``pruned`` or ``failed`` once the trial has ended."""
 
@@ -290,10 +291,16 @@ class Tuner:
         with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             trial = self.study.ask()
-        trial.set_user_attr("owner", owner())
-        config = self.space.suggest(trial, self.ceiling)
-        store_config(trial, config)
-        return TunerTrial(self, trial, config)
+        # beating before the owner is written: a trial whose owner can be seen can be found stale if it dies
+        beat = Heartbeat(self.store, self.study, trial.number, study_id=self.study_id())
+        try:
+            trial.set_user_attr("owner", owner())
+            config = self.space.suggest(trial, self.ceiling)
+            store_config(trial, config)
+        except BaseException:
+            beat.stop()
+            raise
+        return TunerTrial(self, trial, config, beat)
 
     def trials(self, n: int, *, stop: Callable[[], bool] | None = None) -> Iterator[TunerTrial]:
         """Yield trials until ``n`` have finished (complete or pruned) or ``stop()`` says so; failed ones are
@@ -308,7 +315,13 @@ class Tuner:
                 yield handle
             finally:
                 if handle.state is None:  # the loop left the trial open (a break, or a generator closed)
-                    handle.finish()
+                    try:
+                        handle.finish()
+                    except Exception as exc:
+                        # a storage that failed cannot take the trial's end: it stays RUNNING, and the next
+                        # run fails it (the fault itself reaches the caller from the loop's own write)
+                        if not isinstance(exc, StorageError) and storage_fault(exc) is None:
+                            raise
 
     @staticmethod
     def attempts(n: int) -> int:
