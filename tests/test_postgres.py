@@ -169,8 +169,14 @@ def _lost_server_run(server, url, study, retry, tmp_path):
     return process, log
 
 
-def test_a_server_back_within_the_retry_window_loses_nothing(server, tmp_path):
-    url = server.fresh_database("lost")
+@pytest.fixture(scope="module")
+def lost_url(server):
+    """One database for the lost-server tests: the second reuses the first one's ceiling fit."""
+    return server.fresh_database("lost")
+
+
+def test_a_server_back_within_the_retry_window_loses_nothing(server, lost_url, tmp_path):
+    url = lost_url
     process, log = _lost_server_run(server, url, "back", 60, tmp_path)
     time.sleep(3)
     server.restart()
@@ -185,8 +191,8 @@ def test_a_server_back_within_the_retry_window_loses_nothing(server, tmp_path):
         t.state == optuna.trial.TrialState.PRUNED for t in trials)
 
 
-def test_a_server_lost_for_longer_stops_in_one_line_and_resume_fails_the_orphan(server, tmp_path):
-    url = server.fresh_database("gone")
+def test_a_server_lost_for_longer_stops_in_one_line_and_resume_fails_the_orphan(server, lost_url, tmp_path):
+    url = lost_url
     process, log = _lost_server_run(server, url, "gone", 2, tmp_path)
     try:
         assert process.wait(timeout=120) == 2, log.read_text()[-3000:]
