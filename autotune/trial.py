@@ -198,15 +198,17 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
 
 
 def _gist(exc: BaseException) -> str:
-    """The line of ``exc`` that says what is wrong: its first, unless that only introduces a traceback
-    (TensorFlow's "in user code:"); then the part Keras prints in bold, else the last ``...Error:`` line."""
+    """The line of ``exc`` that says what is wrong: the part Keras prints in bold, if any; else its first line,
+    unless that only introduces a traceback (TensorFlow's "in user code:"), then the last ``...Error:`` line."""
     text = str(exc).strip()
+    bold = re.search(r"\x1b\[1m(.+?)\x1b\[0m", text, re.S)
+    if bold:
+        return bold.group(1).strip()[:300]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) < 2 or not lines[0].endswith(":"):
         return _short(exc)
-    bold = re.search(r"\x1b\[1m(.+?)\x1b\[0m", text, re.S)
     errors = [line for line in lines if re.match(r"\w+(Error|Exception): ", line)]
-    return (bold.group(1).strip() if bold else (errors[-1] if errors else lines[-1]))[:300]
+    return (errors[-1] if errors else lines[-1])[:300]
 
 
 def _shapes(data: Any) -> str:

@@ -57,10 +57,12 @@ def test_bad_data_is_one_line_before_any_fit_and_leaves_no_study(tmp_path, attr,
                               "multiplied (2x16 and 17x4)): the model and the data do not fit together (each "
                               "training input has shape (16))"),
     ("tensorflow_tasks.py:broken", "expected axis -1 of input shape to have value 17, but received input with "
-                                   "shape (None, 16)"),
+                                   "shape (2, 16)"),
     ("torch_bad_data.py:too_few_outputs", "the targets hold class labels from 0 to 3, but the model gives 3 outputs "
                                           "for loss cross_entropy (labels 0 to 2): give the model's last layer 4 "
                                           "outputs, or map the labels to 0..2"),
+    ("tensorflow_tasks.py:too_few_outputs", "the targets hold class labels from 0 to 3, but the model gives 3 "
+                                            "outputs for loss cross_entropy (labels 0 to 2)"),
 ])
 def test_a_model_that_does_not_fit_its_data_is_one_line_before_any_fit_or_study(tmp_path, task, message):
     storage = f"sqlite:///{tmp_path / 's.db'}"
