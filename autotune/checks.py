@@ -3,7 +3,8 @@
 A NaN in the data made every trial "diverge" and the study end with none finished; a validation set whose
 inputs have another shape than the training set's failed only inside the first probe. Both are found here in
 well under a second with NumPy, before a worker starts or a study is created. What only the model can tell
-(inputs of the wrong width for its first layer) is left to the ceiling fit's first probe, a few seconds in.
+(inputs of the wrong width for its first layer, labels beyond its outputs) is checked next by `check_contract`:
+the model and the loss on two samples, in a worker, still before a study or a fit.
 """
 
 from __future__ import annotations
@@ -57,3 +58,20 @@ def _finite(label: str, array: Any) -> None:
 
 def _shape(array: Any) -> str:
     return "(" + ", ".join(str(d) for d in array.shape[1:]) + ")"
+
+
+def check_labels(low: int, high: int, classes: int, loss: str) -> None:
+    """`TaskError` unless class labels from ``low`` to ``high`` index a model output of ``classes`` classes."""
+    if low < 0 or high >= classes:
+        raise TaskError(f"the targets hold class labels from {low} to {high}, but the model gives {classes} outputs "
+                        f"for loss {loss} (labels 0 to {classes - 1}): give the model's last layer {max(high + 1, 1)} "
+                        f"outputs, or map the labels to 0..{classes - 1}")
+
+
+def labels_against(data: Any, classes: int | None, loss: Any) -> None:
+    """Check every integer target of array ``data`` against the model's ``classes`` (None: not a class loss)."""
+    if classes is None or not isinstance(data, ArrayData):
+        return
+    targets = [np.asarray(y) for y in (data.y_train, data.y_val) if isinstance(y, np.ndarray) and y.size]
+    if targets and all(y.dtype.kind in "iu" for y in targets):
+        check_labels(min(int(y.min()) for y in targets), max(int(y.max()) for y in targets), classes, str(loss))

@@ -44,14 +44,19 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
     return joined
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, *, zero: bool = False) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds above 0")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        least = "of 0 or more" if zero else "above 0"
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds {least}")
     return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    return _seconds(text, zero=True)
 
 
 def _size(text: str) -> int:

@@ -90,8 +90,9 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the search commands to the CLI's subparsers."""
-    from autotune.cli import _count, _positive_int, _seconds, _size
+    from autotune.cli import _count, _positive_int, _seconds, _seconds_or_zero, _size
     from autotune.confirm import CONFIRM_SEEDS, DEFAULT_CONFIRM
+    from autotune.reconnect import STORAGE_RETRY_SECONDS
 
     tune = sub.add_parser("tune", help="search batch size, optimizer and learning rate with Optuna")
     tune.add_argument("task", help="path/file.py[:attr] or package.module:attr")
@@ -108,6 +109,9 @@ def register(sub: Any) -> None:
     tune.add_argument("--search-space", help="YAML file narrowing or extending the backend's default space")
     tune.add_argument("--study", help="study name (default: from the task); an existing one is resumed")
     _add_storage(tune)
+    tune.add_argument("--storage-retry", type=_seconds_or_zero, default=STORAGE_RETRY_SECONDS, metavar="SECONDS",
+                      help="on a database server, wait this long for a lost server to come back before stopping "
+                           f"(default {STORAGE_RETRY_SECONDS:g}; 0: stop at once)")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (CPU: each trial process is "
                       "capped to it); with --devices cpu*N the budget of all N workers together: each gets 1/N")
@@ -215,7 +219,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         result = tune(
             task, device=args.device, n_trials=args.trials, timeout=args.timeout, trial_time=args.trial_time,
             trial_steps=args.trial_steps, objective=args.objective, search_space=args.search_space,
-            study_name=args.study, storage=args.storage, seed=args.seed, memory_limit=args.memory_limit,
+            study_name=args.study, storage=args.storage, storage_retry=args.storage_retry, seed=args.seed,
+            memory_limit=args.memory_limit,
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
             refit=args.refit, global_batch=args.global_batch, progress=progress, confirm=args.confirm,

@@ -67,3 +67,9 @@ class TrialError(Exception):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+
+def first_line(exc: BaseException) -> str:
+    """``'TypeName: first line of the message'``: an error in one line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -10,9 +10,11 @@ nothing), and every display shows it as FAIL: PRUNED is only the form the sample
 from __future__ import annotations
 
 import collections
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import optuna
+
+from autotune.storage import stale_reason
 
 INFEASIBLE_KINDS = ("crash", "timeout", "error", "oom")
 """Worker outcomes that say the configuration cannot run here: the sampler must steer away from them."""
@@ -45,13 +47,20 @@ def finished(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.Fr
     return [t for t in trials if t.state in done and not failed(t)]
 
 
-def failure_summary(trials: Iterable[optuna.trial.FrozenTrial]) -> str:
+def reason(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any] | None = None) -> str | None:
+    """Why ``trial`` failed: its ``failure`` attribute, else the heartbeat check's reason among ``study_attrs``."""
+    own = trial.user_attrs.get("failure")
+    return str(own) if own is not None else stale_reason(trial, study_attrs or {})
+
+
+def failure_summary(trials: Iterable[optuna.trial.FrozenTrial],
+                    study_attrs: Mapping[str, Any] | None = None) -> str:
     """``'7 failed (crash 5, timeout 2; last: crash: killed by SIGSEGV)'``, or '' when none failed."""
     bad = [t for t in trials if failed(t)]
     if not bad:
         return ""
-    kinds = collections.Counter(_kind(t) for t in bad)
-    last = (bad[-1].user_attrs.get("failure") or "no reason stored")[:120]
+    kinds = collections.Counter(_kind(t, study_attrs) for t in bad)
+    last = (reason(bad[-1], study_attrs) or "no reason stored")[:120]
     return f"{len(bad)} failed ({', '.join(f'{k} {n}' for k, n in kinds.most_common())}; last: {last})"
 
 
@@ -67,14 +76,13 @@ def shortfall(study: optuna.Study, wanted: int, *, timed_out: bool, attempts: in
         why = f"the run stops after {attempts} attempts so that a failing task cannot loop"
     else:
         why = "the run was stopped"
-    failures = failure_summary(trials)
+    failures = failure_summary(trials, study.user_attrs)
     return (f"study {study.study_name!r} has {done} of {wanted} finished trials: {why}"
             + (f"; {failures}" if failures else "") + f"; `autotune report {study.study_name}` lists every trial")
 
 
-def _kind(trial: optuna.trial.FrozenTrial) -> str:
+def _kind(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any] | None) -> str:
     kind = trial.user_attrs.get("failure_kind")
     if kind:
         return str(kind)
-    reason: Any = trial.user_attrs.get("failure") or ""
-    return str(reason).split(":", 1)[0] or "failed"
+    return (reason(trial, study_attrs) or "").split(":", 1)[0] or "failed"

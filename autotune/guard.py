@@ -18,7 +18,8 @@ from typing import Any, Callable, TypeVar
 
 import optuna
 
-from autotune.errors import AutotuneError, StorageError
+from autotune.errors import AutotuneError, StorageError, first_line
+from autotune.reconnect import lost_connection
 from autotune.redact import redact, url_secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,7 +63,11 @@ def guarded(function: F) -> F:
             if fault is None:
                 raise
             url = kwargs.get("storage")
-            reason = redact(_first_line(fault), url_secrets(url))
+            reason = redact(first_line(fault), url_secrets(url))
+            if url and lost_connection(exc) is not None:  # cut mid-statement, where no retry could take over
+                raise StorageError(f"lost the storage server {redact(url, url_secrets(url))} ({reason[:200]}): the "
+                                   "trials finished before are kept, and the next run fails the one left running; "
+                                   "once the server is back, run the same command again") from None
             raise StorageError(f"the storage failed during the run ({reason[:300]}): the trials finished before "
                                "it are kept, and the next run fails the one left running; free the disk or fix "
                                "the storage, then run the same command again") from None
@@ -117,7 +122,3 @@ def _remove_if_empty(study: optuna.Study, storage: optuna.storages.BaseStorage) 
     except Exception:  # the storage may be what failed: leaving the husk is all that is lost
         pass
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -77,9 +77,10 @@ class TrialRecord:
         return finite[-1] if finite else None
 
 
-def read(trial: optuna.trial.FrozenTrial) -> TrialRecord:
-    """The record of a stored trial."""
-    from autotune.failures import failed
+def read(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any] | None = None) -> TrialRecord:
+    """The record of a stored trial; with its study's attributes, a heartbeat failure's reason too (stored there,
+    as the trial can no longer be written when Optuna fails it: `autotune.storage.stale_reason`)."""
+    from autotune.failures import failed, reason
 
     attrs = trial.user_attrs
     history = [tuple(entry) for entry in attrs.get("history") or []]
@@ -92,7 +93,8 @@ def read(trial: optuna.trial.FrozenTrial) -> TrialRecord:
     return TrialRecord(
         number=trial.number, state=state, config=dict(attrs.get("config") or {}),
         measured=dict(attrs.get("measured") or {}), history=history,
-        failure=attrs.get("failure"), failure_kind=attrs.get("failure_kind"), owner=dict(attrs.get("owner") or {}),
+        failure=reason(trial, study_attrs), failure_kind=attrs.get("failure_kind"),
+        owner=dict(attrs.get("owner") or {}),
         reduced_budget=bool(attrs.get("reduced_budget")),
         values=tuple(trial.values) if trial.values else None, seconds=seconds,
     )

@@ -19,6 +19,7 @@ import psutil
 
 from autotune.errors import StorageError
 from autotune.journal import mend_journal
+from autotune.reconnect import STORAGE_RETRY_SECONDS, ReconnectingStorage
 from autotune.redact import redact as _redact, unencoded_at_in_password, url_secrets
 from autotune.scoped import quiet_optuna
 
@@ -34,11 +35,12 @@ def redact(text: str, url: str | None = None) -> str:
 
 
 def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS,
-                 must_exist: bool = False) -> Any:
+                 must_exist: bool = False, retry: float = STORAGE_RETRY_SECONDS) -> Any:
     """An Optuna storage for ``url`` (default: SQLite under ./studies), or `StorageError` with the URL redacted.
 
     ``journal:PATH`` (or a path ending in ``.log``/``.jsonl``) opens a journal file. With ``must_exist`` (the
-    read commands) a SQLite or journal file that is not there is an error, not a new empty database.
+    read commands) a SQLite or journal file that is not there is an error, not a new empty database. On a
+    database server, a call that finds the server gone waits up to ``retry`` seconds for it (`autotune.reconnect`).
     """
     url = url or DEFAULT_STORAGE
     try:
@@ -58,7 +60,7 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
         if unencoded_at_in_password(url):
             raise StorageError(f"storage {redact(url, url)}: the password holds a raw '@', which ends it for the "
                                "URL parser: percent-encode it (@ as %40, : as %3A, / as %2F)")
-        return _rdb_storage(url, heartbeat, grace)
+        return _rdb_storage(url, heartbeat, grace, retry)
     except StorageError:
         raise
     except Exception as exc:
@@ -72,33 +74,38 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
 _CREATION_RACE = ("alembic_version", "already exists", "database is locked")
 
 
-class HeartbeatStorage(optuna.storages.RDBStorage):
-    """An RDB storage whose stale trials (owner stopped beating: killed, its machine lost) get their reason.
+STALE_REASON_KEY = "failure:{number}"
+"""Study attribute holding the reason of trial ``number`` failed by the heartbeat check (`stale_reason`)."""
 
-    Optuna fails a stale trial and only then runs its callback, when the trial can no longer be written; the
-    reason is written here, while the trial is still RUNNING, as each process does before its next trial.
+
+def _stale_recorder(grace: int) -> Any:
+    """Optuna's ``heartbeat_stale_trial_callback``: store why a stale trial failed, as a study attribute.
+
+    Optuna fails a stale trial before calling back, so the trial itself can no longer be written; the study can.
     """
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = super()._get_stale_trial_ids(study_id)
-        for trial_id in stale:
-            try:
-                who = self.get_trial(trial_id).user_attrs.get("owner") or {}
-                self.set_trial_user_attr(trial_id, "failure", "interrupted: no heartbeat for over "
-                                         f"{self.grace_period} s from process {who.get('pid')} on {who.get('host')}")
-            except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
-                pass  # finished or failed meanwhile by another process: its state already says what happened
-        return stale
+    def record(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        who = trial.user_attrs.get("owner") or {}
+        whose = f" from process {who.get('pid')} on {who.get('host')}" if who else ""
+        study.set_user_attr(STALE_REASON_KEY.format(number=trial.number),
+                            f"interrupted: no heartbeat for over {grace} s{whose}")
+    return record
 
 
-def _rdb_storage(url: str, heartbeat: int, grace: int, attempts: int = 4) -> Any:
+def stale_reason(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any]) -> str | None:
+    """Why ``trial`` was failed by the heartbeat check, from the study's attributes ``study_attrs``, if it was."""
+    reason = study_attrs.get(STALE_REASON_KEY.format(number=trial.number))
+    return str(reason) if reason is not None else None
+
+
+def _rdb_storage(url: str, heartbeat: int, grace: int, retry: float, attempts: int = 4) -> Any:
+    options = dict(heartbeat_interval=heartbeat, grace_period=grace,
+                   heartbeat_stale_trial_callback=_stale_recorder(grace))
     for attempt in range(attempts):
         try:
             with quiet_optuna():  # the heartbeat is an experimental option
-                return HeartbeatStorage(
-                    url, heartbeat_interval=heartbeat, grace_period=grace,
-                    engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-                )
+                if url.startswith("sqlite"):  # a local file: its faults (full disk, read-only) do not pass
+                    return optuna.storages.RDBStorage(url, **options)
+                return ReconnectingStorage(url, retry_seconds=retry, engine_kwargs={"pool_pre_ping": True}, **options)
         except Exception as exc:
             if attempt == attempts - 1 or not any(sign in str(exc) for sign in _CREATION_RACE):
                 raise

@@ -23,13 +23,14 @@ from autotune.ceiling import ensure_ceilings
 from autotune.ceiling_cache import CeilingCache
 from autotune.checks import check_task_data, seconds
 from autotune.confirm import DEFAULT_CONFIRM, run_context, trial_runner
-from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
+from autotune.errors import AutotuneError, Interrupted, StorageError, TaskError, TrialError
 from autotune.failures import finished, shortfall
 from autotune.guard import guarded
 from autotune.memory import DEFAULT_MARGIN
 from autotune.narrowing import narrow_learning_rates
 from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
+from autotune.reconnect import STORAGE_RETRY_SECONDS
 from autotune.records import TrialRecord, read as read_record
 from autotune.runner import Worker, run_here
 from autotune.scoped import quiet_optuna
@@ -38,7 +39,7 @@ from autotune.stopping import Deadline, Interrupts
 from autotune.storage import open_storage, redact
 from autotune.study_open import OBJECTIVES, REPORTS, check_objective, describe_new_study, open_study, resume_space
 from autotune.task import Task, load_task, task_handle
-from autotune.trial import run_trial
+from autotune.trial import check_contract, run_trial
 from autotune.tuner import Tuner
 from autotune.verdict import describe_busy, not_learning
 
@@ -46,6 +47,8 @@ __all__ = ["OBJECTIVES", "ModelDoesNotLearn", "TuneResult", "best_trial", "load_
            "result_from_trial", "tune"]
 
 Progress = Callable[[dict[str, Any]], None]
+CONTRACT_TIMEOUT = 600.0
+"""Seconds the model-and-data check may take: a large model's construction included, a hang excluded."""
 
 
 @dataclasses.dataclass
@@ -208,6 +211,7 @@ def tune(
     space_overrides: Mapping[str, Any] | None = None,
     study_name: str | None = None,
     storage: str | None = None,
+    storage_retry: float = STORAGE_RETRY_SECONDS,
     seed: int = 0,
     memory_limit: int | None = None,
     margin: float = DEFAULT_MARGIN,
@@ -233,6 +237,7 @@ def tune(
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
     earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
+    On a database server, a lost connection waits up to ``storage_retry`` seconds for the server to return.
     ``global_batch``: every trial trains at that batch, in micro-batches with gradient accumulation where it
     exceeds the ceiling; ``device="auto"``: the device, precision and compilation mode (among the space's
     choices) that bench measures fastest within a trial's budget (`autotune.bench.auto_device`); trials run in
@@ -277,38 +282,47 @@ def tune(
 
     for precision in space.precisions:  # one line before a study exists, for a precision the device lacks
         check_precision(backend, target, precision, ": drop it from precision.choices in the search space")
-    beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
-    store = open_storage(storage, **beat)
-    name = study_name or _study_name(task)
-    study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
-                                pruning=pruning)
-    resumed = not describe_new_study(study, {
-        "objective": objective, "task": task.reference or task.name, "backend": backend.name,
-        "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
-        "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
-        "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}}, store=store)
-    if resumed:
-        resume_space(study, space)
-    if device_choice:
-        study.set_user_attr("device_choice", device_choice)
-    say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
-         "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
-
-    phases = Phases()
     share = memory_share if target.kind == "cpu" else 1  # accelerators each have their own memory
     given_limit, memory_limit = memory_limit, _share_of(memory_limit, target, share)
-    cache = lambda precision: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling yet
-        store, handle, device=target, versions=_versions(backend.name), memory_limit=given_limit, margin=margin,
-        max_batch=space.batch_high, share=share, preload=backend.worker_preload(task), isolation=isolation,
-        precision=precision)
-    ceilings = ensure_ceilings(study, task, precisions=space.precisions, backend=backend, device=target,
-                               memory_limit=memory_limit, margin=margin, isolation=isolation,
-                               max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit,
-                               share=share)
-    ceiling = min(ceilings.values())  # what every precision fits: the range test and the default configuration
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
-    # one worker runs the range test and trial after trial; a failed trial's worker is replaced
+    # one worker checks the model against its data, then runs the range test and trial after trial (a failed
+    # trial's worker is replaced); on an accelerator it is closed during the fit, which measures device memory
     worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None
+    try:  # a failure before the trials' own try below must not leave the worker running
+        _check_contract(handle, target, worker, seed)
+        if worker is not None and target.kind != "cpu":
+            worker.close()  # started again for the range test; it must hold no device memory during the fit
+        beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
+        store = open_storage(storage, retry=storage_retry, **beat)
+        name = study_name or _study_name(task)
+        study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
+                                    pruning=pruning)
+        resumed = not describe_new_study(study, {
+            "objective": objective, "task": task.reference or task.name, "backend": backend.name,
+            "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
+            "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
+            "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}}, store=store)
+        if resumed:
+            resume_space(study, space)
+        if device_choice:
+            study.set_user_attr("device_choice", device_choice)
+        say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
+             "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
+
+        phases = Phases()
+        cache = lambda precision: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling
+            store, handle, device=target, versions=_versions(backend.name), memory_limit=given_limit,
+            margin=margin, max_batch=space.batch_high, share=share, preload=backend.worker_preload(task),
+            isolation=isolation, precision=precision)
+        ceilings = ensure_ceilings(study, task, precisions=space.precisions, backend=backend, device=target,
+                                   memory_limit=memory_limit, margin=margin, isolation=isolation,
+                                   max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit,
+                                   share=share)
+        ceiling = min(ceilings.values())  # what every precision fits: the range test and the default configuration
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
     interrupts = Interrupts()
     try:
         if range_test:
@@ -371,6 +385,20 @@ def tune(
     finally:
         if worker is not None:
             worker.close()
+
+
+def _check_contract(handle: Any, target: Any, worker: Worker | None, seed: int) -> None:
+    """The model run with its loss on two samples and the labels checked against its outputs
+    (`autotune.trial.check_contract`), in ``worker`` or here: a mismatch is one line before any study or fit."""
+    kwargs = {"task": handle, "device": target.id, "seed": seed}
+    outcome = worker.run(check_contract, kwargs, timeout=CONTRACT_TIMEOUT) if worker is not None \
+        else run_here(check_contract, kwargs)
+    if outcome.ok:
+        return
+    if outcome.kind == "fatal":
+        raise TaskError(outcome.message)
+    raise TaskError(f"the model could not be run on two training samples ({outcome.kind}: "
+                    f"{outcome.message.strip().splitlines()[-1][:300]}): check the task's model and data")
 
 
 def _say_trial(say: Progress, study: optuna.Study, objective: str, record: TrialRecord,

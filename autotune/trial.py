@@ -7,13 +7,16 @@ Both rebuild the task from its handle, train a fresh seeded model, and turn fram
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
 
 from autotune.backends import get_backend
 from autotune.backends.base import TrainingSession
 from autotune.devices import nvml_energy_reader
-from autotune.errors import TrialError
+from autotune.errors import AutotuneError, TaskError, TrialError
 from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import in_worker
 from autotune.task import resolve_task
@@ -161,3 +164,57 @@ def run_range_tests(task: Any, optimizers: list[str], batch_size: int, device: s
             build = max(0.0, time.perf_counter() - tick - step * swept)
             one_test = build + step * RANGE_TEST_MIN_STEPS
     return results
+
+
+CONTRACT_BATCH = 2
+"""Samples in the contract check's batch: enough for batch-wise layers, too few to cost anything."""
+
+
+def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | None:
+    """Build the task's model and run it and its loss on `CONTRACT_BATCH` samples (`TrainingSession.check_contract`),
+    then check the labels against its outputs: a model that does not fit its data is a one-line `TaskError`
+    here, before any study or fit. Returns the class count found, if any."""
+    from autotune.checks import labels_against
+
+    task, data = loaded_task(task)
+    backend = get_backend(task.backend)
+    target = backend.resolve_device(device)
+    n_train, _ = backend.data_size(data)
+    build = lambda: backend.session(task, data, target, batch_size=CONTRACT_BATCH,  # noqa: E731
+                                    optimizer=backend.validate_optimizer({"name": "sgd", "lr": 1e-3}), seed=seed)
+    with fresh_session(backend, target, build) as session:
+        try:
+            classes = session.check_contract(np.arange(min(CONTRACT_BATCH, n_train)))
+        except AutotuneError:
+            raise
+        except Exception as exc:
+            if backend.is_oom(exc):
+                raise
+            raise TaskError(f"the model fails on {CONTRACT_BATCH} training samples ({_gist(exc)}): the model and "
+                            f"the data do not fit together{_shapes(data)}; fix the model's input or output layer, "
+                            "or the data") from None
+    labels_against(data, classes, task.loss)
+    return classes
+
+
+def _gist(exc: BaseException) -> str:
+    """The line of ``exc`` that says what is wrong: the part Keras prints in bold, if any; else its first line,
+    unless that only introduces a traceback (TensorFlow's "in user code:"), then the last ``...Error:`` line."""
+    text = str(exc).strip()
+    bold = re.search(r"\x1b\[1m(.+?)\x1b\[0m", text, re.S)
+    if bold:
+        return bold.group(1).strip()[:300]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) < 2 or not lines[0].endswith(":"):
+        return _short(exc)
+    errors = [line for line in lines if re.match(r"\w+(Error|Exception): ", line)]
+    return (errors[-1] if errors else lines[-1])[:300]
+
+
+def _shapes(data: Any) -> str:
+    from autotune.task import ArrayData
+
+    if not isinstance(data, ArrayData) or not hasattr(data.x_train, "shape"):
+        return ""
+    shape = ", ".join(str(d) for d in data.x_train.shape[1:])
+    return f" (each training input has shape ({shape}))"

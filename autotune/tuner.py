@@ -31,6 +31,7 @@ import optuna
 from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError
 from autotune.failures import finished, mark_infeasible
+from autotune.guard import storage_fault
 from autotune.heartbeat import Heartbeat, fail_stale
 from autotune.procmem import process_memory
 from autotune.records import store_config, store_measured
@@ -314,12 +315,20 @@ class Tuner:
             trial = self.study.ask()
         # beating at once: a trial that never beat is never found stale, so a kill from here on must find one
         heartbeat = Heartbeat(self.store, self.study, trial.number, study_id=self.study_id())
-        trial.set_user_attr("owner", owner())
+        try:
+            trial.set_user_attr("owner", owner())
+        except BaseException:
+            heartbeat.stop()
+            raise
         return trial, heartbeat
 
     def _configured(self, trial: optuna.Trial, heartbeat: Heartbeat) -> TunerTrial:
-        config = self.space.suggest(trial, self.ceiling)
-        store_config(trial, config)
+        try:
+            config = self.space.suggest(trial, self.ceiling)
+            store_config(trial, config)
+        except BaseException:
+            heartbeat.stop()
+            raise
         return TunerTrial(self, trial, config, heartbeat=heartbeat)
 
     def trials(self, n: int, *, stop: Callable[[], bool] | None = None) -> Iterator[TunerTrial]:
@@ -344,7 +353,13 @@ class Tuner:
                 yield handle
             finally:
                 if handle.state is None:  # the loop left the trial open (a break, or a generator closed)
-                    handle.finish()
+                    try:
+                        handle.finish()
+                    except Exception as exc:
+                        # a storage that failed cannot take the trial's end: it stays RUNNING, and the next
+                        # run fails it (the fault itself reaches the caller from the loop's own write)
+                        if not isinstance(exc, StorageError) and storage_fault(exc) is None:
+                            raise
 
     def _room(self, n: int, stop: Callable[[], bool] | None) -> list[optuna.trial.FrozenTrial] | None:
         """The study's trials when a trial may start; None once ``n`` have finished or ``stop()`` says so; while

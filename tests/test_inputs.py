@@ -52,11 +52,24 @@ def test_bad_data_is_one_line_before_any_fit_and_leaves_no_study(tmp_path, attr,
     assert list(tmp_path.iterdir()) == []  # not even the default database
 
 
-def test_a_task_failing_in_the_first_probe_leaves_no_study_behind(tmp_path):
+@pytest.mark.parametrize("task, message", [
+    ("torch_tasks.py:broken", "the model fails on 2 training samples (RuntimeError: mat1 and mat2 shapes cannot be "
+                              "multiplied (2x16 and 17x4)): the model and the data do not fit together (each "
+                              "training input has shape (16))"),
+    ("tensorflow_tasks.py:broken", "expected axis -1 of input shape to have value 17, but received input with "
+                                   "shape (2, 16)"),
+    ("torch_bad_data.py:too_few_outputs", "the targets hold class labels from 0 to 3, but the model gives 3 outputs "
+                                          "for loss cross_entropy (labels 0 to 2): give the model's last layer 4 "
+                                          "outputs, or map the labels to 0..2"),
+    ("tensorflow_tasks.py:too_few_outputs", "the targets hold class labels from 0 to 3, but the model gives 3 "
+                                            "outputs for loss cross_entropy (labels 0 to 2)"),
+])
+def test_a_model_that_does_not_fit_its_data_is_one_line_before_any_fit_or_study(tmp_path, task, message):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    result = run_cli("tune", "--confirm", "0", f"{TASKS / 'torch_tasks.py'}:broken", "--storage", storage, "--quiet")
-    assert_one_line_error(result, "fails at batch 8")
-    assert optuna.get_all_study_names(storage) == []
+    result = run_cli("tune", "--confirm", "0", str(TASKS / task), "--storage", storage)
+    assert_one_line_error(result, message)
+    assert "fit:" not in result.stderr and "study" not in result.stderr
+    assert not (tmp_path / "s.db").exists()  # no storage opened, so no study either
 
 
 def test_report_writes_only_inside_studies(tmp_path):

@@ -4,7 +4,9 @@ stopping rules, the learning-rate narrowing rule, the stored ceiling, heartbeats
 Real Optuna studies on real SQLite files; the worker outcomes are `WorkerOutcome` values as the runner returns
 them (the runner itself is tested in test_worker.py)."""
 
+import os
 import signal
+import socket
 import time
 
 import optuna
@@ -21,7 +23,7 @@ from autotune.objective import TrialPlan, run_and_record
 from autotune.runner import WorkerOutcome
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
-from autotune.storage import open_storage
+from autotune.storage import open_storage, owner
 from autotune.study_open import describe_new_study, open_study
 from autotune.tuner import Tuner
 from autotune.backends import get_backend
@@ -180,6 +182,7 @@ def test_a_trial_whose_heartbeat_stops_is_failed_by_the_next_worker(tmp_path):
     store = open_storage(f"sqlite:///{tmp_path / 'h.db'}", heartbeat=1, grace=2)
     study, _ = open_study("beat", store=store, objective="convergence")
     trial = study.ask()
+    trial.set_user_attr("owner", owner())
     beat = Heartbeat(store, study, trial.number)
     time.sleep(3)
     assert fail_stale(study) == 0  # still beating
@@ -187,3 +190,5 @@ def test_a_trial_whose_heartbeat_stops_is_failed_by_the_next_worker(tmp_path):
     time.sleep(3)
     assert fail_stale(study) == 1
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    reason = records.read(study.trials[0], study.user_attrs).failure
+    assert reason == f"interrupted: no heartbeat for over 2 s from process {os.getpid()} on {socket.gethostname()}"

@@ -76,6 +76,16 @@ class TrainingSession(abc.ABC):
     def close(self) -> None:
         """Drop the model, optimizer and data so that their memory can be reused."""
 
+    def check_contract(self, indices: np.ndarray) -> int | None:
+        """Run the model and the loss once on the training samples at ``indices`` (a tiny batch), so that a
+        model that does not fit its data fails here, before any fit; return the number of classes the model's
+        output gives where the loss takes class indices (the labels are checked against it), else None.
+
+        The default takes one training step, which any session can (and which runs the loss)."""
+        self.train_step(indices)
+        self.last_loss()
+        return None
+
     def forward(self, indices: np.ndarray) -> None:
         """The model's forward pass alone (no gradients, evaluation mode) on the training samples at
         ``indices``, finished on the device when it returns: what inference latency times."""

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from autotune.backends.base import PRECISIONS, Backend, TrainingSession
+from autotune.checks import check_labels
 from autotune.devices import Device, cpu_device, nvidia_gpus
 from autotune.errors import DeviceError, TaskError
 from autotune.scoped import environment_defaults
@@ -732,6 +733,24 @@ class TensorFlowSession(TrainingSession):
                 raise self._contract_error from None
             raise
         return result
+
+    def check_contract(self, indices: np.ndarray) -> int | None:
+        """Forward and loss run eagerly (no tracing to pay); sparse cross entropy counts classes on the last axis."""
+        if self._compute_loss is not None:
+            return super().check_contract(indices)
+        x, y = _take(self.train, np.asarray(indices, dtype=np.int64))
+        with self._scope():
+            prediction = self.model(x, training=False)
+            classes = None
+            # every label is on the host: check them all (Keras's own error, if any, names no fix)
+            labels = [np.asarray(split[1]) for split in (self.train, self.val) if isinstance(split, tuple)]
+            if self._loss_name == "cross_entropy" and labels and all(a.dtype.kind in "iu" for a in labels) \
+                    and len(prediction.shape) >= 2:
+                classes = int(prediction.shape[-1])
+                check_labels(min(int(a.min()) for a in labels if a.size), max(int(a.max()) for a in labels if a.size),
+                             classes, "cross_entropy")
+            float(self._loss(y, prediction).numpy())
+        return classes
 
     def train_step(self, indices: np.ndarray) -> None:
         """One compiled optimizer step on the training samples at ``indices`` (the first call also compiles)."""

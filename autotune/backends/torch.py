@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from autotune.backends import torch_data
 from autotune.backends.base import Backend, TrainingSession
+from autotune.checks import check_labels
 from autotune.devices import Device, cpu_device
 from autotune.errors import TaskError
 from autotune.task import ArrayData, Task
@@ -136,7 +137,9 @@ class TorchSession(TrainingSession):
         self.model = model.to(self.device).train()
         self.optimizer = _OPTIMIZERS[optimizer["name"]](self.model.parameters(), optimizer)
         self.compute_loss = task.compute_loss
+        self.task_loss = task.loss if isinstance(task.loss, str) else None
         self.loss_fn = named_loss(task.loss, self.model, task.from_logits) if isinstance(task.loss, str) else task.loss
+        self._arrays = isinstance(data, ArrayData)
         self.train_data, self.val_data = torch_data.sources(task, data, self._cuda)
         self._checked = False
         self._last: torch.Tensor | None = None
@@ -165,6 +168,27 @@ class TorchSession(TrainingSession):
             raise TaskError(f"{what} must return a scalar floating-point loss, got a {loss.dtype} tensor of shape "
                             f"{tuple(loss.shape)}: reduce it, e.g. with .mean()")
         self._checked = True
+
+    def check_contract(self, indices: np.ndarray) -> int | None:
+        """Forward and loss without gradients; cross entropy on integer targets counts classes along dim 1."""
+        batch = torch_data.to_device(self.train_data.batch(torch.from_numpy(np.asarray(indices, dtype=np.int64))),
+                                     self.device)
+        with torch.no_grad():
+            if self.compute_loss is not None or not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                self._loss(batch)  # its own checks and messages
+                return None
+            inputs, targets = batch
+            outputs = self.model(inputs)
+            classes = None
+            if self.task_loss == "cross_entropy" and isinstance(targets, torch.Tensor) \
+                    and not targets.is_floating_point() and isinstance(outputs, torch.Tensor) and outputs.dim() >= 2:
+                classes = int(outputs.shape[1])
+                if not torch.all((targets >= 0) & (targets < classes)):  # torch's own error names no fix
+                    if not self._arrays:  # arrays: the caller names the whole data set's range
+                        check_labels(int(targets.min()), int(targets.max()), classes, "cross_entropy")
+                    return classes
+            self._check_loss(self.loss_fn(outputs, targets))
+        return classes
 
     def train_step(self, indices: np.ndarray) -> None:
         index = torch.from_numpy(np.asarray(indices, dtype=np.int64))

@@ -40,8 +40,9 @@ def _last_report(record: TrialRecord) -> tuple[int | None, float | None]:
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One flat record per trial: configuration, figures, the last report reached and, if it stopped early, why."""
     rows = []
+    study_attrs = study.user_attrs
     for trial in study.get_trials(deepcopy=False):
-        record = read_record(trial)
+        record = read_record(trial, study_attrs)
         config, measured = record.config, record.measured
         last_report, last_loss = _last_report(record)
         rows.append({

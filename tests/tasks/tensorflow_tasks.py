@@ -69,3 +69,10 @@ def _hungry_datasets():
 
 
 hungry_datasets = autotune.Task(backend="tensorflow", model=Hungry, data=_hungry_datasets, loss="cross_entropy")
+
+
+def three_classes():
+    return keras.Sequential([keras.Input((16,)), keras.layers.Dense(3)])
+
+
+too_few_outputs = autotune.Task(backend="tensorflow", model=three_classes, data=_blobs, loss="cross_entropy")
