@@ -124,6 +124,9 @@ class _TwoDeviceBackend:
     def precisions(self, device):
         return ("fp32", "bf16") if device.kind == "cpu" else ("fp32", "bf16", "fp16")
 
+    def precision_notes(self, device):
+        return {"fp16": "no fp16 matmul on this fake CPU"} if device.kind == "cpu" else {}
+
 
 def test_plan_modes_covers_every_device_and_skips_what_a_device_lacks():
     modes, skipped = plan_modes(_TwoDeviceBackend(), "all", None, None)
