@@ -7,7 +7,8 @@ list of probes run so far, one more at each call; the executor that runs them is
 The rules: grow the batch (8, 64, 512) to learn the slope; aim at the largest size the memory model puts
 under the budget less margin (a far, still-moving extrapolation is approached halfway first, as one more
 growth probe); prove the edge with a real run (a fit below it, a failure above); after an overshoot step back
-once, a granule or 1 % under the failure; then bisect.
+once, a granule or 1 % under the failure; then bisect. Memory convex in the batch (three spread probes whose
+middle one sags under the chord of the others) is read by the parabola through them, not the line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ FAR = 1.2  # a prediction this many times the largest size that ran is an extrap
 SETTLED = 0.05  # ... that is trusted once it moved less than this fraction since the previous probe ...
 TOO_FAR = 2.0  # ... and reaches less than this many times that size; else it is ...
 AIM = 0.5  # ... approached this fraction of the way (a growth probe), then refitted
+CONVEX = 0.03  # a middle probe this fraction of the rise under the chord of its neighbours: memory is convex
+SAGGED = 0.01  # ... and once the line has overshot, this much sag is enough to believe it (chunks sag more rarely)
+UNDER = 0.03  # after an overshoot, the step back lands this fraction under the parabola's edge (run-to-run spread)
+SPREAD = 0.75  # the parabola's three runs are each at most this fraction of the next
+CLOSE = 0.15  # ... and with a failure this fraction above the fit, its word that the next granule fails is taken
 BACK_OFF = 0.01  # after the model overshot, the next probe sits this fraction (at least a granule) below the failure
 
 
@@ -130,7 +136,9 @@ class Planner:
             self._approached = True
             # Land halfway, in the growth probes' worker, then refit: a probe near the edge that is not the answer
             # costs nearly a whole step at the answer's size, one halfway about half that and no worker start.
-            predicted = fits_at + AIM * (predicted - fits_at)
+            # Halfway to a slight parabola, if the probes sag at all: a convex line's halfway is near the edge.
+            target = min(predicted, _convex_largest(probes, budget.effective_bytes, self.resident_slope, least=SAGGED))
+            predicted = fits_at + AIM * (max(target, FAR * fits_at) - fits_at)
         # Aim at the answer itself, rounded down: rounding to the nearest granule can cross an edge where the
         # address space jumps by tens of MB.
         candidate = _round_down(int(min(predicted, fits_at * GROWTH, ceiling)), step)
@@ -144,13 +152,18 @@ class Planner:
             below = 0
             if not self._backed_off and math.isfinite(predicted):
                 below = min(_round_down(int(fails_at * (1 - BACK_OFF)), step), fails_at - step)
+                # The overshoot is itself a sign of convex memory: a slight sag then sizes the step, if its parabola
+                # puts the edge further under the 1 % step than the spread of its three runs moves it.
+                convex = _convex_largest(probes, budget.effective_bytes, self.resident_slope, least=SAGGED)
+                if fits_at < convex * (1 - UNDER) and convex * (1 + UNDER) < fails_at * (1 - BACK_OFF):
+                    below = _round_down(int(convex * (1 - UNDER)), step)
                 self._backed_off = True
             candidate = below if fits_at < below < fails_at else \
                 fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
         if candidate >= fails_at:
             return self._answer_now()
         if any(p.oom for p in probes) and not self.granularity_given and not budget.block and model is not None \
-                and fails_at - fits_at <= 2 * step and model.predict(fits_at + step) > budget.oom_at:
+                and self._past_the_cap(probes, model, budget):
             # An OOM is spent, the edge is bracketed within two granules and the line puts the size between past
             # the cap: near the edge a run's peak moves by about a MB between fresh workers, so probing it risks a
             # second OOM. It is left untried and the answer's resolution is the bracket (proven by the OOM). Not
@@ -162,12 +175,21 @@ class Planner:
         growth = candidate == fits_at * GROWTH < predicted or (approach and candidate < fails_at)
         return ProbeAt(candidate, growth=candidate < ceiling and growth)
 
+    def _past_the_cap(self, probes: Sequence[Probe], model: MemoryModel, budget: Budget) -> bool:
+        """Whether the next granule up is past the cap by the line (the edge within two granules) or by a convex
+        curve's parabola (any sag, after the OOM; the edge within `CLOSE` of the failure)."""
+        fits_at, fails_at, step = self.fits_at, self.fails_at, self.step
+        if fails_at - fits_at <= 2 * step and model.predict(fits_at + step) > budget.oom_at:
+            return True
+        return fails_at - fits_at <= CLOSE * fails_at \
+            and _convex_largest(probes, budget.oom_at, self.resident_slope, least=SAGGED) < fits_at + step
+
     def _prediction(self, probes: Sequence[Probe], model: MemoryModel | None,
                     budget: Budget) -> tuple[float, bool]:
         """The size to aim at, and whether it is a search step (bisection, exploration), not the model's answer."""
         predicted = model.largest_under(budget.effective_bytes) if model else math.inf
         if not (budget.block and model is not None):
-            return predicted, False
+            return min(predicted, _convex_largest(probes, budget.effective_bytes, self.resident_slope)), False
         fits_at, fails_at, step = self.fits_at, self.fails_at, self.step
         predicted = largest_in_blocks(list(probes), budget.effective_bytes, budget.block, budget.margin)
         searching = fails_at <= self.ceiling or predicted < fits_at + 2 * step
@@ -181,6 +203,42 @@ class Planner:
         else:
             self._explore = 0
         return predicted, searching
+
+
+def _convex_largest(probes: Sequence[Probe], budget_bytes: float, resident_slope: bool,
+                    least: float = CONVEX) -> float:
+    """The largest size under ``budget_bytes`` by a parabola through the three largest fitting runs, when the
+    per-sample cost grew from the first stretch to the second (memory convex in the batch); else infinity.
+
+    A line through the last two points under-reads a convex curve past them, so the aimed probe and the step
+    back after it both fail; the parabola through three points is exact on a quadratic curve (attention).
+    """
+    # Three fitting runs each at most 3/4 of the next: over shorter stretches the run-to-run spread swamps the sag.
+    measured = sorted((p for p in probes if p.fits and p.peak_memory_bytes), key=lambda p: p.batch_size)
+    spread: list[Probe] = []
+    for probe in reversed(measured):
+        if not spread or probe.batch_size <= SPREAD * spread[-1].batch_size:
+            spread.append(probe)
+    if len(spread) < 3:
+        return math.inf
+    c, b, a = spread[:3]
+
+    def rising(probe: Probe) -> float:
+        return float((probe.resident_peak_bytes if resident_slope else None) or probe.peak_memory_bytes or 0)
+
+    first = (rising(b) - rising(a)) / (b.batch_size - a.batch_size)
+    second = (rising(c) - rising(b)) / (c.batch_size - b.batch_size)
+    # How far the middle point sags under the chord of the outer two, against their rise: allocator chunks move
+    # a point by a chunk (a percent or two of the rise), a quadratic term by more once the points are spread.
+    width = c.batch_size - a.batch_size
+    sag = (second - first) * (b.batch_size - a.batch_size) * (c.batch_size - b.batch_size) / width
+    if first <= 0 or sag <= least * (rising(c) - rising(a)):
+        return math.inf
+    curvature = (second - first) / width
+    tangent = second + curvature * (c.batch_size - b.batch_size)  # the parabola's slope at the largest point
+    room = budget_bytes - float(c.peak_memory_bytes or 0)
+    return c.batch_size + (math.sqrt(max(0.0, tangent ** 2 + 4 * curvature * room)) - tangent) / (2 * curvature) \
+        if room > 0 else float(c.batch_size)
 
 
 def _round_down(value: int, granularity: int) -> int:
