@@ -62,11 +62,8 @@ def ensure_ceilings(study: optuna.Study, task: Any, *, precisions: list[str], ba
                     cache: Callable[[str], Any] | None = None, **options: Any) -> dict[str, int]:
     """`ensure_ceiling` for each training precision the space searches: mixed precision keeps smaller
     activations, so a bf16 trial may train at a batch that would not fit in fp32 (and must not exceed its own).
-    ``cache(precision)`` gives each precision's cache entry."""
-    from autotune.memory import check_precision
-
-    for precision in precisions:  # one line, before any fit, for a precision the device lacks
-        check_precision(backend, device, precision, ": drop it from precision.choices in the search space")
+    ``cache(precision)`` gives each precision's cache entry. The caller has checked that the device runs each
+    precision (`autotune.memory.check_precision`), before any study exists."""
     found = {}
     for precision in precisions:
         entry = None if cache is None else functools.partial(cache, precision)

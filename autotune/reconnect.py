@@ -24,19 +24,22 @@ import sqlalchemy.event
 from autotune.errors import StorageError, first_line
 from autotune.redact import redact, url_secrets
 
-STORAGE_RETRY_SECONDS = 60.0
-"""How long a run waits for a lost database server by default (``--storage-retry``)."""
+STORAGE_RETRY_SECONDS = 20.0
+"""How long a run waits for a lost database server by default (``--storage-retry``): under the heartbeat's
+grace less one beat (`autotune.storage`: 30 - 10 s), so that after an outage this long no process finds another's
+running trial stale and fails it."""
 _PAUSE = 1.0
 """Seconds between attempts: a restarting server takes about that to accept connections again."""
 _RETRIED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
     "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-    "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
+    "get_all_studies", "set_trial_param", "get_trial_id_from_study_id_trial_number",
     "get_trial_number_from_id", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials",
     "get_best_trial", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs", "record_heartbeat",
 )
-"""Optuna's public storage calls that reach the database (what Study, Trial and the heartbeat use)."""
+"""Optuna's public storage calls that reach the database (what Study, Trial and the heartbeat use).
+``create_new_trial`` is left out: a retry after a lost reply would create a second trial, RUNNING for good."""
 
 log = logging.getLogger("autotune")
 

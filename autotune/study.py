@@ -253,6 +253,8 @@ def tune(
     """
     say = progress or (lambda _event: None)
     timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
+    if storage_retry != 0:  # 0: stop at once
+        storage_retry = seconds("--storage-retry", storage_retry) or 0.0
     deadline = Deadline(timeout)
     check_objective(objective)
     if trial_steps is not None:

@@ -59,7 +59,7 @@ class TunerTrial:
     """
 
     def __init__(self, tuner: "Tuner", trial: optuna.Trial, config: Mapping[str, Any], *,
-                 heartbeat: Heartbeat | None = None) -> None:
+                 heartbeat: Heartbeat) -> None:
         self._tuner = tuner
         self._trial = trial
         self.config: dict[str, Any] = dict(config)
@@ -74,7 +74,7 @@ class TunerTrial:
         self._history: list[tuple[int, float, float]] = []
         self._started = time.perf_counter()
         self._last: float | None = None
-        self._heartbeat = heartbeat or Heartbeat(tuner.store, tuner.study, trial.number, study_id=tuner.study_id())
+        self._heartbeat = heartbeat  # started by the Tuner as the trial was created
         self.state: str | None = None
         """``complete``, ``pruned`` or ``failed`` once the trial has ended."""
 

@@ -10,6 +10,7 @@ from autotune.errors import AutotuneError, SearchSpaceError
 from autotune.space import load_space
 from autotune.task import load_task
 from autotune.trial import run_trial
+from autotune.training import BatchSampler
 from tests.conftest import EXAMPLES
 
 
@@ -129,3 +130,37 @@ def test_a_mindspore_fp16_trial_trains_with_a_dynamic_loss_scaler():
     session.close()
     figures = run_trial(str(EXAMPLES / "mindspore_digits.py"), _config(precision="fp16"), "cpu", steps=20, reports=2)
     assert figures["val_loss"] < figures["initial_val_loss"]
+
+
+def test_keras_fp16_accumulation_follows_the_full_batch():
+    """Micro-batches in float16 scale each loss as the plain step does: the LossScaleOptimizer unscales the sum,
+    so unscaled micro-batch gradients would train about 32768 times too slowly. Momentum with coupled weight
+    decay covers the decay term too."""
+    from autotune.training import accumulating
+
+    backend = _tensorflow()
+    cpu = backend.resolve_device("cpu")
+    if "fp16" not in backend.precisions(cpu):
+        pytest.skip(backend.precision_notes(cpu)["fp16"])
+    task = load_task(str(EXAMPLES / "tensorflow_digits.py"))
+    data = task.load_data()
+
+    def trajectory(accumulation_steps):
+        session = accumulating(backend.bench_session(
+            task, data, cpu, batch_size=128 // accumulation_steps, precision="fp16", seed=3,
+            optimizer={"name": "momentum", "lr": 0.05, "weight_decay": 1e-3}), accumulation_steps)
+        sampler = BatchSampler(backend.data_size(data)[0], 128, seed=5)
+        try:
+            for _ in range(8):
+                session.train_step(sampler.next())
+            return session.evaluate()
+        finally:
+            session.close()
+
+    untrained = backend.bench_session(task, data, cpu, batch_size=128, precision="fp16", seed=3,
+                                      optimizer={"name": "momentum", "lr": 0.05})
+    start = untrained.evaluate()
+    untrained.close()
+    full, accumulated = trajectory(1), trajectory(4)
+    assert full < 0.9 * start, (start, full)
+    assert abs(accumulated - full) < 0.05 * (start - full), (start, full, accumulated)

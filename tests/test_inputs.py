@@ -25,6 +25,8 @@ SMALL_SPACE = str(ROOT / "tests" / "spaces" / "small.yaml")
     ("--timeout", "inf", "--timeout: inf must be a finite number"),
     ("--trial-timeout", "-1", "--trial-timeout: -1 must be a finite number"),
     ("--trial-timeout", "0", "--trial-timeout: 0 must be a finite number"),
+    ("--storage-retry", "nan", "--storage-retry"),
+    ("--storage-retry", "-1", "--storage-retry"),
 ])
 def test_bad_options_are_one_line_before_anything_runs(tmp_path, option, value, message):
     result = run_cli("tune", "--confirm", "0", SMALL_TASK, option, value, cwd=tmp_path)
@@ -33,7 +35,8 @@ def test_bad_options_are_one_line_before_anything_runs(tmp_path, option, value, 
 
 
 def test_the_library_refuses_non_finite_times_too(tmp_path):
-    for kwargs in ({"trial_time": float("nan")}, {"timeout": -1.0}, {"trial_timeout": float("inf")}):
+    for kwargs in ({"trial_time": float("nan")}, {"timeout": -1.0}, {"trial_timeout": float("inf")},
+                   {"storage_retry": float("nan")}):
         with pytest.raises(autotune.AutotuneError, match="finite number of seconds"):
             autotune.tune(SMALL_TASK, storage=f"sqlite:///{tmp_path / 's.db'}", **kwargs, confirm=0)
     assert list(tmp_path.iterdir()) == []

@@ -80,7 +80,7 @@ def test_the_precision_is_part_of_the_ceiling_cache_key():
 
 
 def test_tune_stops_before_any_study_on_a_precision_the_device_lacks(tmp_path):
-    result = run_cli("tune", "--confirm", "0", SMALL, "--trials", "1", "--trial-steps", "2", "--no-range-test", "--confirm", "0",
+    result = run_cli("tune", SMALL, "--trials", "1", "--trial-steps", "2", "--no-range-test", "--confirm", "0",
                      "--no-report", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--search-space",
                      str(_space_file(tmp_path, "fp32, fp16")))
     assert_one_line_error(result, "no fp16 training on cpu", "drop it from precision.choices")

@@ -831,17 +831,22 @@ class TensorFlowSession(TrainingSession):
     def _accumulation_functions(self) -> tuple[Any, Any]:
         model, optimizer = self.model, self.optimizer
         decay = self._decay
+        # float16: each micro-batch's loss is scaled as in `_make_train_step`, since the optimizer unscales the sum
+        scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def gradients_of(batch: Any, weight: Any) -> Any:
             with tf.GradientTape() as tape:
                 loss = self._batch_loss(batch, training=True)
                 total = (loss + tf.add_n(model.losses) if model.losses else loss) * weight
+                if scaled:
+                    total = optimizer.scale_loss(total)
             return loss, tape.gradient(total, model.trainable_variables)
 
         def apply(gradients: Any) -> None:
             variables = model.trainable_variables
             if decay:
-                gradients = [g + decay * tf.cast(v, g.dtype) for g, v in zip(gradients, variables)]
+                factor = optimizer.scale_loss(tf.constant(decay, tf.float32)) if scaled else decay
+                gradients = [g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(gradients, variables)]
             optimizer.apply_gradients(zip(gradients, variables))
 
         signature = [tf.nest.map_structure(lambda a: _signature(a, None), self.train),
