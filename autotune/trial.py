@@ -7,7 +7,6 @@ Both rebuild the task from its handle, train a fresh seeded model, and turn fram
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -190,25 +189,11 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
         except Exception as exc:
             if backend.is_oom(exc):
                 raise
-            raise TaskError(f"the model fails on {CONTRACT_BATCH} training samples ({_gist(exc)}): the model and "
-                            f"the data do not fit together{_shapes(data)}; fix the model's input or output layer, "
-                            "or the data") from None
+            raise TaskError(f"the model fails on {CONTRACT_BATCH} training samples ({backend.error_gist(exc)}): "
+                            f"the model and the data do not fit together{_shapes(data)}; fix the model's input or "
+                            "output layer, or the data") from None
     labels_against(data, classes, task.loss)
     return classes
-
-
-def _gist(exc: BaseException) -> str:
-    """The line of ``exc`` that says what is wrong: the part Keras prints in bold, if any; else its first line,
-    unless that only introduces a traceback (TensorFlow's "in user code:"), then the last ``...Error:`` line."""
-    text = str(exc).strip()
-    bold = re.search(r"\x1b\[1m(.+?)\x1b\[0m", text, re.S)
-    if bold:
-        return bold.group(1).strip()[:300]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) < 2 or not lines[0].endswith(":"):
-        return _short(exc)
-    errors = [line for line in lines if re.match(r"\w+(Error|Exception): ", line)]
-    return (errors[-1] if errors else lines[-1])[:300]
 
 
 def _shapes(data: Any) -> str:

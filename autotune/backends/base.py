@@ -227,6 +227,11 @@ class Backend(abc.ABC):
         precision name); bench and fit-batch print it beside the mode they skip or refuse."""
         return {}
 
+    def error_gist(self, exc: BaseException) -> str:
+        """The line of a framework error that says what is wrong, for a one-line message (the model check's);
+        a backend whose framework wraps its errors in more text overrides it."""
+        return f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
+
     def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
                       optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
                       seed: int = 0) -> TrainingSession:

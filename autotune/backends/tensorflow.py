@@ -1013,6 +1013,19 @@ class TensorFlowBackend(Backend):
         on CPUs whose build runs a float16 matmul. `precision_notes` says why one is missing."""
         return tuple(p for p in PRECISIONS if p not in self.precision_notes(device))
 
+    def error_gist(self, exc: BaseException) -> str:
+        """The part Keras prints in bold, if any; else the first line, unless it only introduces a traceback
+        (TensorFlow's "in user code:"), then the last ``...Error:`` line."""
+        text = str(exc).strip()
+        bold = re.search(r"\x1b\[1m(.+?)\x1b\[0m", text, re.S)
+        if bold:
+            return bold.group(1).strip()[:300]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(lines) < 2 or not lines[0].endswith(":"):
+            return super().error_gist(exc)
+        errors = [line for line in lines if re.match(r"\w+(Error|Exception): ", line)]
+        return (errors[-1] if errors else lines[-1])[:300]
+
     def precision_notes(self, device: Device) -> dict[str, str]:
         """Why each precision missing on ``device`` is missing: the Keras mixed-precision guide's hardware
         rules for TPUs and GPUs, and on the CPU a small matmul in the dtype that failed (probed once per
