@@ -41,8 +41,9 @@ class ProgressDisplay:
             self._line(f"fit: {event['message'].strip()}", final=not self.live)
         elif kind == "ceiling":
             precision = "" if event.get("precision", "fp32") == "fp32" else f" in {event['precision']}"
+            why = f": {event['note']}" if event.get("note") else ""
             self._line(f"batch-size ceiling {event['batch_size']}{precision} "
-                       f"(limited by {event.get('limited_by') or 'memory'})")
+                       f"(limited by {event.get('limited_by') or 'memory'}{why})")
         elif kind == "range_test":
             self._line(f"learning-rate range test: {event['optimizer']}", final=not self.live)
         elif kind == "wait":

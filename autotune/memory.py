@@ -20,6 +20,7 @@ from autotune.fitting.executor import ProbeExecutor, _probe_run, _probe_series
 from autotune.fitting.model import MemoryModel, Probe
 from autotune.fitting.planner import MAX_PROBES, Planner
 from autotune.fitting.result import BatchFit, result_of, run_plan
+from autotune.fitting.step_time import StepTimeLimit
 from autotune.runner import warm_up_server
 from autotune.task import Task, load_task, task_handle
 
@@ -44,6 +45,7 @@ def fit_batch_size(
     probe_timeout: float = 600.0,
     progress: Callable[[str], None] | None = None,
     precision: str = "fp32",
+    step_time_limit: StepTimeLimit | None = None,
 ) -> BatchFit:
     """The largest batch size whose whole training step fits the device's memory budget.
 
@@ -55,7 +57,9 @@ def fit_batch_size(
     processes (exact, and the only way a CPU limit is enforced); ``'none'`` probes in this process, releasing
     memory in between (less exact: allocators keep some memory). ``precision`` (fp32, bf16, fp16) is the
     training precision the probes run in, as a trial in it would (`autotune.training.configured_session`): each
-    precision has its own ceiling; one the device lacks is a `FitError` before any probe.
+    precision has its own ceiling; one the device lacks is a `FitError` before any probe. ``step_time_limit``
+    (`autotune.fitting.step_time`, for a study whose trials have a time budget) stops at the first size that
+    fits but steps slower than a trial can use, with ``limited_by`` "step time".
     """
     started = time.perf_counter()
     say = progress or (lambda _message: None)
@@ -103,7 +107,7 @@ def fit_batch_size(
                   seed=seed, largest=largest, precision=precision)
     executor = ProbeExecutor(budget, probes, in_worker=in_worker, function=_probe_run, series=_probe_series,
                              kwargs=kwargs, preload=preload, timeout=probe_timeout, say=say)
-    answer = run_plan(planner, executor, probes)
+    answer = run_plan(planner, executor, probes, step_time_limit)
     fit = result_of(answer, budget, probes, limit=ceiling, device=target.id, backend=backend.name,
                     started=started, notes=notes)
     fit.precision = precision

@@ -25,6 +25,7 @@ from autotune.checks import check_task_data, seconds
 from autotune.confirm import DEFAULT_CONFIRM, run_context, trial_runner
 from autotune.errors import AutotuneError, Interrupted, StorageError, TaskError, TrialError
 from autotune.failures import finished, shortfall
+from autotune.fitting.step_time import StepTimeLimit
 from autotune.guard import guarded
 from autotune.memory import DEFAULT_MARGIN
 from autotune.narrowing import narrow_learning_rates
@@ -319,7 +320,7 @@ def tune(
         ceilings = ensure_ceilings(study, task, precisions=space.precisions, backend=backend, device=target,
                                    memory_limit=memory_limit, margin=margin, isolation=isolation,
                                    max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit,
-                                   share=share)
+                                   share=share, step_time_limit=StepTimeLimit.for_trials(trial_time))
         ceiling = min(ceilings.values())  # what every precision fits: the range test and the default configuration
     except BaseException:
         if worker is not None:

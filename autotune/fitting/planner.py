@@ -51,6 +51,7 @@ class Answer:
     batch_size: int
     granularity: int
     notes: tuple[str, ...] = ()
+    limited_by: str = "memory"  # or "step time" (`autotune.fitting.step_time`)
 
 
 class Planner:

@@ -10,6 +10,7 @@ from autotune.fitting.budget import Budget
 from autotune.fitting.executor import ProbeExecutor
 from autotune.fitting.model import MemoryModel, Probe
 from autotune.fitting.planner import Answer, Planner, ProbeAt
+from autotune.fitting.step_time import StepTimeLimit
 
 
 @dataclasses.dataclass
@@ -53,12 +54,16 @@ class BatchFit:
         return data
 
 
-def run_plan(planner: Planner, executor: ProbeExecutor, probes: list[Probe]) -> Answer:
-    """Drive ``planner`` with ``executor`` until it answers; every probe run is appended to ``probes``."""
+def run_plan(planner: Planner, executor: ProbeExecutor, probes: list[Probe],
+             step_time_limit: StepTimeLimit | None = None) -> Answer:
+    """Drive ``planner`` with ``executor`` until it answers, or until a probe steps slower than
+    ``step_time_limit`` (`autotune.fitting.step_time`); every probe run is appended to ``probes``."""
 
     def decide(probe: Probe) -> ProbeAt | Answer:
         probes.append(probe)
-        return planner.next(probes)
+        decision = planner.next(probes)
+        slow = None if step_time_limit is None or not probe.fits else step_time_limit.answer(probes)
+        return slow if slow is not None and slow.batch_size < decision.batch_size else decision
 
     decision = planner.next(probes)
     while isinstance(decision, ProbeAt):
@@ -71,11 +76,14 @@ def result_of(answer: Answer, budget: Budget, probes: list[Probe], *, limit: int
     """The `BatchFit` of a finished plan; ``limit`` is the most the data (or the caller) allows."""
     model = MemoryModel.local(probes, resident_slope=budget.metric != "device_peak") \
         or MemoryModel.fit([(p.batch_size, p.peak_memory_bytes) for p in probes if p.peak_memory_bytes])
-    best = next(p for p in probes if p.batch_size == answer.batch_size and p.fits)
+    best = next((p for p in probes if p.batch_size == answer.batch_size and p.fits), None)
+    # a step-time answer lies between two sizes that ran: its peak is the memory model's reading
+    peak = best.peak_memory_bytes if best is not None else \
+        (int(model.predict(answer.batch_size)) if model is not None else None)
     return BatchFit(
-        batch_size=answer.batch_size, peak_memory_bytes=best.peak_memory_bytes,
+        batch_size=answer.batch_size, peak_memory_bytes=peak,
         budget_bytes=int(budget.resolve(probes).limit_bytes), margin=budget.margin, memory_metric=budget.metric,
-        limited_by="memory" if answer.batch_size < limit else "max_batch", granularity=answer.granularity,
+        limited_by=answer.limited_by if answer.batch_size < limit else "max_batch", granularity=answer.granularity,
         model=model, probes=probes, device=device, backend=backend, seconds=time.perf_counter() - started,
         notes=[*notes, *answer.notes],
     )

@@ -60,3 +60,14 @@ def _regression():
 
 
 regression = autotune.Task(backend="torch", model=mse_model, data=_regression, loss="mse")
+
+
+def compute_bound_model():
+    """Three wide layers: compute grows with the batch (about 0.2 GFLOP a sample per step), memory barely."""
+    return torch.nn.Sequential(torch.nn.Linear(16, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048),
+                               torch.nn.ReLU(), torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
+                               torch.nn.Linear(2048, 4))
+
+
+compute_bound = autotune.Task(backend="torch", model=compute_bound_model, data=lambda: _blobs(n=2500),
+                              loss="cross_entropy")

@@ -1,0 +1,89 @@
+"""A ceiling bounded by step time as well as memory, for a fit that serves a time-budgeted study.
+
+A trial cannot measure a batch whose one step takes a large share of its budget (it trains a step or two and
+is pruned as too slow), so `tune` stops the fit's growth at the first probe that steps slower than
+``1/STEPS_PER_TRIAL`` of a trial's seconds instead of probing on to the memory edge: the probes near the edge
+are the fit's most expensive, and the sizes they would prove are outside what the trials can use. The answer
+lies between two sizes that ran, so it fits memory without a probe of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+from autotune.fitting.model import Probe
+from autotune.fitting.planner import Answer
+
+STEPS_PER_TRIAL = 4
+"""The ceiling leaves a trial at least this many steps of its budget (a trial prunes itself as too slow at 2)."""
+
+
+def step_seconds(probe: Probe) -> float | None:
+    """One training step's seconds at the probe's batch, from its measured throughput."""
+    if not probe.fits or not probe.throughput:
+        return None
+    return probe.batch_size / probe.throughput
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTimeLimit:
+    """The longest step a trial of ``trial_seconds`` can use: a share of its budget."""
+
+    trial_seconds: float
+
+    @classmethod
+    def for_trials(cls, trial_seconds: float | None) -> "StepTimeLimit | None":
+        """The limit for trials of ``trial_seconds`` (None: trials counted in steps have no time to protect)."""
+        return cls(float(trial_seconds)) if trial_seconds else None
+
+    @property
+    def seconds(self) -> float:
+        return self.trial_seconds / STEPS_PER_TRIAL
+
+    def answer(self, probes: Sequence[Probe]) -> Answer | None:
+        """The ceiling once a probe that fits steps slower than the limit, else None (the fit goes on).
+
+        The size whose step is predicted to take the limit, on the line through the step times of the slow probe
+        and the largest quicker one (or in proportion to the slow one's, when every probe was slow)."""
+        timed = [(p, t) for p in probes if (t := step_seconds(p)) is not None]
+        slow = [(p, t) for p, t in timed if t > self.seconds]
+        if not slow:
+            return None
+        high, high_time = min(slow, key=lambda pair: pair[0].batch_size)
+        quick = [(p, t) for p, t in timed if t <= self.seconds and p.batch_size < high.batch_size]
+        if quick:
+            low, low_time = max(quick, key=lambda pair: pair[0].batch_size)
+            share = (self.seconds - low_time) / (high_time - low_time) if high_time > low_time else 0.0
+            size = low.batch_size + (high.batch_size - low.batch_size) * share
+            floor = low.batch_size
+        else:
+            size, floor = high.batch_size * self.seconds / high_time, 1
+        granule = _granule(size)
+        batch = max(floor, min(high.batch_size - 1, int(size) // granule * granule), 1)
+        return Answer(batch, granule, (self.note(batch, high, high_time),), limited_by="step time")
+
+    def note(self, batch: int, slow: Probe, slow_seconds: float) -> str:
+        return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s: the ceiling stops "
+                f"at {batch}, whose step is predicted at {self.seconds:.2g} s (1/{STEPS_PER_TRIAL} of the "
+                f"{self.trial_seconds:g} s trial budget)")
+
+
+def capped_record(record: Mapping[str, Any], limit: StepTimeLimit | None) -> dict[str, Any] | None:
+    """A stored ceiling record (`autotune.ceiling.ceiling_record`) under ``limit``: as it is when no probe of it
+    steps slower, moved to the step-time answer when one does; None when it cannot serve (it was cut short by
+    another step-time limit and its probes do not reach this one, or no limit is asked for)."""
+    probes = [Probe(int(p["batch_size"]), fits=bool(p.get("fits")), throughput=p.get("throughput"))
+              for p in record.get("probes") or []]
+    answer = None if limit is None else limit.answer(probes)
+    by_time = record.get("limited_by") == "step time"
+    if answer is not None and limit is not None and (by_time or answer.batch_size < int(record["batch_size"])):
+        return {**record, "batch_size": answer.batch_size, "limited_by": "step time",
+                "step_time_limit": limit.seconds, "notes": list(answer.notes)}
+    return None if by_time else dict(record)
+
+
+def _granule(size: float) -> int:
+    """A power of two near 1/64 of ``size``: the resolution a step-time estimate deserves."""
+    return 2 ** max(0, int(math.log2(max(size, 1) / 64)))

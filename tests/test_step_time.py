@@ -1,0 +1,118 @@
+"""A time-budgeted study's ceiling stops where a trial is too short to use the batch: the rule on synthetic
+probes (milliseconds), stored fits read under a limit, and the whole path through `tune` on a real torch model
+whose step time grows with the batch."""
+
+import optuna
+import pytest
+
+import autotune
+from autotune.fitting import Budget, Planner, Probe
+from autotune.fitting.result import run_plan
+from autotune.fitting.step_time import STEPS_PER_TRIAL, StepTimeLimit, capped_record
+from autotune.study_open import ceiling_key
+from tests.conftest import TASKS
+
+MIB, GIB = 1024**2, 1024**3
+COMPUTE_BOUND = f"{TASKS / 'torch_tasks.py'}:compute_bound"
+
+
+def timed(batch, step_seconds, fits=True):
+    return Probe(batch, fits=fits, throughput=batch / step_seconds if fits else None)
+
+
+def test_the_ceiling_is_read_between_the_slow_probe_and_the_largest_quick_one():
+    limit = StepTimeLimit(4.0)  # a step may take 1 s
+    assert limit.seconds == 4.0 / STEPS_PER_TRIAL
+    assert limit.answer([timed(8, 0.1), timed(64, 0.5)]) is None  # nothing slow yet: the fit goes on
+    answer = limit.answer([timed(8, 0.1), timed(64, 0.5), timed(256, 2.0)])
+    assert answer.limited_by == "step time" and answer.batch_size == 128  # 64 + 192 * (0.5 / 1.5)
+    assert "batch 256 fits in memory but one step takes 2.00 s" in answer.notes[0]
+
+
+def test_when_every_probe_is_slow_the_ceiling_scales_the_smallest_down():
+    answer = StepTimeLimit(1.0).answer([timed(8, 1.0)])  # a step may take 0.25 s
+    assert answer.batch_size == 2 and answer.limited_by == "step time"
+
+
+def test_the_answer_never_reaches_the_slow_size_nor_falls_under_the_quick_one():
+    limit = StepTimeLimit(4.0)
+    assert limit.answer([timed(100, 0.999), timed(101, 5.0)]).batch_size == 100
+    assert limit.answer([timed(100, 0.5), timed(101, 1.0001)]).batch_size == 100  # never the slow 101
+
+
+class CurveExecutor:
+    """Runs the planner's sizes on a synthetic memory curve and step-time line, as the worker executor would."""
+
+    def __init__(self, budget, memory, step_seconds):
+        self.budget, self.memory, self.step_seconds, self.sizes = budget, memory, step_seconds, []
+
+    def run(self, first, decide):
+        batch = first.batch_size
+        self.sizes.append(batch)
+        need = self.memory(batch)
+        if need > self.budget.oom_at:
+            return decide(Probe(batch, fits=False, oom=True))
+        return decide(Probe(batch, fits=self.budget.fits(need), peak_memory_bytes=need,
+                            throughput=batch / self.step_seconds(batch)))
+
+
+def fit(step_seconds, limit):
+    budget = Budget("device_peak", 4 * GIB, 0.0)
+    executor = CurveExecutor(budget, lambda b: GIB + 2 * MIB * b, step_seconds)
+    answer = run_plan(Planner(budget, ceiling=100_000, resident_slope=False), executor, [], limit)
+    return answer, executor.sizes
+
+
+def test_the_fit_stops_at_the_first_slow_probe_instead_of_probing_the_memory_edge():
+    plain, plain_sizes = fit(lambda b: 0.001 * b, None)
+    assert plain.limited_by == "memory" and plain.batch_size > 1400  # (4 GiB - 1 GiB) / 2 MiB = 1536
+    answer, sizes = fit(lambda b: 0.001 * b, StepTimeLimit(1.2))  # a step may take 0.3 s: batch 300
+    assert answer.limited_by == "step time" and 256 <= answer.batch_size <= 300
+    assert sum(1 for size in sizes if 0.001 * size > 0.3) == 1  # one slow probe, then the answer
+    assert len(sizes) < len(plain_sizes)
+    unbound, _ = fit(lambda b: 0.001 * b, StepTimeLimit(60.0))  # no step comes near 15 s: memory decides
+    assert unbound == plain
+
+
+def test_a_stored_fit_is_read_under_each_limit_or_refitted():
+    probes = [{"batch_size": b, "fits": True, "throughput": b / (0.001 * b)} for b in (8, 64, 512, 1500)]
+    memory = {"batch_size": 1500, "limited_by": "memory", "probes": probes}
+    assert capped_record(memory, None) == memory
+    assert capped_record(memory, StepTimeLimit(60.0)) == memory  # no probe was slow: memory decides
+    lowered = capped_record(memory, StepTimeLimit(1.2))
+    assert lowered["limited_by"] == "step time" and 256 <= lowered["batch_size"] <= 300
+    assert lowered["step_time_limit"] == pytest.approx(0.3)
+    assert capped_record(lowered, StepTimeLimit(1.2))["batch_size"] == lowered["batch_size"]
+    assert capped_record(lowered, StepTimeLimit(0.4))["batch_size"] < lowered["batch_size"]  # still in its probes
+    short = {**lowered, "probes": probes[:3]}  # fitted under 0.3 s a step: stopped at 512
+    assert capped_record(short, StepTimeLimit(4.0)) is None  # a longer step is past its probes: fit again
+    assert capped_record(short, None) is None  # and a study counted in steps needs the memory edge
+
+
+def test_tune_bounds_the_ceiling_by_the_trial_budget_and_the_cache_keeps_both(tmp_path):
+    """A real torch model whose step grows with the batch (0.2-1 s at 2000, tens of ms at 64 on this CPU):
+    with 1.6 s trials the fit stops at its first probe over 0.4 s, below the whole training set; a study
+    counted in steps fits on to the dataset, and a second time-budgeted study reuses that fit's probes."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    common = dict(n_trials=1, range_test=False, confirm=0, storage=storage)
+    autotune.tune(COMPUTE_BOUND, study_name="timed", trial_time=1.6, **common)
+    record = optuna.load_study(study_name="timed", storage=storage).user_attrs[ceiling_key("torch", _cpu())]
+    assert record["limited_by"] == "step time" and record["batch_size"] < 2000, record
+    slow = [p for p in record["probes"] if p["throughput"] and p["batch_size"] / p["throughput"] > 0.4]
+    assert len(slow) == 1 and max(p["batch_size"] for p in record["probes"]) == slow[0]["batch_size"]
+    assert "fits in memory but one step takes" in record["notes"][0]
+
+    autotune.tune(COMPUTE_BOUND, study_name="steps", trial_steps=2, **common)
+    whole = optuna.load_study(study_name="steps", storage=storage).user_attrs[ceiling_key("torch", _cpu())]
+    assert whole["limited_by"] == "dataset" and "cached" not in whole  # the step-time fit could not serve
+
+    autotune.tune(COMPUTE_BOUND, study_name="again", trial_time=1.6, **common)
+    again = optuna.load_study(study_name="again", storage=storage).user_attrs[ceiling_key("torch", _cpu())]
+    assert again["cached"] and again["limited_by"] == "step time" and again["batch_size"] < 2000
+
+
+def _cpu():
+    from autotune.backends import get_backend
+
+    return get_backend("torch").resolve_device("cpu")
+
