@@ -21,7 +21,7 @@ from autotune.backends import get_backend
 from autotune.backends.base import PRECISIONS
 from autotune.errors import AutotuneError, DeviceError
 from autotune.peak import cache_path as peak_cache_path
-from autotune.runner import run_here, run_in_worker, warm_up_server
+from autotune.runner import run_here, run_in_worker, warm_up_for, warm_up_server
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, CpuContention, percentile
 
@@ -292,6 +292,7 @@ def bench(
         raise BenchError(f"budget must be a finite number of seconds above 0, got {budget!r}")
     if isolation not in ("process", "none"):
         raise BenchError(f"isolation must be 'process' or 'none', got {isolation!r}")
+    warm_up_for(task, isolation=isolation)
     task = load_task(task)
     backend = get_backend(task.backend)
     modes, skipped = plan_modes(backend, devices, precisions, compile_modes)

@@ -160,16 +160,35 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 
 # --------------------------------------------------------------------------------------------- server side
 
+FILE_PRELOAD = "autotune-file:"
+"""A preload entry that names a task file whose imports to import (`autotune.task.preload_file`)."""
+
+
 def serve(control_fd: int, preload: Sequence[str]) -> None:
     """The server's loop: import ``preload``, then fork a worker per request until the control socket closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides what Ctrl-C means
     import importlib
 
-    for module in preload:
-        try:
-            importlib.import_module(module)
-        except ImportError:  # a task's sibling module, importable only once the task is loaded
-            pass
+    # What the imports print (a framework's load-time notices) is not shown: a worker that needs a module says
+    # what is wrong with it itself, and the notices would repeat for every server
+    saved_stderr = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        for module in preload:
+            if module.startswith(FILE_PRELOAD):  # `autotune.task.preload_entry`: what a task file imports
+                from autotune.task import preload_file
+
+                preload_file(module)
+                continue
+            try:
+                importlib.import_module(module)
+            except ImportError:  # a task's sibling module, importable only once the task is loaded
+                pass
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
     control = socket.socket(fileno=control_fd)
     children: dict[int, int] = {}  # pid -> write end of its status pipe
 

@@ -21,7 +21,7 @@ from autotune.fitting.model import MemoryModel, Probe
 from autotune.fitting.planner import MAX_PROBES, Planner
 from autotune.fitting.result import BatchFit, result_of, run_plan
 from autotune.fitting.step_time import StepTimeLimit
-from autotune.runner import warm_up_server
+from autotune.runner import warm_up_for, warm_up_server
 from autotune.task import Task, load_task, task_handle
 
 __all__ = ["DEFAULT_MARGIN", "MAX_PROBES", "BatchFit", "MemoryModel", "Probe", "fit_batch_size", "run_plan",
@@ -63,6 +63,7 @@ def fit_batch_size(
     """
     started = time.perf_counter()
     say = progress or (lambda _message: None)
+    warm_up_for(task, isolation=isolation)
     task = load_task(task)
     backend = get_backend(task.backend)
     target = backend.resolve_device(device)

@@ -80,6 +80,17 @@ def _forking() -> bool:
     return sys.platform.startswith("linux")
 
 
+def warm_up_for(task: Any, *, isolation: str = "process") -> None:
+    """`warm_up_server` for the task named by ``task`` (a reference string), before this process loads it: the
+    server loads the task and its framework meanwhile (a Task object, or no workers: nothing to do)."""
+    if isolation == "process" and isinstance(task, str) and task.strip():
+        from autotune.task import preload_entry
+
+        entry = preload_entry(task)
+        if entry is not None:
+            warm_up_server((entry,))
+
+
 def warm_up_server(preload: Sequence[str]) -> None:
     """Start the fork server for ``preload`` now: it imports the framework while the caller does other work,
     and the first worker starts without waiting for it (the server's start does not block)."""

@@ -33,7 +33,7 @@ from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
 from autotune.reconnect import STORAGE_RETRY_SECONDS
 from autotune.records import TrialRecord, read as read_record
-from autotune.runner import Worker, run_here
+from autotune.runner import Worker, run_here, warm_up_for
 from autotune.scoped import quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
@@ -267,6 +267,7 @@ def tune(
         raise AutotuneError(f"memory_share must be a positive number of workers, got {memory_share!r}")
     if isolation not in ("process", "none"):
         raise AutotuneError(f"isolation must be 'process' or 'none', got {isolation!r}")
+    warm_up_for(task, isolation=isolation)  # the workers' server loads the task while this process does
     task = load_task(task)
     backend = get_backend(task.backend)
     target = backend.resolve_device(device)

@@ -196,10 +196,75 @@ def load_task(reference: str | Task) -> Task:
     if not task.imports:
         task.imports = _imported_by(module)
     if task.reference is None:
-        task.reference = f"{_absolute(target)}:{attr}" if target.endswith(".py") else f"{target}:{attr}"
+        task.reference = canonical_reference(reference.strip())
         if task.name in (None, getattr(task.model, "__name__", None)):
             task.name = reference
     return task
+
+
+def canonical_reference(reference: str) -> str:
+    """``reference`` as `load_task` stores it in ``Task.reference``: a file by its absolute path, ``:task`` named."""
+    target, attr = _split_reference(reference)
+    return f"{_absolute(target)}:{attr}" if target.endswith(".py") else f"{target}:{attr}"
+
+
+def preload_entry(reference: str) -> str | None:
+    """The fork server's preload entry for the task file at ``reference`` (None for a module reference): known
+    before the task is loaded, so that the server imports what the file imports while this process loads it."""
+    target, _attr = _split_reference(reference.strip())
+    if not target.endswith(".py"):
+        return None
+    from autotune.forkserver import FILE_PRELOAD
+
+    return FILE_PRELOAD + _absolute(target)
+
+
+def preload_file(entry: str) -> None:
+    """In a fork server: import what a task file imports at its top level (read, not run: running it could start
+    a framework's runtime, whose threads a fork does not copy), its backend's modules first
+    (`Backend.preload_modules`); names a ``from`` statement takes are looked up, for packages that load lazily."""
+    from autotune.backends import backend_for_modules, preload_modules_of
+    from autotune.forkserver import FILE_PRELOAD
+
+    path = entry[len(FILE_PRELOAD):]
+    imports = file_imports(path)
+    folder = str(Path(path).parent)
+    if folder not in sys.path:  # its sibling modules, as `load_task` finds them
+        sys.path.insert(0, folder)
+    try:
+        backend = backend_for_modules([module for module, _name in imports])
+        first = [] if backend is None else [(module, None) for module in preload_modules_of(backend)]
+    except Exception:  # noqa: BLE001 - a backend that does not import: the worker's own get_backend says why
+        first = []
+    for module, name in [*first, *imports]:
+        try:
+            imported = importlib.import_module(module)
+            if name is not None:
+                getattr(imported, name, None)
+        except Exception:  # noqa: BLE001 - a sibling module of the task, or a broken one: the worker says
+            pass
+
+
+def file_imports(path: str) -> list[tuple[str, str | None]]:
+    """``(module, name)`` for each top-level import of the file at ``path`` (``name`` None for ``import m``),
+    inside top-level ``try`` blocks too; relative imports left out. Empty where the file cannot be read."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    found: list[tuple[str, str | None]] = []
+    statements = list(tree.body)
+    while statements:
+        node = statements.pop(0)
+        if isinstance(node, ast.Try):
+            statements[:0] = [*node.body, *[n for handler in node.handlers for n in handler.body]]
+        elif isinstance(node, ast.Import):
+            found.extend((alias.name, None) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.extend((node.module, alias.name) for alias in node.names if alias.name != "*")
+    return found
 
 
 def _imported_by(module: Any) -> tuple[str, ...]:

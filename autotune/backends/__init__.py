@@ -39,6 +39,8 @@ _REGISTRY: dict[str, BackendEntry] = {}
 _ALIASES: dict[str, str] = {}
 _INSTANCES: dict[str, "Backend"] = {}
 _PLUGINS_LOADED = False
+_DECLARED: set[str] = set()  # built in or from an entry point: every process, a fork server too, knows them
+_DECLARING = True  # while the built-ins and the entry points register
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -60,15 +62,17 @@ def register_backend(name: str, *, class_path: str, framework: str, install_hint
     entry = BackendEntry(key, class_path, framework, install_hint, default_space,
                          tuple(alias.strip().lower() for alias in aliases))
     _REGISTRY[key] = entry
+    if _DECLARING:
+        _DECLARED.add(key)
     _INSTANCES.pop(key, None)
     for alias in entry.aliases:
         _ALIASES[alias] = key
 
 
 def _registry() -> dict[str, BackendEntry]:
-    global _PLUGINS_LOADED
+    global _PLUGINS_LOADED, _DECLARING
     if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
+        _PLUGINS_LOADED = _DECLARING = True
         try:
             points = list(importlib.metadata.entry_points(group="autotune.backends"))
         except Exception:  # a broken third-party distribution must not break the built-in backends
@@ -78,6 +82,7 @@ def _registry() -> dict[str, BackendEntry]:
                 point.load()()
             except Exception:  # likewise: that plugin is missing, the others stay
                 pass
+        _DECLARING = False
     return _REGISTRY
 
 
@@ -115,6 +120,16 @@ def framework_module(name: str) -> str:
     return backend_entry(name).framework
 
 
+def backend_for_modules(modules: Sequence[str]) -> str | None:
+    """The one backend whose framework (by its import name or an alias, as ``keras``) or own module is among
+    ``modules`` (what a task file imports); None where none is, or more than one. Only backends every process
+    knows (built in, or from an entry point) count: a fork server does not see one registered in code."""
+    tops = {module.split(".")[0] for module in modules}
+    found = {name for name, entry in _registry().items() if name in _DECLARED and (
+        entry.framework in tops or tops & set(entry.aliases) or entry.class_path.partition(":")[0] in modules)}
+    return found.pop() if len(found) == 1 else None
+
+
 def default_space_file(name: str) -> Any:
     """The default search space of backend ``name`` as a readable file (``read_text``, ``is_file``).
 
@@ -141,6 +156,21 @@ def get_backend(name: str) -> "Backend":
     entry = _registry()[key]
     if importlib.util.find_spec(entry.framework) is None:
         raise BackendNotInstalled(f"backend {key!r} is not installed: {entry.install_hint}")
+    instance = _backend_class(key)()
+    _INSTANCES[key] = instance
+    return instance
+
+
+def preload_modules_of(name: str) -> Sequence[str]:
+    """`Backend.preload_modules` of backend ``name``, read without creating the backend: a process that creates
+    it runs its set-up (the TensorFlow backend's under a worker's memory cap), which a fork server must leave to
+    each worker."""
+    cls = _backend_class(canonical_backend_name(name))
+    return cls.preload_modules(object.__new__(cls))
+
+
+def _backend_class(key: str) -> Any:
+    entry = _registry()[key]
     module_name, _, class_name = entry.class_path.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -148,9 +178,7 @@ def get_backend(name: str) -> "Backend":
         raise BackendNotInstalled(
             f"backend {key!r} failed to import ({type(exc).__name__}: {exc}): reinstall with {entry.install_hint}"
         ) from None
-    instance = getattr(module, class_name)()
-    _INSTANCES[key] = instance
-    return instance
+    return getattr(module, class_name)
 
 
 register_backend("torch", class_path="autotune.backends.torch:TorchBackend", framework="torch",
@@ -162,3 +190,5 @@ register_backend("tensorflow", class_path="autotune.backends.tensorflow:TensorFl
 register_backend("mindspore", class_path="autotune.backends.mindspore:MindSporeBackend", framework="mindspore",
                  install_hint="pip install 'autotune[mindspore]'",
                  default_space="autotune.search_spaces:mindspore.yaml", aliases=("ms",))
+
+_DECLARING = False  # from here on, only `_registry` declares (the entry points)

@@ -211,8 +211,17 @@ class Backend(abc.ABC):
         return ()
 
     def worker_preload(self, task: Any) -> tuple[str, ...]:
-        """What a worker for ``task`` imports before its memory cap: the framework's modules and the task's own
-        (a worker that imports them after the cap maps more, and its largest batch sits a few samples lower)."""
+        """What a worker for ``task`` imports before its memory cap, in its fork server (a worker that imports
+        after the cap maps more, and its largest batch sits a few samples lower): the framework's modules and the
+        task's own. A task file's imports are read from the file (`autotune.task.preload_entry`), so that the
+        server can start on them before this process has loaded the task."""
+        from autotune.backends import backend_for_modules
+        from autotune.task import file_imports, preload_entry
+
+        entry = preload_entry(task.reference) if task.reference else None
+        if entry is not None and backend_for_modules(
+                [module for module, _name in file_imports(task.reference.rpartition(":")[0])]) == self.name:
+            return (entry,)  # the server finds this backend from the file, as this process does
         return (*self.preload_modules(), *task.imports)
 
     compile_name: ClassVar[str] = "compilation"
