@@ -280,11 +280,13 @@ def cmd_studies(args: argparse.Namespace) -> int:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         counts = {state: sum(1 for t in trials if shown_state(t) == state)
-                  for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+                  for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "SURPLUS")}
         objective = summary.user_attrs.get("objective", "?")
         best = summary.best_trial.values[0] if summary.best_trial is not None and summary.best_trial.values else None
+        # a surplus trial never ran: it is not among the trials a person counts
         rows.append({"study": summary.study_name, "objective": objective, "backend": summary.user_attrs.get("backend"),
-                     "trials": len(trials), **{k.lower(): v for k, v in counts.items()}, "best": best})
+                     "trials": len(trials) - counts["SURPLUS"], **{k.lower(): v for k, v in counts.items()},
+                     "best": best})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
