@@ -60,8 +60,8 @@ class ProgressDisplay:
 
     @staticmethod
     def warn(event: dict[str, Any]) -> None:
-        """A line that must be seen even with --quiet or --json (a study that fell short)."""
-        if event["event"] == "shortfall":
+        """A line that must be seen even with --quiet or --json (a study that fell short, a risky setting)."""
+        if event["event"] in ("shortfall", "warning"):
             print(f"autotune: warning: {event['message']}", file=sys.stderr, flush=True)
 
     def _trial(self, event: dict[str, Any]) -> None:
@@ -109,7 +109,7 @@ def register(sub: Any) -> None:
     tune.add_argument("--search-space", help="YAML file narrowing or extending the backend's default space")
     tune.add_argument("--study", help="study name (default: from the task); an existing one is resumed")
     _add_storage(tune)
-    tune.add_argument("--storage-retry", type=_seconds_or_zero, default=STORAGE_RETRY_SECONDS, metavar="SECONDS",
+    tune.add_argument("--storage-retry", type=_seconds_or_zero, metavar="SECONDS",
                       help="on a database server, wait this long for a lost server to come back before stopping "
                            f"(default {STORAGE_RETRY_SECONDS:g}; 0: stop at once)")
     tune.add_argument("--seed", type=int, default=0)

@@ -30,13 +30,12 @@ from autotune.memory import DEFAULT_MARGIN
 from autotune.narrowing import narrow_learning_rates
 from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
-from autotune.reconnect import STORAGE_RETRY_SECONDS
 from autotune.records import TrialRecord, read as read_record
 from autotune.runner import Worker, run_here
 from autotune.scoped import quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
-from autotune.storage import open_storage, redact
+from autotune.storage import open_storage, redact, retry_outlasts_grace
 from autotune.study_open import OBJECTIVES, REPORTS, check_objective, describe_new_study, open_study, resume_space
 from autotune.task import Task, load_task, task_handle
 from autotune.trial import check_contract, run_trial
@@ -211,7 +210,7 @@ def tune(
     space_overrides: Mapping[str, Any] | None = None,
     study_name: str | None = None,
     storage: str | None = None,
-    storage_retry: float = STORAGE_RETRY_SECONDS,
+    storage_retry: float | None = None,
     seed: int = 0,
     memory_limit: int | None = None,
     margin: float = DEFAULT_MARGIN,
@@ -237,7 +236,9 @@ def tune(
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
     earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
-    On a database server, a lost connection waits up to ``storage_retry`` seconds for the server to return.
+    On a database server, a lost connection waits up to ``storage_retry`` seconds for the server to return
+    (None: `autotune.storage.retry_window`'s default, under the heartbeat's grace less one beat; an explicit
+    longer one beside an explicit ``heartbeat`` is said as a ``warning`` event).
     ``global_batch``: every trial trains at that batch, in micro-batches with gradient accumulation where it
     exceeds the ceiling; ``device="auto"``: the device, precision and compilation mode (among the space's
     choices) that bench measures fastest within a trial's budget (`autotune.bench.auto_device`); trials run in
@@ -253,7 +254,7 @@ def tune(
     """
     say = progress or (lambda _event: None)
     timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
-    if storage_retry != 0:  # 0: stop at once
+    if storage_retry not in (None, 0):  # 0: stop at once
         storage_retry = seconds("--storage-retry", storage_retry) or 0.0
     deadline = Deadline(timeout)
     check_objective(objective)
@@ -295,6 +296,10 @@ def tune(
         if worker is not None and target.kind != "cpu":
             worker.close()  # started again for the range test; it must hold no device memory during the fit
         beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
+        clash = retry_outlasts_grace(storage, **beat, retry=storage_retry) if beat and storage_retry is not None \
+            else None
+        if clash:
+            say({"event": "warning", "message": clash})
         store = open_storage(storage, retry=storage_retry, **beat)
         name = study_name or _study_name(task)
         study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
