@@ -116,6 +116,7 @@ def register(sub: Any) -> None:
     tune.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (CPU: each trial process is "
                       "capped to it); with --devices cpu*N the budget of all N workers together: each gets 1/N")
     tune.add_argument("--memory-share", type=_positive_int, default=1, help=argparse.SUPPRESS)  # set by --devices
+    tune.add_argument("--memory-whole", type=_size, help=argparse.SUPPRESS)  # the RAM the --devices workers split
     tune.add_argument("--in-process", action="store_true", help="run trials in this process (no isolation)")
     tune.add_argument("--no-range-test", action="store_true", help="skip the learning-rate range test")
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
@@ -224,7 +225,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
             refit=args.refit, global_batch=args.global_batch, progress=progress, confirm=args.confirm,
-            memory_share=args.memory_share,
+            memory_share=args.memory_share, memory_whole=args.memory_whole,
         )
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)

@@ -224,6 +224,7 @@ def tune(
     global_batch: int | None = None,
     confirm: int = DEFAULT_CONFIRM,
     memory_share: int = 1,
+    memory_whole: int | None = None,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
@@ -248,6 +249,8 @@ def tune(
     ``memory_share``: on the CPU, this many workers share the host's RAM (``--devices cpu*N``): this one's budget
     is ``memory_limit`` (or the available RAM) divided by it, the ceiling is fitted under that share and its trial
     workers are capped to it, so that the workers at their ceilings together stay within the whole.
+    ``memory_whole``: without ``memory_limit``, the available RAM the workers split, read once for all of them
+    (`autotune.parallel`); None: read here.
 
     The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
     and fails them.
@@ -265,6 +268,9 @@ def tune(
         raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
     if isinstance(memory_share, bool) or not isinstance(memory_share, int) or memory_share < 1:
         raise AutotuneError(f"memory_share must be a positive number of workers, got {memory_share!r}")
+    if memory_whole is not None and (isinstance(memory_whole, bool) or not isinstance(memory_whole, int)
+                                     or memory_whole < 1):
+        raise AutotuneError(f"memory_whole must be a positive number of bytes, got {memory_whole!r}")
     if isolation not in ("process", "none"):
         raise AutotuneError(f"isolation must be 'process' or 'none', got {isolation!r}")
     task = load_task(task)
@@ -286,7 +292,7 @@ def tune(
     for precision in space.precisions:  # one line before a study exists, for a precision the device lacks
         check_precision(backend, target, precision, ": drop it from precision.choices in the search space")
     share = memory_share if target.kind == "cpu" else 1  # accelerators each have their own memory
-    given_limit, memory_limit = memory_limit, _share_of(memory_limit, target, share)
+    given_limit, memory_limit = memory_limit, _share_of(memory_limit, target, share, memory_whole)
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     # one worker checks the model against its data, then runs the range test and trial after trial (a failed
     # trial's worker is replaced); on an accelerator it is closed during the fit, which measures device memory
@@ -437,11 +443,12 @@ class ModelDoesNotLearn(AutotuneError):
         self.result = result
 
 
-def _share_of(memory_limit: int | None, device: Any, share: int) -> int | None:
-    """One of ``share`` workers' memory budget on ``device``: the limit given, or its available memory, split."""
+def _share_of(memory_limit: int | None, device: Any, share: int, available: int | None = None) -> int | None:
+    """One of ``share`` workers' memory budget on ``device``: the limit given, else the ``available`` memory read
+    for all the workers (else its available memory now), split."""
     if share == 1:
         return memory_limit
-    whole = memory_limit or device.memory_free
+    whole = memory_limit or available or device.memory_free
     if not whole:
         raise AutotuneError(f"cannot split the memory of {device.id} between {share} workers: its available memory "
                             "is unknown; give --memory-limit (the budget of all the workers together)")
