@@ -323,7 +323,7 @@ def bench(
         if outcome.kind == "fatal":
             raise AutotuneError(outcome.message)
         row: dict[str, Any] = {"mode": mode.label, **dataclasses.asdict(mode), "batch_size": batch,
-                               "batch_is_ceiling": batch_size == "ceiling", "ok": outcome.ok}
+                               "ok": outcome.ok}
         if outcome.ok:
             row.update(outcome.value)
         else:
@@ -351,22 +351,6 @@ def _batches(task: Task, modes: list[Mode], batch_size: int | str | None, n_trai
         return fitted
     size = batch_size if isinstance(batch_size, int) else min(DEFAULT_BATCH, n_train)
     return {key: size for key in keys}
-
-
-def choose_device(
-    task: Task | str,
-    *,
-    seconds: float = 1.0,
-    batch_size: int | None = None,
-    isolation: str = "process",
-    progress: Callable[[str], None] | None = None,
-) -> tuple[str, str, BenchResult | None]:
-    """``--device auto`` for fit-batch and bench: the device with the best measured fp32 eager training
-    throughput for ``task``, why, and the bench table it was read from (None when the backend sees a single
-    device, which is then the answer). See `choose_mode`."""
-    chosen = choose_mode(task, precisions=["fp32"], compile_modes=[False], seconds=seconds, batch_size=batch_size,
-                         isolation=isolation, progress=progress)
-    return chosen["device"], chosen["why"], chosen["table"]
 
 
 def choose_mode(

@@ -61,8 +61,8 @@ class ProgressDisplay:
 
     @staticmethod
     def warn(event: dict[str, Any]) -> None:
-        """A line that must be seen even with --quiet or --json (a study that fell short)."""
-        if event["event"] == "shortfall":
+        """A line that must be seen even with --quiet or --json (a study that fell short, a risky setting)."""
+        if event["event"] in ("shortfall", "warning"):
             print(f"autotune: warning: {event['message']}", file=sys.stderr, flush=True)
 
     def _trial(self, event: dict[str, Any]) -> None:
@@ -110,13 +110,14 @@ def register(sub: Any) -> None:
     tune.add_argument("--search-space", help="YAML file narrowing or extending the backend's default space")
     tune.add_argument("--study", help="study name (default: from the task); an existing one is resumed")
     _add_storage(tune)
-    tune.add_argument("--storage-retry", type=_seconds_or_zero, default=STORAGE_RETRY_SECONDS, metavar="SECONDS",
+    tune.add_argument("--storage-retry", type=_seconds_or_zero, metavar="SECONDS",
                       help="on a database server, wait this long for a lost server to come back before stopping "
                            f"(default {STORAGE_RETRY_SECONDS:g}; 0: stop at once)")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--memory-limit", type=_size, help="memory budget such as 2GiB (CPU: each trial process is "
                       "capped to it); with --devices cpu*N the budget of all N workers together: each gets 1/N")
     tune.add_argument("--memory-share", type=_positive_int, default=1, help=argparse.SUPPRESS)  # set by --devices
+    tune.add_argument("--memory-whole", type=_size, help=argparse.SUPPRESS)  # the RAM the --devices workers split
     tune.add_argument("--in-process", action="store_true", help="run trials in this process (no isolation)")
     tune.add_argument("--no-range-test", action="store_true", help="skip the learning-rate range test")
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
@@ -225,7 +226,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             isolation="none" if args.in_process else "process", range_test=not args.no_range_test,
             pruning=not args.no_pruning, trial_timeout=args.trial_timeout, heartbeat=args.heartbeat,
             refit=args.refit, global_batch=args.global_batch, progress=progress, confirm=args.confirm,
-            memory_share=args.memory_share,
+            memory_share=args.memory_share, memory_whole=args.memory_whole,
         )
     except ModelDoesNotLearn as exc:
         print(f"autotune: {exc}", file=sys.stderr)
@@ -281,11 +282,13 @@ def cmd_studies(args: argparse.Namespace) -> int:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         counts = {state: sum(1 for t in trials if shown_state(t) == state)
-                  for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+                  for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "SURPLUS")}
         objective = summary.user_attrs.get("objective", "?")
         best = summary.best_trial.values[0] if summary.best_trial is not None and summary.best_trial.values else None
+        # a surplus trial never ran: it is not among the trials a person counts
         rows.append({"study": summary.study_name, "objective": objective, "backend": summary.user_attrs.get("backend"),
-                     "trials": len(trials), **{k.lower(): v for k, v in counts.items()}, "best": best})
+                     "trials": len(trials) - counts["SURPLUS"], **{k.lower(): v for k, v in counts.items()},
+                     "best": best})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

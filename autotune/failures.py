@@ -5,6 +5,10 @@ crashes, hangs or raises was drawn again and again. A trial that fails because o
 therefore stored as PRUNED with a violated constraint (``Trial.set_constraint``), which TPE ranks below every
 feasible trial, and with a ``failure`` user attribute saying why. It does not count as finished (it trained
 nothing), and every display shows it as FAIL: PRUNED is only the form the sampler can read.
+
+A *surplus* trial is no failure: with an exact ``--trials`` across processes, a trial created while the others
+already filled the count is stored FAIL unrun (Optuna has no state for "never ran"). No failure count, summary
+or shortfall includes it; displays show it as SURPLUS.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ INFEASIBLE_KINDS = ("crash", "timeout", "error", "oom")
 """Worker outcomes that say the configuration cannot run here: the sampler must steer away from them."""
 UNFINISHED_KINDS = ("crash", "timeout", "error")
 """Of those, the ones that do not count towards ``--trials`` (an OOM prunes as before and counts)."""
+SURPLUS = "surplus"
+"""The start of a surplus trial's ``failure`` attribute (``surplus: ...``): the one mark of such a trial."""
 _CONSTRAINT = "runs"
 
 
@@ -31,14 +37,24 @@ def mark_infeasible(trial: optuna.Trial, kind: str, message: str) -> None:
     trial.set_constraint(_CONSTRAINT, 1.0)
 
 
+def surplus(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether ``trial`` was created over an exact ``--trials`` count and stored FAIL without running."""
+    return (trial.state == optuna.trial.TrialState.FAIL
+            and str(trial.user_attrs.get("failure") or "").startswith(f"{SURPLUS}:"))
+
+
 def failed(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether ``trial`` failed: a FAIL state, or a configuration failure stored as infeasible."""
-    return trial.state == optuna.trial.TrialState.FAIL or trial.user_attrs.get("failure_kind") in UNFINISHED_KINDS
+    """Whether ``trial`` failed: a FAIL state (a surplus trial's aside), or a configuration failure stored as
+    infeasible."""
+    if trial.state == optuna.trial.TrialState.FAIL:
+        return not surplus(trial)
+    return trial.user_attrs.get("failure_kind") in UNFINISHED_KINDS
 
 
 def shown_state(trial: optuna.trial.FrozenTrial) -> str:
-    """The state to show a person: FAIL for a failed trial, whatever form the sampler reads it in."""
-    return "FAIL" if failed(trial) else trial.state.name
+    """The state to show a person: FAIL for a failed trial, whatever form the sampler reads it in; SURPLUS for
+    one that never ran."""
+    return "SURPLUS" if surplus(trial) else "FAIL" if failed(trial) else trial.state.name
 
 
 def finished(trials: Iterable[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

@@ -4,12 +4,13 @@ Each child is the single-device study loop (`autotune.study.tune` behind ``autot
 the same storage and study, so everything one process guarantees holds for each: its trials stored with their
 owner, a ceiling fitted once per device kind and shared through the study (`autotune.shared`), per-trial seeds
 and TPE's constant liar so that concurrent trials differ. CPU workers share the host's RAM: each gets 1/N of
-the budget (``--memory-limit``, else the available RAM; ``--memory-share N`` to the child), and their ceiling,
-fitted under that share by the first of them, is kept apart from a whole-memory one. A child that dies takes
-only its running trial down (failed by the heartbeat, or by the orphan check here once it is gone); the others
-go on until the study has ``--trials`` finished trials. On the CPU the cores are split between the workers and
-each is pinned to its share (``sched_setaffinity``, inherited by its trial workers) with thread counts to match,
-so that workers do not compete for the same cores and each one's throughput is that of its share.
+the budget (``--memory-limit``, else the available RAM read once here; ``--memory-share N`` to the child), and
+their ceiling, fitted under that share by the first of them, is kept apart from a whole-memory one. A child
+that dies takes only its running trial down (failed by the heartbeat, or by the orphan check here once it is
+gone); the others go on until the study has ``--trials`` finished trials. On the CPU the cores are split
+between the workers and each is pinned to its share (``sched_setaffinity``, inherited by its trial workers) with
+thread counts to match, so that workers do not compete for the same cores and each one's throughput is that of
+its share.
 """
 
 from __future__ import annotations
@@ -143,6 +144,31 @@ def _started(slot: Any) -> subprocess.Popen:
     return slot.process
 
 
+def shared_arguments(args: argparse.Namespace, task: Any, slots: Sequence[Slot], argv: Sequence[str],
+                     backend: Any) -> list[str]:
+    """``argv`` with what every worker must be given alike: the study's name (``args.study`` set to it too) and,
+    for N CPU workers, ``--memory-share N`` and, without ``--memory-limit``, ``--memory-whole`` (the available RAM
+    read once here: each worker reading it itself would read it at its own moment, after the others took some,
+    and their shares would differ). Not ``--memory-limit``: that is the user's bound, part of the ceiling's
+    cache key, and a moment's reading there would make every run fit again."""
+    out = list(argv)
+    if not args.study:  # every worker must name the same study; the default name comes from the task
+        from autotune.study import _study_name
+
+        args.study = _study_name(task)
+        out += ["--study", args.study]
+    cpu_workers = sum(1 for slot in slots if slot.device == "cpu")
+    if cpu_workers > 1:  # they share the RAM: each fits its ceiling to, and is capped at, its share of the budget
+        out += ["--memory-share", str(cpu_workers)]
+        if not args.memory_limit:
+            whole = backend.resolve_device("cpu").memory_free
+            if not whole:
+                raise AutotuneError(f"cannot split the RAM between {cpu_workers} workers: its available amount is "
+                                    "unknown; give --memory-limit (the budget of all the workers together)")
+            out += ["--memory-whole", str(int(whole))]
+    return out
+
+
 def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) -> int:
     """``autotune tune --devices``: start the workers, wait for them, fail what a dead one left running, and
     print each worker's figures and the study's result. The exit code is the best of the workers'."""
@@ -151,16 +177,10 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
 
     if args.device:
         raise AutotuneError("give --device or --devices, not both")
-    slots = plan_slots(args.devices, get_backend(task.backend))
+    backend = get_backend(task.backend)
+    slots = plan_slots(args.devices, backend)
     check_task_data(task)  # bad data: one line here, not one per worker
-    if not args.study:  # every worker must name the same study; the default name comes from the task
-        from autotune.study import _study_name
-
-        argv = [*argv, "--study", _study_name(task)]
-        args.study = _study_name(task)
-    cpu_workers = sum(1 for slot in slots if slot.device == "cpu")
-    if cpu_workers > 1:  # they share the RAM: each fits its ceiling to, and is capped at, its share of the budget
-        argv = [*argv, "--memory-share", str(cpu_workers)]
+    argv = shared_arguments(args, task, slots, argv, backend)
     quiet = args.quiet or args.json
     outputs: dict[str, list[str]] = {slot.label: [] for slot in slots}
     relays = []

@@ -27,7 +27,7 @@ from autotune.redact import redact, url_secrets
 STORAGE_RETRY_SECONDS = 20.0
 """How long a run waits for a lost database server by default (``--storage-retry``): under the heartbeat's
 grace less one beat (`autotune.storage`: 30 - 10 s), so that after an outage this long no process finds another's
-running trial stale and fails it."""
+running trial stale and fails it. A shorter heartbeat cuts it (`autotune.storage.retry_window`)."""
 _PAUSE = 1.0
 """Seconds between attempts: a restarting server takes about that to accept connections again."""
 _RETRIED = (

@@ -32,7 +32,7 @@ class TrialRecord:
     number: int
     state: str
     """``complete``, ``pruned``, ``failed`` (configuration failures stored PRUNED for the sampler included),
-    ``running`` or ``waiting``."""
+    ``running``, ``waiting`` or ``surplus`` (created over an exact ``--trials``, never ran: no failure)."""
     config: Mapping[str, Any]
     measured: Mapping[str, Any]
     history: list[tuple[int, float, float]]
@@ -80,7 +80,7 @@ class TrialRecord:
 def read(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any] | None = None) -> TrialRecord:
     """The record of a stored trial; with its study's attributes, a heartbeat failure's reason too (stored there,
     as the trial can no longer be written when Optuna fails it: `autotune.storage.stale_reason`)."""
-    from autotune.failures import failed, reason
+    from autotune.failures import failed, reason, surplus
 
     attrs = trial.user_attrs
     history = [tuple(entry) for entry in attrs.get("history") or []]
@@ -89,7 +89,8 @@ def read(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any] | None 
     seconds = None
     if trial.datetime_start and trial.datetime_complete:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
-    state = "failed" if failed(trial) else _STATES.get(trial.state, trial.state.name.lower())
+    state = "surplus" if surplus(trial) else "failed" if failed(trial) \
+        else _STATES.get(trial.state, trial.state.name.lower())
     return TrialRecord(
         number=trial.number, state=state, config=dict(attrs.get("config") or {}),
         measured=dict(attrs.get("measured") or {}), history=history,

@@ -34,13 +34,41 @@ def redact(text: str, url: str | None = None) -> str:
     return _redact(text, url_secrets(url))
 
 
+def retry_window(*, heartbeat: int, grace: int, retry: float | None) -> float:
+    """Seconds a lost database server is waited for: ``retry`` when given, else the default
+    (`STORAGE_RETRY_SECONDS`) cut to the heartbeat's ``grace`` less one beat, so that after the longest default
+    wait no process finds another's running trial stale (its last beat is at most one beat old when the wait
+    begins)."""
+    if retry is not None:
+        return float(retry)
+    return min(STORAGE_RETRY_SECONDS, float(max(grace - heartbeat, 0)))
+
+
+def retry_outlasts_grace(url: str | None, *, heartbeat: int, grace: int, retry: float) -> str | None:
+    """The warning for a ``retry`` the user chose beside a ``heartbeat`` they chose, when the wait outlasts the
+    grace less one beat on a database server; None when it does not, or ``url`` is a local file (never waited
+    for).
+
+    A warning, not a refusal: each value is valid and together they make a real trade (ride out a long outage,
+    at the risk that another process fails this one's running trial as interrupted once the server is back:
+    that trial is lost, stored failed with its reason, and every finished trial stays); refusing would forbid
+    the one way to survive a long outage with a short heartbeat."""
+    url = url or DEFAULT_STORAGE
+    if retry <= grace - heartbeat or url.startswith("sqlite") or is_journal(url):
+        return None
+    return (f"--storage-retry {retry:g} s outlasts the heartbeat's grace less one beat ({grace} - {heartbeat} s): "
+            "after an outage that long another process may fail this one's running trial as interrupted; give "
+            f"--storage-retry {max(grace - heartbeat, 0)} or less to keep it")
+
+
 def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS,
-                 must_exist: bool = False, retry: float = STORAGE_RETRY_SECONDS) -> Any:
+                 must_exist: bool = False, retry: float | None = None) -> Any:
     """An Optuna storage for ``url`` (default: SQLite under ./studies), or `StorageError` with the URL redacted.
 
     ``journal:PATH`` (or a path ending in ``.log``/``.jsonl``) opens a journal file. With ``must_exist`` (the
     read commands) a SQLite or journal file that is not there is an error, not a new empty database. On a
-    database server, a call that finds the server gone waits up to ``retry`` seconds for it (`autotune.reconnect`).
+    database server, a call that finds the server gone waits up to ``retry`` seconds for it (`autotune.reconnect`;
+    None: `retry_window`'s default, under ``grace`` less ``heartbeat``).
     """
     url = url or DEFAULT_STORAGE
     try:
@@ -60,7 +88,7 @@ def open_storage(url: str | None = None, *, heartbeat: int = HEARTBEAT_SECONDS, 
         if unencoded_at_in_password(url):
             raise StorageError(f"storage {redact(url, url)}: the password holds a raw '@', which ends it for the "
                                "URL parser: percent-encode it (@ as %40, : as %3A, / as %2F)")
-        return _rdb_storage(url, heartbeat, grace, retry)
+        return _rdb_storage(url, heartbeat, grace, retry_window(heartbeat=heartbeat, grace=grace, retry=retry))
     except StorageError:
         raise
     except Exception as exc:

@@ -31,13 +31,12 @@ from autotune.memory import DEFAULT_MARGIN
 from autotune.narrowing import narrow_learning_rates
 from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
-from autotune.reconnect import STORAGE_RETRY_SECONDS
 from autotune.records import TrialRecord, read as read_record
 from autotune.runner import Worker, run_here, warm_up_for
 from autotune.scoped import quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
-from autotune.storage import open_storage, redact
+from autotune.storage import open_storage, redact, retry_outlasts_grace
 from autotune.study_open import OBJECTIVES, REPORTS, check_objective, describe_new_study, open_study, resume_space
 from autotune.task import Task, load_task, task_handle
 from autotune.trial import check_contract, run_trial
@@ -212,7 +211,7 @@ def tune(
     space_overrides: Mapping[str, Any] | None = None,
     study_name: str | None = None,
     storage: str | None = None,
-    storage_retry: float = STORAGE_RETRY_SECONDS,
+    storage_retry: float | None = None,
     seed: int = 0,
     memory_limit: int | None = None,
     margin: float = DEFAULT_MARGIN,
@@ -226,6 +225,7 @@ def tune(
     global_batch: int | None = None,
     confirm: int = DEFAULT_CONFIRM,
     memory_share: int = 1,
+    memory_whole: int | None = None,
 ) -> TuneResult:
     """Search batch size × optimizer × learning rate for ``task`` and return the best configuration.
 
@@ -238,7 +238,9 @@ def tune(
     ``convergence`` (validation loss at the budget), ``throughput`` (samples/s of trials that do not diverge)
     or ``pareto`` (both). ``isolation='process'`` runs every trial in a worker process. A ceiling fitted
     earlier for the same task structure, device and versions is reused from the storage unless ``refit``.
-    On a database server, a lost connection waits up to ``storage_retry`` seconds for the server to return.
+    On a database server, a lost connection waits up to ``storage_retry`` seconds for the server to return
+    (None: `autotune.storage.retry_window`'s default, under the heartbeat's grace less one beat; an explicit
+    longer one beside an explicit ``heartbeat`` is said as a ``warning`` event).
     ``global_batch``: every trial trains at that batch, in micro-batches with gradient accumulation where it
     exceeds the ceiling; ``device="auto"``: the device, precision and compilation mode (among the space's
     choices) that bench measures fastest within a trial's budget (`autotune.bench.auto_device`); trials run in
@@ -248,13 +250,15 @@ def tune(
     ``memory_share``: on the CPU, this many workers share the host's RAM (``--devices cpu*N``): this one's budget
     is ``memory_limit`` (or the available RAM) divided by it, the ceiling is fitted under that share and its trial
     workers are capped to it, so that the workers at their ceilings together stay within the whole.
+    ``memory_whole``: without ``memory_limit``, the available RAM the workers split, read once for all of them
+    (`autotune.parallel`); None: read here.
 
     The trials run through `autotune.Tuner`, as a user's own loop does: one place samples, records, prunes
     and fails them.
     """
     say = progress or (lambda _event: None)
     timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
-    if storage_retry != 0:  # 0: stop at once
+    if storage_retry not in (None, 0):  # 0: stop at once
         storage_retry = seconds("--storage-retry", storage_retry) or 0.0
     deadline = Deadline(timeout)
     check_objective(objective)
@@ -265,6 +269,9 @@ def tune(
         raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
     if isinstance(memory_share, bool) or not isinstance(memory_share, int) or memory_share < 1:
         raise AutotuneError(f"memory_share must be a positive number of workers, got {memory_share!r}")
+    if memory_whole is not None and (isinstance(memory_whole, bool) or not isinstance(memory_whole, int)
+                                     or memory_whole < 1):
+        raise AutotuneError(f"memory_whole must be a positive number of bytes, got {memory_whole!r}")
     if isolation not in ("process", "none"):
         raise AutotuneError(f"isolation must be 'process' or 'none', got {isolation!r}")
     warm_up_for(task, isolation=isolation)  # the workers' server loads the task while this process does
@@ -287,7 +294,7 @@ def tune(
     for precision in space.precisions:  # one line before a study exists, for a precision the device lacks
         check_precision(backend, target, precision, ": drop it from precision.choices in the search space")
     share = memory_share if target.kind == "cpu" else 1  # accelerators each have their own memory
-    given_limit, memory_limit = memory_limit, _share_of(memory_limit, target, share)
+    given_limit, memory_limit = memory_limit, _share_of(memory_limit, target, share, memory_whole)
     cpu_cap = memory_limit if (isolation == "process" and target.kind == "cpu") else None
     # one worker checks the model against its data, then runs the range test and trial after trial (a failed
     # trial's worker is replaced); on an accelerator it is closed during the fit, which measures device memory
@@ -297,6 +304,10 @@ def tune(
         if worker is not None and target.kind != "cpu":
             worker.close()  # started again for the range test; it must hold no device memory during the fit
         beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
+        clash = retry_outlasts_grace(storage, **beat, retry=storage_retry) if beat and storage_retry is not None \
+            else None
+        if clash:
+            say({"event": "warning", "message": clash})
         store = open_storage(storage, retry=storage_retry, **beat)
         name = study_name or _study_name(task)
         study, orphans = open_study(name, store=store, objective=objective, seed=seed, n_trials=n_trials,
@@ -434,11 +445,12 @@ class ModelDoesNotLearn(AutotuneError):
         self.result = result
 
 
-def _share_of(memory_limit: int | None, device: Any, share: int) -> int | None:
-    """One of ``share`` workers' memory budget on ``device``: the limit given, or its available memory, split."""
+def _share_of(memory_limit: int | None, device: Any, share: int, available: int | None = None) -> int | None:
+    """One of ``share`` workers' memory budget on ``device``: the limit given, else the ``available`` memory read
+    for all the workers (else its available memory now), split."""
     if share == 1:
         return memory_limit
-    whole = memory_limit or device.memory_free
+    whole = memory_limit or available or device.memory_free
     if not whole:
         raise AutotuneError(f"cannot split the memory of {device.id} between {share} workers: its available memory "
                             "is unknown; give --memory-limit (the budget of all the workers together)")

@@ -15,7 +15,7 @@ import numpy as np
 from autotune.backends import get_backend
 from autotune.backends.base import TrainingSession
 from autotune.devices import nvml_energy_reader
-from autotune.errors import AutotuneError, TaskError, TrialError
+from autotune.errors import AutotuneError, TaskError, TrialError, first_line
 from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import in_worker
 from autotune.task import resolve_task
@@ -32,10 +32,6 @@ from autotune.training import (
 )
 
 
-def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
-
-
 @contextlib.contextmanager
 def fresh_session(backend: Any, device: Any, build: Callable[[], TrainingSession]) -> Iterator[TrainingSession]:
     """A session built by ``build``, closed and its memory released afterwards; the framework's OOM becomes
@@ -46,7 +42,7 @@ def fresh_session(backend: Any, device: Any, build: Callable[[], TrainingSession
         yield session
     except Exception as exc:
         if backend.is_oom(exc):
-            raise TrialError("oom", _short(exc)) from None
+            raise TrialError("oom", first_line(exc)[:300]) from None
         raise
     finally:
         if session is not None:

@@ -30,7 +30,7 @@ import optuna
 
 from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError
-from autotune.failures import finished, mark_infeasible
+from autotune.failures import SURPLUS, finished, mark_infeasible
 from autotune.guard import storage_fault
 from autotune.heartbeat import Heartbeat, fail_stale
 from autotune.procmem import process_memory
@@ -388,7 +388,7 @@ class Tuner:
         if len(finished(ahead)) + len(_running(ahead)) < n:
             return self._configured(trial, heartbeat)
         heartbeat.stop()
-        trial.set_user_attr("failure", f"surplus: the study already had {n} trials finished or running when this "
+        trial.set_user_attr("failure", f"{SURPLUS}: the study already had {n} trials finished or running when this "
                                        "one was created; it did not run")
         with quiet_optuna():
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)

@@ -85,7 +85,7 @@ def cuda_or_exit() -> list[str]:
     return ["fp32", "bf16", "fp16"] if torch.cuda.is_bf16_supported() else ["fp32", "fp16"]
 
 
-def probe(out: Path, precisions: list[str]) -> None:
+def probe(out: Path) -> None:
     data = json.loads(cli("probe", "--json", out=out, name="probe").stdout)
     gpus = data.get("nvidia", {}).get("gpus") or []
     check("probe: NVML GPU", bool(gpus), json.dumps(gpus)[:600])
@@ -217,7 +217,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     steps: tuple[tuple[str, Callable[[], None]], ...] = (
-        ("probe", lambda: probe(out, precisions)), ("fit", lambda: fit_per_precision(out, precisions, args.cap)),
+        ("probe", lambda: probe(out)), ("fit", lambda: fit_per_precision(out, precisions, args.cap)),
         ("bench", lambda: bench(out, precisions)),
         ("precision", lambda: tune_precision_compile(out, precisions, args.cap)),
         ("auto", lambda: tune_auto(out, precisions)), ("global", lambda: tune_global_batch(out)))

@@ -9,7 +9,7 @@ import pytest
 
 from autotune.backends import _INSTANCES, get_backend
 from autotune.backends.torch import TorchBackend
-from autotune.bench import choose_device
+from autotune.bench import choose_mode
 from autotune.devices import Device
 from autotune.peak import MATMUL_SIZE
 from tests.conftest import EXAMPLES
@@ -54,12 +54,14 @@ def test_auto_picks_the_faster_of_the_devices_it_sees(slow, expected, monkeypatc
     get_backend("torch")
     monkeypatch.setitem(_INSTANCES, "torch", TwoDeviceTorch(slow))
     monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path))
-    device, why, table = choose_device(TASK, seconds=0.3, batch_size=32, isolation="none")
-    assert device == expected
+    chosen = choose_mode(TASK, seconds=0.3, batch_size=32, isolation="none")
+    device, why, table = chosen["device"], chosen["why"], chosen["table"]
+    assert device == expected and (chosen["precision"], chosen["compile"]) == ("fp32", False)
     assert why.startswith(f"{expected} fp32 eager trains fastest") and f"runner-up {slow}" in why
     assert [row["device"] for row in table.rows] == [expected, slow]
 
 
 def test_a_single_device_is_the_answer_without_a_bench():
-    device, why, table = choose_device(TASK)
+    chosen = choose_mode(TASK)
+    device, why, table = chosen["device"], chosen["why"], chosen["table"]
     assert (device, table) == ("cpu", None) and "only device" in why

@@ -1,12 +1,18 @@
 """Failures inform the search: a configuration that crashes, hangs or raises is one the sampler steers away
 from, and a study that ends short of its trials says so and why."""
 
+import json
+
 import optuna
 import pytest
 
 import autotune
 from autotune.backends import get_backend
-from autotune.failures import failed, finished, mark_infeasible, shown_state
+from autotune.failures import failed, failure_summary, finished, mark_infeasible, shortfall, shown_state
+from autotune.records import read
+from autotune.reporting.data import report_data
+from autotune.reporting.document import build
+from autotune.reporting.figures import PLOTS, Plot
 from autotune.space import load_space
 from autotune.study_open import sampler
 from tests.conftest import ROOT, TASKS, assert_one_line_error, run_cli
@@ -76,3 +82,40 @@ def test_a_study_cut_short_by_its_timeout_says_so_and_exits_0(tmp_path):
     warning = [line for line in result.stderr.splitlines() if line.startswith("autotune: warning: ")]
     assert len(warning) == 1 and "of 200 finished trials: --timeout was reached" in warning[0], result.stderr
     assert '"batch_size"' in result.stdout
+
+
+def test_a_surplus_trial_is_no_failure_in_the_summary_the_shortfall_the_report_or_studies(tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune.tuner, "WAIT_SECONDS", 0.05)
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    space = {"batch_size": {"choices": [16, 32]}, "optimizers": {"adam": {}}}
+    rival = autotune.Tuner(study="one", backend="torch", storage=storage, space_overrides=space)
+    mine = autotune.Tuner(study="one", backend="torch", storage=storage, space_overrides=space)
+    held = []
+
+    def meanwhile():  # the rival starts a trial just after this process looked, and finishes it next time
+        if not held:
+            held.append(rival.ask())
+        elif len(held) == 1:
+            held.append("done")
+            held[0].finish(1.0)
+        return False
+
+    assert list(mine.trials(1, stop=meanwhile)) == []  # its own trial came second: surplus, never run
+    broken = mine.ask()
+    broken.fail("error", "the loop broke")
+    study = mine.study
+    trials = study.get_trials(deepcopy=False)
+    assert [shown_state(t) for t in trials] == ["COMPLETE", "SURPLUS", "FAIL"], [t.user_attrs for t in trials]
+    assert trials[1].user_attrs["failure"].startswith("surplus:") and not failed(trials[1])
+    assert read(trials[1]).state == "surplus"
+    summary = failure_summary(trials, study.user_attrs)
+    assert summary.startswith("1 failed (error 1;") and "surplus" not in summary, summary
+    short = shortfall(study, 3, timed_out=False, attempts=11)
+    assert short is not None and "1 of 3 finished" in short and "; 1 failed (error 1;" in short, short
+    data = report_data(study)
+    assert data["counts"]["FAIL"] == 1 and data["counts"]["SURPLUS"] == 1, data["counts"]
+    blocks = build(data, [Plot(key, title, note="not drawn") for key, title in PLOTS.items()])
+    paragraph = next(b.text for b in blocks if "Pareto front" in getattr(b, "text", ""))
+    assert "1 failed" in paragraph and "1 surplus (never ran" in paragraph, paragraph
+    rows = json.loads(run_cli("studies", "--storage", storage, "--json").stdout)
+    assert (rows[0]["trials"], rows[0]["fail"], rows[0]["surplus"]) == (2, 1, 1), rows

@@ -1,6 +1,8 @@
 """One machine, many devices: ``tune --devices cpu*2`` runs two pinned CPU workers on one study (this machine
 has two cores), and a worker killed mid-trial takes only that trial down."""
 
+import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -13,7 +15,8 @@ import pytest
 
 from autotune.backends import get_backend
 from autotune.errors import DeviceError
-from autotune.parallel import child_arguments, plan_slots
+from autotune.parallel import child_arguments, plan_slots, shared_arguments
+from autotune.study import _share_of
 from tests.conftest import EXAMPLES, ROOT, assert_one_line_error, run_cli
 
 TASK = str(EXAMPLES / "torch_digits.py")
@@ -32,6 +35,36 @@ def test_cpu_workers_split_the_cores_and_bad_specs_are_one_line():
             plan_slots(spec, TORCH, cpus=range(8))
     argv = ["tune", "t.py", "--devices", "cpu*2", "--json", "--trials", "4"]
     assert child_arguments(argv, slots[1]) == ["tune", "t.py", "--trials", "4", "--device", "cpu"]
+
+
+def test_cpu_workers_split_one_reading_of_the_available_ram(tmp_path):
+    slots = plan_slots("cpu*2", TORCH, cpus=[0, 1])
+    argv = ["tune", "t.py", "--devices", "cpu*2"]
+    shared = shared_arguments(argparse.Namespace(study="s", memory_limit=None), None, slots, argv, TORCH)
+    children = [child_arguments(shared, slot) for slot in slots]
+    wholes = {int(child[child.index("--memory-whole") + 1]) for child in children}
+    assert len(wholes) == 1 and all(child[child.index("--memory-share") + 1] == "2" for child in children)
+    (whole,) = wholes
+    assert 0 < whole <= TORCH.resolve_device("cpu").memory_total
+    # each worker divides the whole it was given, whatever its own moment's reading of the free RAM says
+    cpu = TORCH.resolve_device("cpu")
+    assert _share_of(None, dataclasses.replace(cpu, memory_free=whole // 3), 2, whole) == whole // 2
+    # the user's --memory-limit is the whole then; a single worker has no share to split
+    given = shared_arguments(argparse.Namespace(study="s", memory_limit=2**30), None, slots, argv, TORCH)
+    assert "--memory-whole" not in given and "--memory-share" in given
+    alone = shared_arguments(argparse.Namespace(study="s", memory_limit=None), None, slots[:1], argv, TORCH)
+    assert alone == argv
+
+
+def test_cpu_workers_without_a_memory_limit_accept_the_whole_they_are_given_and_take_equal_budgets(tmp_path):
+    # the workers' own parser must take --memory-whole (else each stops on it, exit 2)
+    result = run_cli("tune", TASK, "--devices", "cpu*2", "--trials", "2", "--trial-steps", "2", "--confirm", "0",
+                     "--no-report", "--no-range-test", "--search-space", SPACE, "--storage",
+                     f"sqlite:///{tmp_path / 's.db'}", "--json")
+    assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: two steps may not beat the untrained model
+    workers = json.loads(result.stdout)["workers"]
+    budgets = {row["budget_bytes"] for row in workers}
+    assert len(workers) == 2 and len(budgets) == 1 and None not in budgets, workers
 
 
 def test_a_bad_devices_option_stops_before_any_study(tmp_path):

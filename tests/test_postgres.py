@@ -20,6 +20,7 @@ import sqlalchemy.exc
 
 from autotune import records
 from autotune.ceiling_cache import PREFIX
+from autotune.storage import open_storage
 from tests.conftest import EXAMPLES, ROOT, run_cli
 from tests.postgres_server import postgres_bin, running_server
 
@@ -142,6 +143,20 @@ def test_a_repeat_tune_reuses_the_stored_ceiling_and_refit_fits_again(server):
     for result in (first, again, refit):
         assert server.password not in result.stdout + result.stderr
     assert server.password not in _everything_stored(url)
+
+
+def test_a_short_heartbeat_cuts_the_default_retry_and_a_longer_chosen_one_is_warned(server):
+    url = server.fresh_database("beat")
+    # the default wait stays under the grace less one beat: 20 s under 30 - 10, 1 s under --heartbeat 1's 2 - 1
+    assert open_storage(url).retry_seconds == 20
+    assert open_storage(url, heartbeat=1, grace=2).retry_seconds == 1
+    assert open_storage(url, heartbeat=1, grace=2, retry=30).retry_seconds == 30  # a chosen wait is kept
+    quick = ("--trials", "1", "--trial-steps", "2", "--no-report", "--heartbeat", "1")
+    chosen = run_cli(*_tune(url, "beat", *quick, "--storage-retry", "5")[3:])
+    assert chosen.returncode == 0, chosen.stderr
+    warnings = [line for line in chosen.stderr.splitlines() if line.startswith("autotune: warning: ")]
+    assert len(warnings) == 1 and "--storage-retry 5 s outlasts the heartbeat's grace" in warnings[0], chosen.stderr
+    assert "--storage-retry 1 or less" in warnings[0] and server.password not in chosen.stderr
 
 
 def _running_at_least(url, study_name, number, timeout=300):

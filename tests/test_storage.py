@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from autotune.failures import finished
-from autotune.storage import open_storage
+from autotune.storage import open_storage, retry_outlasts_grace, retry_window
 from tests.conftest import ROOT, TASKS, assert_one_line_error, run_cli
 
 
@@ -138,3 +138,22 @@ def test_a_storage_fault_in_a_background_thread_prints_no_traceback(monkeypatch)
 
     run()
     assert reported == ["a bug in a thread"]  # what Python's hook would have printed as a traceback
+
+
+def test_the_default_retry_stays_under_the_heartbeat_grace_less_one_beat_and_a_longer_chosen_one_is_named(
+        tmp_path):
+    # 20 s under the default 30 s grace less a 10 s beat; a short --heartbeat H (grace 2H) cuts it to H
+    assert retry_window(heartbeat=10, grace=30, retry=None) == 20
+    assert retry_window(heartbeat=3, grace=6, retry=None) == 3
+    assert retry_window(heartbeat=1, grace=2, retry=None) == 1
+    assert retry_window(heartbeat=1, grace=2, retry=0) == 0 and retry_window(heartbeat=1, grace=2, retry=9) == 9
+    server = "postgresql://u@db.example/autotune"
+    assert retry_outlasts_grace(server, heartbeat=1, grace=2, retry=1) is None
+    warning = retry_outlasts_grace(server, heartbeat=1, grace=2, retry=5) or ""
+    assert "--storage-retry 5 s outlasts" in warning and "--storage-retry 1 or less" in warning
+    # a local file is never waited for: nothing to warn of
+    assert retry_outlasts_grace(f"sqlite:///{tmp_path / 's.db'}", heartbeat=1, grace=2, retry=5) is None
+    assert retry_outlasts_grace(f"journal:{tmp_path / 's.log'}", heartbeat=1, grace=2, retry=5) is None
+    # SQLite keeps the heartbeat it is given (what the grace above is measured in)
+    store = open_storage(f"sqlite:///{tmp_path / 'beat.db'}", heartbeat=1, grace=2)
+    assert store.get_heartbeat_interval() == 1

@@ -25,7 +25,7 @@ BOUND_SHARE = 0.02
 
 
 SHOWN_STATES = {"complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running": "RUNNING",
-                "waiting": "WAITING"}
+                "waiting": "WAITING", "surplus": "SURPLUS"}
 """A trial record's state as the report (and ``autotune studies``) shows it."""
 
 
@@ -161,7 +161,7 @@ def _fits(info: dict[str, Any]) -> dict[str, Any]:
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
     return {state: sum(1 for r in rows if r["state"] == state)
-            for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+            for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING", "SURPLUS")}
 
 
 def _notes(rows: list[dict[str, Any]], counts: dict[str, int], chosen: dict[str, Any] | None,

@@ -175,13 +175,15 @@ def _last(row: dict[str, Any]) -> str:
 def _trials(data: dict[str, Any]) -> list[Block]:
     counts = data["counts"]
     front = ", ".join(map(str, data["pareto_front"])) or fmt.MISSING
+    # a surplus trial is no failure: processes starting at once made one too many, and it never ran
+    surplus = f", {counts['SURPLUS']} surplus (never ran: the study had its --trials)" if counts["SURPLUS"] else ""
     rows = [[str(r["number"]), r["state"], fmt.plain(r["batch_size"]), fmt.plain(r["optimizer"]), fmt.rate(r["lr"]),
              fmt.loss(r["val_loss"]), _last(r), fmt.throughput(r["throughput"]),
              fmt.milliseconds(r["step_seconds_p95"]), fmt.size(r["peak_memory_bytes"]), fmt.duration(r["seconds"]),
              r["reason"] or fmt.MISSING] for r in data["trials"]]
     return [Heading(2, "Trials"), Paragraph(
         f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, {counts['RUNNING']} "
-        f"running. Pareto front (throughput against validation loss): trials {front}."),
+        f"running{surplus}. Pareto front (throughput against validation loss): trials {front}."),
         Table(["#", "state", "batch", "optimizer", "learning rate", "validation loss", "last loss reached",
                "samples/s (one device)", "step p95", "peak memory", "time", "reason"], rows)]
 
