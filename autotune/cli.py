@@ -153,8 +153,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- fit-batch
 def cmd_fit_batch(args: argparse.Namespace) -> int:
     from autotune.memory import fit_batch_size
+    from autotune.runner import warm_up_for
     from autotune.task import load_task
 
+    warm_up_for(args.task, isolation="none" if args.in_process else "process")  # the workers' server starts now
     task = load_task(args.task)
     optimizer = {"name": args.optimizer} if args.optimizer else None
     from autotune.bench import auto_device

@@ -194,9 +194,11 @@ def _measured_by(worker: dict[str, Any] | None) -> str:
 def cmd_tune(args: argparse.Namespace) -> int:
     from autotune.backends import canonical_backend_name
     from autotune.errors import Interrupted, TaskError
+    from autotune.runner import warm_up_for
     from autotune.study import ModelDoesNotLearn, best_trial, result_from_trial, tune
     from autotune.task import load_task
 
+    warm_up_for(args.task, isolation="none" if args.in_process else "process")  # the workers' server starts now
     task = load_task(args.task)
     if args.backend and canonical_backend_name(args.backend) != task.backend:
         raise TaskError(f"--backend {args.backend} does not match the task's backend {task.backend}")
