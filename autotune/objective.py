@@ -64,8 +64,11 @@ def run_and_record(trial: TunerTrial, plan: TrialPlan, run: RunTrial, base: dict
     if plan.reduced(config):
         trial.set_user_attr("reduced_budget", True)
 
+    reported: list[tuple[int, float, float]] = []  # a pruned trial keeps them: the training it did counts
+
     def on_report(message: Any) -> bool:
-        _, index, value = message
+        _, index, value, train_seconds = message
+        reported.append((index, value, train_seconds))
         if not plan.reports_to_pruner(index):
             return False
         trial.report(value, index, keep=False)
@@ -84,7 +87,7 @@ def run_and_record(trial: TunerTrial, plan: TrialPlan, run: RunTrial, base: dict
         if outcome.kind in INFEASIBLE_KINDS:  # pruned with a violated constraint: TPE reads no FAIL trial
             trial.infeasible(outcome.kind, outcome.message)
         elif outcome.kind in PRUNED_KINDS:
-            trial.prune(f"{outcome.kind}: {outcome.message}")
+            trial.prune(f"{outcome.kind}: {outcome.message}", history=reported or None)
         else:
             trial.fail(outcome.kind, outcome.message)
         return

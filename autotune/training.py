@@ -201,7 +201,8 @@ def train_for_budget(
     pruner_reports: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Train until ``seconds`` of training (warm-up steps included, evaluation excluded) or ``steps`` steps,
-    evaluating ``reports`` times at even fractions of the budget; ``report(index, val_loss)`` returning True prunes.
+    evaluating ``reports`` times at even fractions of the budget; ``report(index, val_loss, train_seconds)`` returning
+    True prunes.
 
     Cost: see `_evaluation_plan` (the last report is the whole validation set, earlier ones a fixed subset, all
     of it within `EVALUATION_SHARE` of ``seconds`` where one pass allows; up to ``subset_cap`` samples with a step
@@ -278,7 +279,7 @@ def train_for_budget(
             if not math.isfinite(val_loss):
                 raise Diverged(f"validation loss is {val_loss} after {done} steps")
             history.append((next_report, val_loss, train_seconds))
-            if report is not None and report(next_report, val_loss):
+            if report is not None and report(next_report, val_loss, train_seconds):
                 raise Pruned(f"pruned after report {next_report} of {reports} (validation loss {val_loss:.4g})")
             next_report += 1
         if next_report > reports:

@@ -80,8 +80,8 @@ def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, secon
     optimizer = {"name": config["optimizer"], "lr": config["lr"], **config.get("optimizer_params", {})}
     reset_resident_peak()
 
-    def report(index: int, value: float) -> bool:
-        return bool(channel.ask(("report", index, value))) if channel is not None else False
+    def report(index: int, value: float, train_seconds: float) -> bool:
+        return bool(channel.ask(("report", index, value, train_seconds))) if channel is not None else False
 
     build = lambda: accumulating(configured_session(  # noqa: E731
         backend, task, data, target, config, optimizer=optimizer, seed=seed), int(config.get("accumulation_steps", 1)))

@@ -26,15 +26,17 @@ doubles from 8 and bisects to one sample; ``--no-truth`` skips it. Every run is 
 ``benchmarks/.cache/real_models_truth.json`` (per task file, cap and framework version) and reused.
 
 **tune** (``--skip-tune`` to leave out): ``autotune.tune(task, n_trials=--trials, trial_time=--trial-time,
-memory_limit=CAP)`` (a fresh SQLite study; its ceiling fit and range test included), against a plain Optuna
+memory_limit=CAP, confirm=--confirm)`` (a fresh SQLite study; its ceiling fit and range test included; the
+confirm re-runs, default 0, only where asked), against a plain Optuna
 TPE loop (`benchmarks.search.PlainSpace` and `benchmarks.search.train`: the same training code, in this
 process, over the same optimizers and parameter ranges and the batch sizes up to autotune's fitted ceiling,
 no range test, no lr scaling, no pruning) given the same total wall time (Optuna's ``timeout``). Columns: wall,
-trials, engine overhead = (wall − Σ trials' ``measured.train_seconds``) / Σ ``train_seconds`` (a pruned trial
-stores no measurement, so its training counts as overhead; the column after it estimates it as its last stored
-report / 8 × trial time), the phases (``study.user_attrs["phases"][-1]``), and the pick re-scored from scratch
-(`benchmarks.search.rescore`: ``--seeds`` fresh seeds, median, at a step budget: the steps the pick trained in
-its own tuning trial, at least 5, or ``--rescore-steps``), and loss / plain loop.
+trials, engine overhead = (wall − Σ trials' training seconds) / Σ training seconds (a complete trial's
+``measured.train_seconds``; a pruned one's training up to its last report, from its stored history; the column
+after it adds, for studies stored without that history, the last stored report / 8 × trial time), the phases
+(``study.user_attrs["phases"][-1]``), and the pick re-scored from scratch (`benchmarks.search.rescore`:
+``--seeds`` fresh seeds, median, at a step budget: the steps the pick trained in its own tuning trial, at
+least 5, or ``--rescore-steps``), and loss / plain loop.
 
 Goals (issue 10): engine overhead ≤ 50 % of the trials' training time at 6 × 4 s; fit-batch ≥ 95 % of the true
 largest with ≤ 1 OOM in no more time than Lightning ``power``; the pick at least as good as the plain loop's.
@@ -511,7 +513,7 @@ def tune_autotune(model: Model, cap: int, args: argparse.Namespace, scratch: Pat
     started = time.perf_counter()
     try:
         result = autotune.tune(model.task, n_trials=args.trials, trial_time=args.trial_time, memory_limit=cap,
-                               storage=storage, study_name=STUDY, seed=args.tune_seed)
+                               storage=storage, study_name=STUDY, seed=args.tune_seed, confirm=args.confirm)
     except AutotuneError as exc:  # ModelDoesNotLearn carries the best trial as its result
         found = getattr(exc, "result", None)
         study = getattr(found, "study", None) or _stored_study(storage)
@@ -535,9 +537,13 @@ def study_figures(study: Any, trial_time: float) -> dict[str, Any]:
 
     trials = study.get_trials(deepcopy=False)
     measured = [records.read(t).measured for t in trials]
-    train = sum(m.get("train_seconds") or 0.0 for m in measured)
-    # a pruned trial's last stored report (reports are 1..8 at even fractions of the budget) says how far it trained
-    estimated = sum(max(t.intermediate_values, default=0) / 8 * trial_time for t, m in zip(trials, measured) if not m)
+    # a pruned trial keeps its reports' (index, loss, training seconds): training up to the last one is measured
+    pruned = [t.user_attrs.get("history") or [] for t, m in zip(trials, measured) if not m]
+    train = sum(m.get("train_seconds") or 0.0 for m in measured) \
+        + sum(float(h[-1][2]) for h in pruned if h and len(h[-1]) > 2)
+    # a study stored before that: its last stored report (1..8 at even fractions of the budget) says how far
+    estimated = sum(max(t.intermediate_values, default=0) / 8 * trial_time for t, m in zip(trials, measured)
+                    if not m and not t.user_attrs.get("history"))
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     return {"trials": len(trials), "counts": counts, "train_seconds": train, "pruned_train_estimate": estimated,
             "phases": dict((study.user_attrs.get("phases") or [{}])[-1]),
@@ -714,6 +720,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rescore-steps", type=int, help="re-score every pick at this many steps (default: the "
                                                           "steps it trained in its own tuning trial, at least 5)")
     parser.add_argument("--tune-seed", type=int, default=0, help="tuning seed of both searches (default: 0)")
+    parser.add_argument("--confirm", type=int, default=0, help="autotune's confirm re-runs after the search (the "
+                        "pick in context, `autotune.confirm`; the CLI's default is 3): 0 compares the searches "
+                        "alone, at the same wall time (default: %(default)s)")
     parser.add_argument("--truth", choices=("near", "exhaustive"), default="near",
                         help="true-largest search: bracket next to autotune's answer, or exhaustive (default: near)")
     parser.add_argument("--truth-probes", type=int, default=3, help="--truth near: at most this many new fresh "

@@ -95,7 +95,7 @@ def test_pruner_reports_reach_storage_and_a_fatal_outcome_stops_the_run(tmp_path
 
     def run(kwargs, on_report):
         for index in range(1, 9):
-            on_report(("report", index, 1.0 / index))
+            on_report(("report", index, 1.0 / index, 0.1 * index))
         return WorkerOutcome(False, kind="fatal", message="the task's data is broken")
 
     trial = tuner.ask()
@@ -104,6 +104,21 @@ def test_pruner_reports_reach_storage_and_a_fatal_outcome_stops_the_run(tmp_path
     (frozen,) = tuner.study.trials
     assert sorted(frozen.intermediate_values) == [2, 6, 8]  # only what Hyperband compares is written
     assert frozen.state == optuna.trial.TrialState.FAIL and records.read(frozen).last_loss == pytest.approx(1 / 8)
+
+
+def test_a_pruned_trial_keeps_the_training_it_reported(tmp_path):
+    tuner = _tuner(tmp_path)
+    plan = TrialPlan(objective="convergence", seconds=1.0, steps=None, pruning=True)
+
+    def run(kwargs, on_report):
+        for index in (1, 2):
+            on_report(("report", index, 1.0 / index, 0.125 * index))
+        return WorkerOutcome(False, kind="pruned", message="pruned after report 2 of 8")
+
+    run_and_record(tuner.ask(), plan, run, {})
+    (frozen,) = tuner.study.trials
+    assert frozen.state == optuna.trial.TrialState.PRUNED
+    assert frozen.user_attrs["history"] == [[1, 1.0, 0.125], [2, 0.5, 0.25]]  # its training seconds, for overhead
 
 
 def test_an_interrupted_trial_is_failed_and_the_interrupt_goes_on(tmp_path):
