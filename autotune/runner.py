@@ -124,8 +124,11 @@ def in_worker() -> bool:
     return _IN_WORKER
 
 
-def _prepare_worker(memory_limit: int | None, preload: Sequence[str]) -> None:
-    """A new worker's set-up: its modules, the allocator settings, and the address-space cap."""
+def _prepare_worker(memory_limit: int | None, preload: Sequence[str], exact_memory: bool = True) -> None:
+    """A new worker's set-up: its modules, the allocator settings, and the address-space cap. ``exact_memory``
+    (fit probes, bench) pins the allocator so that peaks are the live memory; a trial's worker keeps the
+    allocator as the user's own training has it, whose steps it times (pinned, a GPT-2 step at batch 128 took
+    0.96-2.6 s against 0.68 s: benchmarks/RESULTS.md, 2026-12-02 15:07)."""
     global _IN_WORKER
     _IN_WORKER = True
     # A worker's framework and library warnings (a model config's notice, a deprecation) would repeat on the
@@ -140,7 +143,8 @@ def _prepare_worker(memory_limit: int | None, preload: Sequence[str]) -> None:
     # Everything imported so far lives as long as the worker: keep it out of the cycle collector, whose full
     # passes (a session's release runs one) would otherwise walk all of the framework's objects every trial.
     gc.freeze()
-    return_freed_memory_at_once()
+    if exact_memory:
+        return_freed_memory_at_once()
     if memory_limit:
         mapped = process_memory()["address_space"]
         if mapped >= memory_limit:
@@ -190,11 +194,12 @@ def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memo
         conn.close()
 
 
-def _serve(conn: Any, memory_limit: int | None, preload: Sequence[str]) -> None:
+def _serve(conn: Any, memory_limit: int | None, preload: Sequence[str], exact_memory: bool) -> None:
     """A `Worker`'s loop: run each unit of work the parent sends, until it sends None or hangs up."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        ready = _execute(conn, lambda: None, {}, False, prepare=lambda: _prepare_worker(memory_limit, preload))
+        ready = _execute(conn, lambda: None, {}, False,
+                         prepare=lambda: _prepare_worker(memory_limit, preload, exact_memory))
         _send_result(conn, ready)
         if ready[0] != "ok":
             return
@@ -313,12 +318,15 @@ class Worker:
 
     The isolation is that of `run_in_worker` (a crash, a hang or an OOM fails that unit only), at a fraction of
     the start-up cost per unit: the framework's first-step set-up is paid once per worker, not per unit
-    (figures in benchmarks/RESULTS.md). Use as a context manager, or call `close`.
+    (figures in benchmarks/RESULTS.md). Its allocator is the one a user's training has (unless
+    ``exact_memory``), since trials time steps. Use as a context manager, or call `close`.
     """
 
-    def __init__(self, *, memory_limit: int | None = None, preload: Sequence[str] = ()) -> None:
+    def __init__(self, *, memory_limit: int | None = None, preload: Sequence[str] = (),
+                 exact_memory: bool = False) -> None:
         self.memory_limit = memory_limit
         self.preload = tuple(preload)
+        self.exact_memory = exact_memory  # the allocator pinned, as for a fit's probes (`_prepare_worker`)
         self._process: Any = None
         self._conn: Any = None
         self.units = 0
@@ -329,7 +337,8 @@ class Worker:
         if self._process is not None and self._process.is_alive():
             return None
         self.close()
-        self._process, self._conn = _start(_serve, (self.memory_limit, self.preload), self.preload)
+        self._process, self._conn = _start(_serve, (self.memory_limit, self.preload, self.exact_memory),
+                                           self.preload)
         self.started += 1
         self._units_here = 0
         ready = _await(self._process, self._conn, START_TIMEOUT, None)
