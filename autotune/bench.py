@@ -318,7 +318,8 @@ def bench(
         say(f"bench {mode.label} at batch {batch} ...")
         kwargs = {"task": handle, "mode": mode, "batch_size": batch, "optimizer": spec,
                   "seed": seed, "seconds": seconds, "latency_seconds": latency_seconds, "peak_cache": peak_cache}
-        outcome = (run_in_worker(_bench_mode, kwargs, timeout=mode_timeout, preload=preload)
+        # timed with the allocator a user's training has (a pinned one slows steps that map large tensors)
+        outcome = (run_in_worker(_bench_mode, kwargs, timeout=mode_timeout, preload=preload, exact_memory=False)
                    if isolation == "process" else run_here(_bench_mode, kwargs))
         if outcome.kind == "fatal":
             raise AutotuneError(outcome.message)

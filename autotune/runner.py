@@ -185,11 +185,11 @@ def _send_result(conn: Any, result: tuple[Any, ...]) -> None:
 
 
 def _child(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], memory_limit: int | None,
-           preload: Sequence[str], with_channel: bool) -> None:
+           preload: Sequence[str], with_channel: bool, exact_memory: bool = True) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means
     try:
         _send_result(conn, _execute(conn, function, kwargs, with_channel,
-                                    prepare=lambda: _prepare_worker(memory_limit, preload)))
+                                    prepare=lambda: _prepare_worker(memory_limit, preload, exact_memory)))
     finally:
         conn.close()
 
@@ -285,16 +285,19 @@ def run_in_worker(
     preload: Sequence[str] = (),
     on_message: Callable[[Any], Any] | None = None,
     timeout_per_message: bool = False,
+    exact_memory: bool = True,
 ) -> WorkerOutcome:
     """Run ``function(**kwargs)`` in a fresh worker and report how it ended; never raises for the work's sake.
 
     ``function`` must be importable by name and ``kwargs`` picklable. ``memory_limit`` caps the worker's address
     space; ``timeout`` (seconds) kills a worker that hangs (``timeout_per_message``: that long without a message,
     for work made of several units). With ``on_message``, the function also gets a ``channel`` whose
-    ``ask(message)`` returns ``on_message(message)`` computed here. Ctrl-C kills the worker and re-raises.
+    ``ask(message)`` returns ``on_message(message)`` computed here. ``exact_memory``: the allocator is pinned so
+    that the peak is the live memory (a fit's probe); False keeps it as a user's training has it (timings).
+    Ctrl-C kills the worker and re-raises.
     """
-    process, conn = _start(_child, (function, kwargs, memory_limit, tuple(preload), on_message is not None),
-                           preload)
+    process, conn = _start(_child, (function, kwargs, memory_limit, tuple(preload), on_message is not None,
+                                    exact_memory), preload)
     try:
         outcome = _await(process, conn, timeout, on_message, timeout_per_message)
         process.join(timeout=30)
