@@ -59,6 +59,12 @@ class TrainingSession(abc.ABC):
         for frameworks whose optimizers build their state on construction (Keras after ``optimizer.build``,
         MindSpore). Only for sessions that measure: the state may not be what a first step would leave."""
 
+    def resize(self, batch_size: int) -> bool:
+        """Train and evaluate at ``batch_size`` from now on, keeping the model and its traced step, where the
+        step serves any batch size; False (the default) where a new session must be built. A fit's growth probes
+        use it: a traced step is not traced again for each size."""
+        return False
+
     def set_learning_rate(self, lr: float) -> None:
         """Change the optimizer's learning rate in place (the learning-rate range test sweeps it)."""
         raise NotImplementedError(f"{type(self).__name__} cannot change its learning rate")

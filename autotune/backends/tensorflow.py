@@ -757,6 +757,14 @@ class TensorFlowSession(TrainingSession):
         index = np.asarray(indices, dtype=np.int64)
         self._last = self._call("train", self._train_fn, _take(self.train, index))
 
+    def resize(self, batch_size: int) -> bool:
+        """The steps' signatures leave the batch dimension free: another batch size runs the same traced step
+        (not under a TPU strategy, whose replicas split a fixed batch)."""
+        if self._strategy is not None:
+            return False
+        self.batch_size = batch_size
+        return True
+
     def set_learning_rate(self, lr: float) -> None:
         """Assign the optimizer's learning-rate variable (read by the compiled step, no retrace)."""
         self.optimizer.learning_rate.assign(float(lr))

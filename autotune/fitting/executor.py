@@ -4,7 +4,8 @@ A probe builds a fresh session at one batch size, runs `autotune.training.measur
 figures; a failure comes back as an outcome kind (an OOM, a crash under the cap, another error). The
 executor turns that into a `Probe` judged against the `Budget`: it fits, it went over the budget less the
 margin, or it ran out of memory. Growth probes (whose figures feed the slope, not the answer) share one
-worker; every size that may be the answer runs in a fresh one, because a process that has run other sizes is
+worker, and on the CPU one session where its traced step serves the next size (`TrainingSession.resize`:
+Keras' step is not traced again); every size that may be the answer runs in a fresh one, because a process that has run other sizes is
 not a fresh training run (allocator caches warmed by other sizes or by an OOM run sizes a fresh process
 cannot; on the CPU the peak address space only grows over a worker's life).
 """
@@ -15,7 +16,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from autotune.backends import get_backend
-from autotune.errors import FitError
+from autotune.errors import FitError, TrialError, first_line
 from autotune.fitting.budget import Budget
 from autotune.fitting.model import Probe
 from autotune.fitting.planner import Answer, ProbeAt
@@ -44,21 +45,33 @@ def _measure(task: Any, backend: Any, target: Any, data: Any, batch_size: int, o
              precision: str = "fp32") -> dict[str, Any]:
     free_at_start = backend.free_memory(target) if target.kind != "cpu" else None
     reset_resident_peak()
+    with fresh_session(backend, target, _builder(task, backend, target, data, batch_size, optimizer, seed,
+                                                 precision)) as session:
+        figures = _measure_session(session, backend, data, batch_size, steps, seed, largest, first_in_process)
+    return _with_memory(figures, backend, target, free_at_start)
+
+
+def _builder(task: Any, backend: Any, target: Any, data: Any, batch_size: int, optimizer: Mapping[str, Any],
+             seed: int, precision: str) -> Callable[[], Any]:
     # the session a trial in ``precision`` trains with: its activations and casts set the memory
-    build = lambda: configured_session(  # noqa: E731
-        backend, task, data, target, {"batch_size": batch_size, "precision": precision}, optimizer=optimizer,
-        seed=seed)
-    with fresh_session(backend, target, build) as session:
-        session.reset_peak_memory()
-        n_train, _ = backend.data_size(data)
-        sampler: Any = (LargestSampler(largest, batch_size) if largest is not None
-                        else BatchSampler(n_train, batch_size, seed))
-        figures = measure_probe(session, sampler, steps=steps, first_in_process=first_in_process)
-        device_peak = session.peak_memory()
+    return lambda: configured_session(backend, task, data, target, {"batch_size": batch_size, "precision": precision},
+                                      optimizer=optimizer, seed=seed)
+
+
+def _measure_session(session: Any, backend: Any, data: Any, batch_size: int, steps: int, seed: int, largest: Any,
+                     first_in_process: bool) -> dict[str, Any]:
+    session.reset_peak_memory()
+    n_train, _ = backend.data_size(data)
+    sampler: Any = (LargestSampler(largest, batch_size) if largest is not None
+                    else BatchSampler(n_train, batch_size, seed))
+    figures = measure_probe(session, sampler, steps=steps, first_in_process=first_in_process)
+    return {**figures, "device_peak": session.peak_memory()}
+
+
+def _with_memory(figures: dict[str, Any], backend: Any, target: Any, free_at_start: int | None) -> dict[str, Any]:
     pool = pool_blocks(backend.cpu_pool_block_bytes) if backend.cpu_pool_block_bytes and target.kind == "cpu" \
         else None
-    return {**figures, "device_peak": device_peak, "free_at_start": free_at_start, **process_memory(),
-            "pool": pool or None}
+    return {**figures, "free_at_start": free_at_start, **process_memory(), "pool": pool or None}
 
 
 def _probe_run(task: Any, batch_size: int, device: str | None, optimizer: Mapping[str, Any], steps: int,
@@ -80,18 +93,41 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
     `_probe_run` would.
     """
     task, backend, target, data = _probe_setup(task, device, device_memory_limit)
+    held: list[Any] = []  # on the CPU, a session whose traced step serves the next, larger size (`resize`)
 
     def measure(batch_size: int, first: bool) -> dict[str, Any]:
         # the fit's first probe (a small growth size) carries the process's first-call set-up: a second,
         # timed step costs little there
-        return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
-                        first_in_process=retime_first and first, precision=precision)
+        retime = retime_first and first
+        if held and held[0].resize(batch_size):  # sizes only grow here: the peak stays the largest size's
+            reset_resident_peak()
+            figures = _measure_session(held[0], backend, data, batch_size, steps, seed, largest, retime)
+            return _with_memory(figures, backend, target, None)
+        if held:
+            held.pop().close()
+            backend.release_memory(target)
+        if target.kind != "cpu":  # a device's free memory is read by each probe: it holds no session between
+            return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
+                            first_in_process=retime, precision=precision)
+        reset_resident_peak()
+        held.append(_builder(task, backend, target, data, batch_size, optimizer, seed, precision)())
+        figures = _measure_session(held[0], backend, data, batch_size, steps, seed, largest, retime)
+        return _with_memory(figures, backend, target, None)
 
     def limit_device(limit: int) -> None:
         if target.kind != "cpu":
             backend.limit_memory(target, limit)
 
-    return serve_probes(channel, measure, limit_device, device_memory_limit)
+    try:
+        return serve_probes(channel, measure, limit_device, device_memory_limit)
+    except Exception as exc:
+        if backend.is_oom(exc):
+            raise TrialError("oom", first_line(exc)[:300]) from None
+        raise
+    finally:
+        for session in held:
+            session.close()
+        backend.release_memory(target)
 
 
 def serve_probes(channel: Any, measure: Callable[[int, bool], dict[str, Any]], limit_device: Callable[[int], Any],
