@@ -109,6 +109,38 @@ def test_convex_memory_costs_at_most_one_oom(limit_gib):
     assert 0.95 * best <= answer.batch_size <= best, (best, sizes(probes))
 
 
+def concave(power=0.5, scale=200 * MIB):
+    """Memory growing slower than the batch (buffers shared across samples, an allocator's reuse)."""
+    return lambda b: GIB + scale * b ** power
+
+
+@pytest.mark.parametrize("power, scale", [(0.5, 200 * MIB), (0.7, 20 * MIB)])
+@pytest.mark.parametrize("limit_gib", [3.5, 5, 8, 12.7])
+def test_concave_memory_lands_on_the_edge_without_creeping(limit_gib, power, scale):
+    """The line through the probes over-reads a concave curve's slope past them, so each aimed probe fits and the
+    prediction creeps up a granule or two at a time; a power law through three spread probes aims at the edge:
+    one OOM, one probe near the edge that is not the answer, at least 97 % of the true largest."""
+    curve, budget = concave(power, scale), device_budget(limit_gib * GIB)
+    answer, probes = run(curve, budget)
+    best = truth(curve, budget, ceiling=20_000)
+    assert sum(p.oom for p in probes) <= 1, (best, sizes(probes))
+    assert len(near_edge(probes, answer)) <= 1, (best, sizes(probes))
+    assert 0.97 * best <= answer.batch_size <= best, (best, sizes(probes))
+
+
+def test_concave_jittery_runs_cost_at_most_one_oom():
+    """The same with a few MiB of run-to-run spread: at most one OOM, and the answer ran, within 3 % of the edge."""
+    rng = np.random.default_rng(0)
+    for limit_mib in range(3500, 14000, 331):
+        curve, budget = concave(), device_budget(limit_mib * MIB)
+        answer, probes = run(curve, budget, jitter=lambda b: rng.uniform(-4, 4) * MIB)
+        best = truth(curve, budget, ceiling=20_000)
+        ran = {p.batch_size for p in probes if p.fits}
+        assert answer.batch_size in ran and sum(p.oom for p in probes) <= 1, (limit_mib, best, sizes(probes))
+        assert 0.97 * best <= answer.batch_size <= best + 2, (limit_mib, best, sizes(probes))
+        assert len(near_edge(probes, answer)) <= 2, (limit_mib, best, sizes(probes))
+
+
 def test_convex_jittery_runs_cost_at_most_one_oom():
     """The same with a few MiB of run-to-run spread: the parabola's step back lands a few percent under its edge."""
     rng = np.random.default_rng(0)
