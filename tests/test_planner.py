@@ -128,28 +128,29 @@ def test_concave_memory_lands_on_the_edge_without_creeping(limit_gib, power, sca
     assert 0.97 * best <= answer.batch_size <= best, (best, sizes(probes))
 
 
-def test_concave_jittery_runs_cost_at_most_one_oom():
-    """The same with a few MiB of run-to-run spread: at most one OOM, and the answer ran, within 3 % of the edge."""
+def jittery_fits(curve, limits_mib, ceiling):
+    """Fit ``curve`` under each limit with a seeded ±4 MiB run-to-run spread; each answer ran, after one OOM at
+    most. Yields the limit, the true largest (without the spread), the answer and the probes."""
     rng = np.random.default_rng(0)
-    for limit_mib in range(3500, 14000, 331):
-        curve, budget = concave(), device_budget(limit_mib * MIB)
+    for limit_mib in limits_mib:
+        budget = device_budget(limit_mib * MIB)
         answer, probes = run(curve, budget, jitter=lambda b: rng.uniform(-4, 4) * MIB)
-        best = truth(curve, budget, ceiling=20_000)
+        best = truth(curve, budget, ceiling=ceiling)
         ran = {p.batch_size for p in probes if p.fits}
         assert answer.batch_size in ran and sum(p.oom for p in probes) <= 1, (limit_mib, best, sizes(probes))
+        yield limit_mib, best, answer, probes
+
+
+def test_concave_jittery_runs_cost_at_most_one_oom():
+    """The same with a few MiB of run-to-run spread: the answer within 3 % of the edge."""
+    for limit_mib, best, answer, probes in jittery_fits(concave(), range(3500, 14000, 331), 20_000):
         assert 0.97 * best <= answer.batch_size <= best + 2, (limit_mib, best, sizes(probes))
         assert len(near_edge(probes, answer)) <= 2, (limit_mib, best, sizes(probes))
 
 
 def test_convex_jittery_runs_cost_at_most_one_oom():
     """The same with a few MiB of run-to-run spread: the parabola's step back lands a few percent under its edge."""
-    rng = np.random.default_rng(0)
-    for limit_mib in range(2200, 9000, 113):
-        curve, budget = convex(), device_budget(limit_mib * MIB)
-        answer, probes = run(curve, budget, jitter=lambda b: rng.uniform(-4, 4) * MIB)
-        best = truth(curve, budget, ceiling=5000)
-        ran = {p.batch_size for p in probes if p.fits}
-        assert answer.batch_size in ran and sum(p.oom for p in probes) <= 1, (limit_mib, best, sizes(probes))
+    for limit_mib, best, answer, probes in jittery_fits(convex(), range(2200, 9000, 113), 5000):
         assert 0.95 * best <= answer.batch_size <= best + 2, (limit_mib, best, sizes(probes))
 
 

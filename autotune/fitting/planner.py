@@ -171,9 +171,9 @@ class Planner:
         if candidate >= fails_at:
             return self._answer_now()
         if self._concave and any(p.oom for p in probes) and not self.granularity_given \
-                and fails_at - fits_at <= UNDER * fails_at:
-            # A concave curve's power law overshot and the step back under it fits within a few percent of the
-            # failure: each probe between is near the edge and risks a second OOM. The bracket is the resolution.
+                and self._concave_bracketed(probes, budget):
+            # A concave curve's power law overshot and the step back under it fits close to the failure: each probe
+            # between is near the edge and risks a second OOM. The bracket is the resolution (proven by the OOM).
             self.notes.append(f"sizes between {fits_at} and {fails_at} were not tried: memory grows slower than the "
                               "batch there, and after an OOM each would risk a second one")
             self.step = fails_at - fits_at
@@ -190,6 +190,15 @@ class Planner:
             return self._answer_now()
         growth = candidate == fits_at * GROWTH < predicted or (approach and candidate < fails_at)
         return ProbeAt(candidate, growth=candidate < ceiling and growth)
+
+    def _concave_bracketed(self, probes: Sequence[Probe], budget: Budget) -> bool:
+        """Whether the fit is within `UNDER` of the failure, or within `CLOSE` with the line through the two largest
+        fits (steeper than a concave curve past them) putting the next granule up over the budget."""
+        gap = self.fails_at - self.fits_at
+        if gap <= UNDER * self.fails_at:
+            return True
+        return gap <= CLOSE * self.fails_at \
+            and _secant_largest(probes, budget.effective_bytes, self.resident_slope) < self.fits_at + self.step
 
     def _past_the_cap(self, probes: Sequence[Probe], model: MemoryModel, budget: Budget) -> bool:
         """Whether the next granule up is past the cap by the line (the edge within two granules) or by a convex
