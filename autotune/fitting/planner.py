@@ -33,6 +33,7 @@ SAGGED = 0.01  # ... and once the line has overshot, this much sag is enough to 
 UNDER = 0.03  # after an overshoot, the step back lands this fraction under the parabola's edge (run-to-run spread)
 SPREAD = 0.75  # the parabola's three runs are each at most this fraction of the next
 CLOSE = 0.15  # ... and with a failure this fraction above the fit, its word that the next granule fails is taken
+BEND = 16 * 2**20  # ... and it stands over it by more than this (real peaks move by MBs from run to run and chunk)
 FLATTEST = 0.3  # a concave curve's power law is read no flatter than batch ** this (past it, an under-read)
 BACK_OFF = 0.01  # after the model overshot, the next probe sits this fraction (at least a granule) below the failure
 
@@ -293,7 +294,7 @@ def _concave_largest(probes: Sequence[Probe], budget_bytes: float, resident_slop
     if not low < middle < high:
         return 0.0
     bulge = (middle - low) - (high - low) * (b.batch_size - a.batch_size) / (c.batch_size - a.batch_size)
-    if bulge <= least * (high - low):
+    if bulge <= max(least * (high - low), BEND):
         return 0.0
     ratio = (high - middle) / (middle - low)
 
