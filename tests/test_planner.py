@@ -128,6 +128,25 @@ def test_concave_memory_lands_on_the_edge_without_creeping(limit_gib, power, sca
     assert 0.97 * best <= answer.batch_size <= best, (best, sizes(probes))
 
 
+def bent(at=800, ratio=0.5):
+    """Linear memory whose per-sample cost drops to ``ratio`` of itself past batch ``at`` (a buffer that stops
+    growing): the line through the probes before the bend over-reads the slope past it."""
+    return lambda b: 1.5 * GIB + 3 * MIB * min(b, at) + 3 * MIB * ratio * max(0, b - at)
+
+
+def test_a_creeping_prediction_is_stepped_over():
+    """Past the bend each size aimed at the edge fits and the prediction creeps up a granule or two at a time
+    (main: three to six probes near the edge that are not the answer). After two such fits the planner tries a
+    size a few percent past the prediction: one OOM brackets the edge, the answer within 3 % of the truth."""
+    curve = bent()
+    for limit_mib in range(4000, 14000, 97):
+        budget = device_budget(limit_mib * MIB)
+        answer, probes = run(curve, budget)
+        best = truth(curve, budget, ceiling=8000)
+        assert sum(p.oom for p in probes) <= 1 and len(near_edge(probes, answer)) <= 3, (best, sizes(probes))
+        assert 0.97 * best <= answer.batch_size <= best, (best, sizes(probes))
+
+
 def jittery_fits(curve, limits_mib, ceiling):
     """Fit ``curve`` under each limit with a seeded ±4 MiB run-to-run spread; each answer ran, after one OOM at
     most. Yields the limit, the true largest (without the spread), the answer and the probes."""

@@ -80,6 +80,9 @@ class Planner:
         self._backed_off = False  # after an overshoot, the one step back below the failure has been tried
         self._approached = False  # a far, unsettled prediction has been approached halfway once
         self._concave = False  # a concave curve's power law was aimed at (it out-read the line)
+        self._aimed = False  # the size asked was the model's edge (not growth, not a step back or bisection)
+        self._aimed_fits = 0  # consecutive aimed sizes that fitted
+        self._stepped_over = False  # the size asked was past a creeping prediction
         self._asked: ProbeAt | None = None
         self._answer: Answer | None = None
 
@@ -108,6 +111,7 @@ class Planner:
             self.fits_at = probe.batch_size
         else:
             self.fails_at = probe.batch_size
+        self._aimed_fits = self._aimed_fits + 1 if self._aimed and probe.fits else 0
         fits_at, fails_at, step, ceiling = self.fits_at, self.fails_at, self.step, self.ceiling
         if fits_at == 0:
             if probe.batch_size <= step:
@@ -116,6 +120,11 @@ class Planner:
             return ProbeAt(max(step, _round_down(probe.batch_size // 2, step)),
                            growth=bool(self._asked and self._asked.growth))
         if fits_at >= ceiling or fails_at - fits_at <= step:
+            return self._answer_now()
+        if self._stepped_over and not probe.fits:
+            self.notes.append(f"sizes between {fits_at} and {fails_at} were not tried: the prediction crept up a "
+                              "granule or two at a time, so the size past it was tried to bracket the edge")
+            self.step = fails_at - fits_at
             return self._answer_now()
         if len(probes) >= self.max_probes:
             self.notes.append(f"stopped after {self.max_probes} probes: sizes between {fits_at} and "
@@ -169,6 +178,17 @@ class Planner:
                 self._backed_off = True
             candidate = below if fits_at < below < fails_at else \
                 fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
+            self._aimed = False
+        else:
+            self._aimed = not approach and not searching
+        over = fits_at + max(2 * step, _round_down(int(fits_at * UNDER), step))
+        self._stepped_over = self._aimed_fits >= 2 and candidate < over < min(fails_at, ceiling) \
+            and not self.granularity_given and not any(p.oom for p in probes)
+        if self._stepped_over:
+            # Two sizes at the model's edge fitted and it still puts the edge within a few percent: it creeps up a
+            # granule or two at a time (concave memory, or peaks that move by MBs near the edge), each a probe
+            # near the edge. The size a few percent past it brackets the edge with one failure (if none is spent).
+            candidate = over
         if candidate >= fails_at:
             return self._answer_now()
         if self._concave and any(p.oom for p in probes) and not self.granularity_given \
@@ -190,6 +210,7 @@ class Planner:
             self.step = fails_at - fits_at
             return self._answer_now()
         growth = candidate == fits_at * GROWTH < predicted or (approach and candidate < fails_at)
+        self._aimed = self._aimed and not growth
         return ProbeAt(candidate, growth=candidate < ceiling and growth)
 
     def _concave_bracketed(self, probes: Sequence[Probe], budget: Budget) -> bool:
