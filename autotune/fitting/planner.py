@@ -8,7 +8,11 @@ The rules: grow the batch (8, 64, 512) to learn the slope; aim at the largest si
 under the budget less margin (a far, still-moving extrapolation is approached halfway first, as one more
 growth probe); prove the edge with a real run (a fit below it, a failure above); after an overshoot step back
 once, a granule or 1 % under the failure; then bisect. Memory convex in the batch (three spread probes whose
-middle one sags under the chord of the others) is read by the parabola through them, not the line.
+middle one sags under the chord of the others) is read by the parabola through them, not the line; memory
+concave in it (the middle one stands over the chord) by a power law through them, and after that overshoots, by
+the line through the two largest fits (steeper than the curve past them: it lands under the edge). A prediction
+that creeps (two sizes aimed at the edge fitted and it still puts the edge within a few percent) is stepped over
+by a few percent, so that one failure brackets the edge.
 """
 
 from __future__ import annotations
