@@ -34,8 +34,12 @@ CURVES: dict[str, Callable[[int], float]] = {
     "32 MiB chunks": lambda b: math.ceil((1.5 * GIB + 3 * MIB * b) / (32 * MIB)) * 32 * MIB,
     "convex": lambda b: GIB + 2 * MIB * b + 900 * b * b,
     "concave": lambda b: GIB + 200 * MIB * math.sqrt(b),
+    # a bend that fades: concave over the growth probes, straight near the edge (a power law over-reads it)
+    "concave, then linear": lambda b: 1.2 * GIB + 1.5 * MIB * b + 300 * MIB * (1 - math.exp(-b / 200)),
+    # the per-sample cost halves past batch 800 (tests/test_planner.py's bent curve)
+    "bent at 800": lambda b: 1.5 * GIB + 3 * MIB * min(b, 800) + 1.5 * MIB * max(0, b - 800),
 }
-JITTERY = ("linear", "convex")  # also run with a ±4 MiB spread
+JITTERY = ("linear", "convex", "concave")  # also run with a ±4 MiB spread
 BLOCK, FRAMEWORK, BASE, PER_SAMPLE = GIB, 1.2 * GIB, 30 * MIB, 0.78 * MIB  # the block pool (tests/test_planner.py)
 
 

@@ -8,7 +8,11 @@ The rules: grow the batch (8, 64, 512) to learn the slope; aim at the largest si
 under the budget less margin (a far, still-moving extrapolation is approached halfway first, as one more
 growth probe); prove the edge with a real run (a fit below it, a failure above); after an overshoot step back
 once, a granule or 1 % under the failure; then bisect. Memory convex in the batch (three spread probes whose
-middle one sags under the chord of the others) is read by the parabola through them, not the line.
+middle one sags under the chord of the others) is read by the parabola through them, not the line; memory
+concave in it (the middle one stands over the chord) by a power law through them, and after that overshoots, by
+the line through the two largest fits (steeper than the curve past them: it lands under the edge). A prediction
+that creeps (two sizes aimed at the edge fitted and it still puts the edge within a few percent) is stepped over
+by a few percent, so that one failure brackets the edge.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ SAGGED = 0.01  # ... and once the line has overshot, this much sag is enough to 
 UNDER = 0.03  # after an overshoot, the step back lands this fraction under the parabola's edge (run-to-run spread)
 SPREAD = 0.75  # the parabola's three runs are each at most this fraction of the next
 CLOSE = 0.15  # ... and with a failure this fraction above the fit, its word that the next granule fails is taken
+BEND = 16 * 2**20  # ... and it stands over it by more than this (real peaks move by MBs from run to run and chunk)
+FLATTEST = 0.3  # a concave curve's power law is read no flatter than batch ** this (past it, an under-read)
 BACK_OFF = 0.01  # after the model overshot, the next probe sits this fraction (at least a granule) below the failure
 
 
@@ -77,6 +83,10 @@ class Planner:
         self._explore = 0  # granule steps taken past a spent block-pool estimate
         self._backed_off = False  # after an overshoot, the one step back below the failure has been tried
         self._approached = False  # a far, unsettled prediction has been approached halfway once
+        self._concave = False  # a concave curve's power law was aimed at (it out-read the line)
+        self._aimed = False  # the size asked was the model's edge (not growth, not a step back or bisection)
+        self._aimed_fits = 0  # consecutive aimed sizes that fitted
+        self._stepped_over = False  # the size asked was past a creeping prediction
         self._asked: ProbeAt | None = None
         self._answer: Answer | None = None
 
@@ -105,6 +115,7 @@ class Planner:
             self.fits_at = probe.batch_size
         else:
             self.fails_at = probe.batch_size
+        self._aimed_fits = self._aimed_fits + 1 if self._aimed and probe.fits else 0
         fits_at, fails_at, step, ceiling = self.fits_at, self.fails_at, self.step, self.ceiling
         if fits_at == 0:
             if probe.batch_size <= step:
@@ -113,6 +124,11 @@ class Planner:
             return ProbeAt(max(step, _round_down(probe.batch_size // 2, step)),
                            growth=bool(self._asked and self._asked.growth))
         if fits_at >= ceiling or fails_at - fits_at <= step:
+            return self._answer_now()
+        if self._stepped_over and not probe.fits:
+            self.notes.append(f"sizes between {fits_at} and {fails_at} were not tried: the prediction crept up a "
+                              "granule or two at a time, so the size past it was tried to bracket the edge")
+            self.step = fails_at - fits_at
             return self._answer_now()
         if len(probes) >= self.max_probes:
             self.notes.append(f"stopped after {self.max_probes} probes: sizes between {fits_at} and "
@@ -151,7 +167,12 @@ class Planner:
             # back from the failure by a granule or 1 % (overshoots are small), once; else (no model, or after
             # that) bisect.
             below = 0
-            if not self._backed_off and math.isfinite(predicted):
+            # After a concave curve's power law overshot, the line through the two largest fits is steeper than the
+            # curve past them: its edge is under the true one, and it climbs toward it with each fit (no 2nd OOM).
+            secant = _secant_largest(probes, budget.effective_bytes, self.resident_slope) if self._concave else 0
+            if fits_at < secant < fails_at * (1 - BACK_OFF):
+                below = _round_down(int(secant), step)
+            elif not self._backed_off and math.isfinite(predicted):
                 below = min(_round_down(int(fails_at * (1 - BACK_OFF)), step), fails_at - step)
                 # The overshoot is itself a sign of convex memory: a slight sag then sizes the step, if its parabola
                 # puts the edge further under the 1 % step than the spread of its three runs moves it.
@@ -161,7 +182,26 @@ class Planner:
                 self._backed_off = True
             candidate = below if fits_at < below < fails_at else \
                 fits_at + max(step, _round_down((fails_at - fits_at) // 2, step))
+            self._aimed = False
+        else:
+            self._aimed = not approach and not searching
+        over = fits_at + max(2 * step, _round_down(int(fits_at * UNDER), step))
+        self._stepped_over = self._aimed_fits >= 2 and candidate < over < min(fails_at, ceiling) \
+            and not self.granularity_given and not any(p.oom for p in probes)
+        if self._stepped_over:
+            # Two sizes at the model's edge fitted and it still puts the edge within a few percent: it creeps up a
+            # granule or two at a time (concave memory, or peaks that move by MBs near the edge), each a probe
+            # near the edge. The size a few percent past it brackets the edge with one failure (if none is spent).
+            candidate = over
         if candidate >= fails_at:
+            return self._answer_now()
+        if self._concave and any(p.oom for p in probes) and not self.granularity_given \
+                and self._concave_bracketed(probes, budget):
+            # A concave curve's power law overshot and the step back under it fits close to the failure: each probe
+            # between is near the edge and risks a second OOM. The bracket is the resolution (proven by the OOM).
+            self.notes.append(f"sizes between {fits_at} and {fails_at} were not tried: memory grows slower than the "
+                              "batch there, and after an OOM each would risk a second one")
+            self.step = fails_at - fits_at
             return self._answer_now()
         if any(p.oom for p in probes) and not self.granularity_given and not budget.block and model is not None \
                 and self._past_the_cap(probes, model, budget):
@@ -174,7 +214,17 @@ class Planner:
             self.step = fails_at - fits_at
             return self._answer_now()
         growth = candidate == fits_at * GROWTH < predicted or (approach and candidate < fails_at)
+        self._aimed = self._aimed and not growth
         return ProbeAt(candidate, growth=candidate < ceiling and growth)
+
+    def _concave_bracketed(self, probes: Sequence[Probe], budget: Budget) -> bool:
+        """Whether the fit is within `UNDER` of the failure, or within `CLOSE` with the line through the two largest
+        fits (steeper than a concave curve past them) putting the next granule up over the budget."""
+        gap = self.fails_at - self.fits_at
+        if gap <= UNDER * self.fails_at:
+            return True
+        return gap <= CLOSE * self.fails_at \
+            and _secant_largest(probes, budget.effective_bytes, self.resident_slope) < self.fits_at + self.step
 
     def _past_the_cap(self, probes: Sequence[Probe], model: MemoryModel, budget: Budget) -> bool:
         """Whether the next granule up is past the cap by the line (the edge within two granules) or by a convex
@@ -190,7 +240,15 @@ class Planner:
         """The size to aim at, and whether it is a search step (bisection, exploration), not the model's answer."""
         predicted = model.largest_under(budget.effective_bytes) if model else math.inf
         if not (budget.block and model is not None):
-            return min(predicted, _convex_largest(probes, budget.effective_bytes, self.resident_slope)), False
+            convex = _convex_largest(probes, budget.effective_bytes, self.resident_slope)
+            if math.isfinite(convex):
+                return min(predicted, convex), False
+            if self._concave and self.fails_at <= self.ceiling:
+                # the power law overshot: the line through the two largest fits is under the edge from here on
+                return _secant_largest(probes, budget.effective_bytes, self.resident_slope), False
+            concave = _concave_largest(probes, budget.effective_bytes, self.resident_slope)
+            self._concave = self._concave or concave > predicted
+            return max(predicted, concave), False
         fits_at, fails_at, step = self.fits_at, self.fails_at, self.step
         predicted = largest_in_blocks(list(probes), budget.effective_bytes, budget.block, budget.margin)
         searching = fails_at <= self.ceiling or predicted < fits_at + 2 * step
@@ -214,18 +272,13 @@ def _convex_largest(probes: Sequence[Probe], budget_bytes: float, resident_slope
     A line through the last two points under-reads a convex curve past them, so the aimed probe and the step
     back after it both fail; the parabola through three points is exact on a quadratic curve (attention).
     """
-    # Three fitting runs each at most 3/4 of the next: over shorter stretches the run-to-run spread swamps the sag.
-    measured = sorted((p for p in probes if p.fits and p.peak_memory_bytes), key=lambda p: p.batch_size)
-    spread: list[Probe] = []
-    for probe in reversed(measured):
-        if not spread or probe.batch_size <= SPREAD * spread[-1].batch_size:
-            spread.append(probe)
+    spread = _spread(probes)
     if len(spread) < 3:
         return math.inf
     c, b, a = spread[:3]
 
     def rising(probe: Probe) -> float:
-        return float((probe.resident_peak_bytes if resident_slope else None) or probe.peak_memory_bytes or 0)
+        return _rising(probe, resident_slope)
 
     first = (rising(b) - rising(a)) / (b.batch_size - a.batch_size)
     second = (rising(c) - rising(b)) / (c.batch_size - b.batch_size)
@@ -240,6 +293,67 @@ def _convex_largest(probes: Sequence[Probe], budget_bytes: float, resident_slope
     room = budget_bytes - float(c.peak_memory_bytes or 0)
     return c.batch_size + (math.sqrt(max(0.0, tangent ** 2 + 4 * curvature * room)) - tangent) / (2 * curvature) \
         if room > 0 else float(c.batch_size)
+
+
+def _spread(probes: Sequence[Probe]) -> list[Probe]:
+    """The largest fitting measured runs, each at most `SPREAD` of the next, largest first: over shorter stretches
+    the run-to-run spread swamps a curve's bend."""
+    measured = sorted((p for p in probes if p.fits and p.peak_memory_bytes), key=lambda p: p.batch_size)
+    spread: list[Probe] = []
+    for probe in reversed(measured):
+        if not spread or probe.batch_size <= SPREAD * spread[-1].batch_size:
+            spread.append(probe)
+    return spread
+
+
+def _concave_largest(probes: Sequence[Probe], budget_bytes: float, resident_slope: bool,
+                     least: float = CONVEX) -> float:
+    """The largest size under ``budget_bytes`` by a power law ``a + k * batch ** p`` (p < 1) through the three
+    largest spread fitting runs, when the middle one stands over the chord of the others (memory concave in the
+    batch); else 0 (no word)."""
+    spread = _spread(probes)
+    if len(spread) < 3:
+        return 0.0
+    c, b, a = spread[:3]
+    low, middle, high = (_rising(probe, resident_slope) for probe in (a, b, c))
+    if not low < middle < high:
+        return 0.0
+    bulge = (middle - low) - (high - low) * (b.batch_size - a.batch_size) / (c.batch_size - a.batch_size)
+    if bulge <= max(least * (high - low), BEND):
+        return 0.0
+    ratio = (high - middle) / (middle - low)
+
+    def shape(p: float) -> float:
+        return (c.batch_size ** p - b.batch_size ** p) / (b.batch_size ** p - a.batch_size ** p)
+
+    lo, hi = FLATTEST, 1.0
+    if shape(lo) < ratio:
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if shape(mid) < ratio else (lo, mid)
+    p = lo
+    scale = (high - middle) / (c.batch_size ** p - b.batch_size ** p)
+    room = budget_bytes - float(c.peak_memory_bytes or 0)
+    if room <= 0:
+        return float(c.batch_size)
+    return (c.batch_size ** p + room / scale) ** (1 / p)
+
+
+def _secant_largest(probes: Sequence[Probe], budget_bytes: float, resident_slope: bool) -> float:
+    """The largest size under ``budget_bytes`` by the line through the two largest spread fitting runs; 0 if none."""
+    spread = _spread(probes)
+    if len(spread) < 2:
+        return 0.0
+    c, b = spread[:2]
+    rise = _rising(c, resident_slope) - _rising(b, resident_slope)
+    if rise <= 0:
+        return 0.0
+    return c.batch_size + (budget_bytes - float(c.peak_memory_bytes or 0)) * (c.batch_size - b.batch_size) / rise
+
+
+def _rising(probe: Probe, resident_slope: bool) -> float:
+    """The figure a slope is read from: resident memory on the CPU (it grows smoothly), else the peak itself."""
+    return float((probe.resident_peak_bytes if resident_slope else None) or probe.peak_memory_bytes or 0)
 
 
 def _round_down(value: int, granularity: int) -> int:
