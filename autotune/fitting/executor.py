@@ -5,9 +5,9 @@ figures; a failure comes back as an outcome kind (an OOM, a crash under the cap,
 executor turns that into a `Probe` judged against the `Budget`: it fits, it went over the budget less the
 margin, or it ran out of memory. Growth probes (whose figures feed the slope, not the answer) share one
 worker, and on the CPU one session where its traced step serves the next size (`TrainingSession.resize`:
-Keras' step is not traced again); every size that may be the answer runs in a fresh one, because a process that has run other sizes is
-not a fresh training run (allocator caches warmed by other sizes or by an OOM run sizes a fresh process
-cannot; on the CPU the peak address space only grows over a worker's life).
+Keras' step is not traced again); every size that may be the answer runs in a fresh one, because a process
+that has run other sizes is not a fresh training run (allocator caches warmed by other sizes or by an OOM
+run sizes a fresh process cannot; on the CPU the peak address space only grows over a worker's life).
 """
 
 from __future__ import annotations
