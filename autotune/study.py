@@ -332,7 +332,9 @@ def tune(
         ceilings = ensure_ceilings(study, task, precisions=space.precisions, backend=backend, device=target,
                                    memory_limit=memory_limit, margin=margin, isolation=isolation,
                                    max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit,
-                                   share=share, step_time_limit=StepTimeLimit.for_trials(trial_time))
+                                   share=share,
+                                   # a global batch's step is the same whatever its micro-batch: no step-time bound
+                                   step_time_limit=None if global_batch else StepTimeLimit.for_trials(trial_time))
         ceiling = min(ceilings.values())  # what every precision fits: the range test and the default configuration
     except BaseException:
         if worker is not None:

@@ -111,6 +111,15 @@ def test_tune_bounds_the_ceiling_by_the_trial_budget_and_the_cache_keeps_both(tm
     assert again["cached"] and again["limited_by"] == "step time" and again["batch_size"] < 2000
 
 
+def test_a_global_batch_study_fits_to_memory(tmp_path):
+    """Its step trains the global batch whatever the micro-batch: a step-time bound would only shrink those."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    autotune.tune(COMPUTE_BOUND, study_name="global", trial_time=1.6, global_batch=64, n_trials=1, range_test=False,
+                  confirm=0, storage=storage)
+    record = optuna.load_study(study_name="global", storage=storage).user_attrs[ceiling_key("torch", _cpu())]
+    assert record["limited_by"] == "dataset", record
+
+
 def _cpu():
     from autotune.backends import get_backend
 
