@@ -196,27 +196,25 @@ def load_task(reference: str | Task) -> Task:
     if not task.imports:
         task.imports = _imported_by(module)
     if task.reference is None:
-        task.reference = canonical_reference(reference.strip())
+        task.reference = f"{_absolute(target)}:{attr}" if target.endswith(".py") else f"{target}:{attr}"
         if task.name in (None, getattr(task.model, "__name__", None)):
             task.name = reference
     return task
 
 
-def canonical_reference(reference: str) -> str:
-    """``reference`` as `load_task` stores it in ``Task.reference``: a file by its absolute path, ``:task`` named."""
-    target, attr = _split_reference(reference)
-    return f"{_absolute(target)}:{attr}" if target.endswith(".py") else f"{target}:{attr}"
+def task_file(reference: str) -> str | None:
+    """The absolute path of the file a task reference names (None for a ``package.module:attr`` reference)."""
+    target, _attr = _split_reference(reference.strip())
+    return _absolute(target) if target.endswith(".py") else None
 
 
 def preload_entry(reference: str) -> str | None:
     """The fork server's preload entry for the task file at ``reference`` (None for a module reference): known
     before the task is loaded, so that the server imports what the file imports while this process loads it."""
-    target, _attr = _split_reference(reference.strip())
-    if not target.endswith(".py"):
-        return None
     from autotune.forkserver import FILE_PRELOAD
 
-    return FILE_PRELOAD + _absolute(target)
+    path = task_file(reference)
+    return None if path is None else FILE_PRELOAD + path
 
 
 def preload_file(entry: str) -> None:

@@ -176,3 +176,18 @@ def test_fit_batch_of_the_example_and_of_a_hungry_task_from_the_cli():
     assert "oneDNN" not in result.stderr, result.stderr
     result = run_cli("fit-batch", f"{TASKS / 'tensorflow_tasks.py'}:broken")
     assert result.returncode == 2 and "other than memory" in result.stderr
+
+
+def test_a_session_resized_to_another_batch_runs_the_step_it_traced():
+    """A fit's growth probes share one session: the larger batch trains without tracing the step again."""
+    task = Task(backend="tensorflow", model=small_model, data=_blobs, loss="cross_entropy")
+    data = task.load_data()
+    session = BACKEND.session(task, data, CPU, batch_size=8, optimizer={"name": "adam"}, seed=0)
+    session.train_step(np.arange(8))
+    session.evaluate(max_batches=1)  # both steps traced at batch 8
+    traced = session.compile_seconds
+    assert traced > 0 and session.resize(64) and session.batch_size == 64
+    session.train_step(np.arange(64))
+    assert math.isfinite(session.last_loss()) and math.isfinite(session.evaluate(max_batches=1))
+    assert session.compile_seconds == traced  # no second trace
+    session.close()

@@ -94,3 +94,26 @@ def test_timeout_per_message_bounds_each_step_not_the_whole_series():
     assert paced_ok.ok and paced_ok.value == 4
     whole = run_in_worker(paced, kwargs, timeout=1, on_message=lambda _m: None, preload=("test_worker",))
     assert not whole.ok and whole.kind == "timeout"
+
+
+def churn() -> int:
+    """Bytes of address space that two freed 8 MiB blocks leave mapped."""
+    from autotune.procmem import process_memory
+
+    before = process_memory()["address_space"]
+    for _ in range(2):
+        block = bytearray(8 << 20)
+        del block
+    return process_memory()["address_space"] - before
+
+
+def test_only_workers_that_measure_memory_pin_the_allocator():
+    """A fit's probe returns every freed block at once (its peak is the live memory); a trial's worker keeps
+    glibc's own threshold, as the user's training does, so a freed block stays in the heap for the next step."""
+    from autotune.runner import run_in_worker
+
+    assert run_in_worker(churn, {}, preload=("test_worker",)).value == 0  # exact_memory, a fit's probe
+    assert run_in_worker(churn, {}, preload=("test_worker",), exact_memory=False).value > 4 << 20
+    with Worker(preload=("test_worker",)) as worker:
+        assert worker.run(churn, {}).value > 4 << 20  # most of a block stays mapped
+

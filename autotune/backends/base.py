@@ -222,12 +222,11 @@ class Backend(abc.ABC):
         task's own. A task file's imports are read from the file (`autotune.task.preload_entry`), so that the
         server can start on them before this process has loaded the task."""
         from autotune.backends import backend_for_modules
-        from autotune.task import file_imports, preload_entry
+        from autotune.task import file_imports, preload_entry, task_file
 
-        entry = preload_entry(task.reference) if task.reference else None
-        if entry is not None and backend_for_modules(
-                [module for module, _name in file_imports(task.reference.rpartition(":")[0])]) == self.name:
-            return (entry,)  # the server finds this backend from the file, as this process does
+        path = task_file(task.reference) if task.reference else None
+        if path is not None and backend_for_modules([module for module, _ in file_imports(path)]) == self.name:
+            return (str(preload_entry(path)),)  # the server finds this backend from the file, as this process does
         return (*self.preload_modules(), *task.imports)
 
     compile_name: ClassVar[str] = "compilation"

@@ -12,11 +12,12 @@ run sizes a fresh process cannot; on the CPU the peak address space only grows o
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Callable, Mapping, Sequence
 
 from autotune.backends import get_backend
-from autotune.errors import FitError, TrialError, first_line
+from autotune.errors import FitError
 from autotune.fitting.budget import Budget
 from autotune.fitting.model import Probe
 from autotune.fitting.planner import Answer, ProbeAt
@@ -93,41 +94,34 @@ def _probe_series(task: Any, device: str | None, optimizer: Mapping[str, Any], s
     `_probe_run` would.
     """
     task, backend, target, data = _probe_setup(task, device, device_memory_limit)
-    held: list[Any] = []  # on the CPU, a session whose traced step serves the next, larger size (`resize`)
+    held = contextlib.ExitStack()  # on the CPU, the last session, whose traced step may serve the next size
+    session: Any = None
 
     def measure(batch_size: int, first: bool) -> dict[str, Any]:
+        nonlocal session
         # the fit's first probe (a small growth size) carries the process's first-call set-up: a second,
         # timed step costs little there
         retime = retime_first and first
-        if held and held[0].resize(batch_size):  # sizes only grow here: the peak stays the largest size's
+        if session is None or not session.resize(batch_size):  # sizes only grow: the peak is the largest's
+            held.close()  # the previous session, closed and its memory released
+            session = None
+            if target.kind != "cpu":  # a device's free memory is read by each probe: nothing is held between
+                return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
+                                first_in_process=retime, precision=precision)
             reset_resident_peak()
-            figures = _measure_session(held[0], backend, data, batch_size, steps, seed, largest, retime)
-            return _with_memory(figures, backend, target, None)
-        if held:
-            held.pop().close()
-            backend.release_memory(target)
-        if target.kind != "cpu":  # a device's free memory is read by each probe: it holds no session between
-            return _measure(task, backend, target, data, batch_size, optimizer, steps, seed, largest,
-                            first_in_process=retime, precision=precision)
-        reset_resident_peak()
-        held.append(_builder(task, backend, target, data, batch_size, optimizer, seed, precision)())
-        figures = _measure_session(held[0], backend, data, batch_size, steps, seed, largest, retime)
+            session = held.enter_context(fresh_session(
+                backend, target, _builder(task, backend, target, data, batch_size, optimizer, seed, precision)))
+        else:
+            reset_resident_peak()
+        figures = _measure_session(session, backend, data, batch_size, steps, seed, largest, retime)
         return _with_memory(figures, backend, target, None)
 
     def limit_device(limit: int) -> None:
         if target.kind != "cpu":
             backend.limit_memory(target, limit)
 
-    try:
+    with held:  # an OOM in a held session leaves through `fresh_session`, as TrialError('oom')
         return serve_probes(channel, measure, limit_device, device_memory_limit)
-    except Exception as exc:
-        if backend.is_oom(exc):
-            raise TrialError("oom", first_line(exc)[:300]) from None
-        raise
-    finally:
-        for session in held:
-            session.close()
-        backend.release_memory(target)
 
 
 def serve_probes(channel: Any, measure: Callable[[int, bool], dict[str, Any]], limit_device: Callable[[int], Any],

@@ -30,7 +30,7 @@ from autotune.backends import _INSTANCES, _REGISTRY, backend_for_modules, get_ba
 from autotune.errors import AutotuneError, DeviceError, FitError
 from autotune.optimizers import OPTIMIZERS
 from autotune.runner import WorkerOutcome, run_in_worker
-from autotune.task import file_imports, load_task, preload_entry
+from autotune.task import file_imports, load_task, preload_entry, task_file
 from autotune.testing.runs import capped_training
 from autotune.training import BatchSampler
 from autotune.units import parse_size
@@ -201,7 +201,7 @@ class BackendConformanceSuite:
     def test_a_worker_preloads_the_framework_and_the_task_modules(self, case: BackendCase) -> None:
         """Capped workers import these before the cap (fit-batch and tune alike): the framework's first."""
         backend, task = get_backend(case.name), load_task(case.task("hungry"))
-        path = str(task.reference).rpartition(":")[0]
+        path = str(task_file(str(task.reference)))
         preload = backend.worker_preload(task)
         if backend_for_modules([module for module, _name in file_imports(path)]) == backend.name:
             assert preload == (preload_entry(path),)  # the server reads the file's imports, this backend's first
