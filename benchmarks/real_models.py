@@ -26,12 +26,14 @@ doubles from 8 and bisects to one sample; ``--no-truth`` skips it. Every run is 
 ``benchmarks/.cache/real_models_truth.json`` (per task file, cap and framework version) and reused.
 
 **tune** (``--skip-tune`` to leave out): ``autotune.tune(task, n_trials=--trials, trial_time=--trial-time,
-memory_limit=CAP, confirm=--confirm)`` (a fresh SQLite study; its ceiling fit and range test included; the
-confirm re-runs, default 0, only where asked), against a plain Optuna
-TPE loop (`benchmarks.search.PlainSpace` and `benchmarks.search.train`: the same training code, in this
+memory_limit=CAP, confirm=--confirm)`` in a fresh Python process, as a user's script runs it (a fresh SQLite
+study; its ceiling fit and range test included; the confirm re-runs, default 0, only where asked), against a
+plain Optuna TPE loop (`benchmarks.search.PlainSpace` and `benchmarks.search.train`: the same training code, in this
 process, over the same optimizers and parameter ranges and the batch sizes up to autotune's fitted ceiling,
 no range test, no lr scaling, no pruning) given the same total wall time (Optuna's ``timeout``). Columns: wall,
-trials, engine overhead = (wall − Σ trials' training seconds) / Σ training seconds (a complete trial's
+the task's own load (`task_load_seconds`: its framework and model-library imports in a fresh process, which any
+way of training the model pays; the plain loop runs after it), trials, engine overhead = (wall − task load − Σ
+trials' training seconds) / Σ training seconds (a complete trial's
 ``measured.train_seconds``; a pruned one's training up to its last report, from its stored history; the column
 after it adds, for studies stored without that history, the last stored report / 8 × trial time), the phases
 (``study.user_attrs["phases"][-1]``), and the pick re-scored from scratch (`benchmarks.search.rescore`:
@@ -63,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -505,21 +508,64 @@ def fit_goal(data: dict[str, Any], truth: Truth, base: float | None) -> str:
 # tune (parent side)
 # --------------------------------------------------------------------------------------------------------------
 
-def tune_autotune(model: Model, cap: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    import autotune
-    from autotune.errors import AutotuneError
+TUNE_CHILD = """
+import json, sys, time
+args = json.loads(sys.argv[1])
+import autotune
+from autotune.errors import AutotuneError
 
+def picked(result):
+    return {"trial": result.trial, "batch_size": result.batch_size, "optimizer": result.optimizer, "lr": result.lr,
+            "optimizer_params": result.optimizer_params, "val_loss": result.val_loss}
+
+out = {}
+try:
+    out["result"] = picked(autotune.tune(args["task"], n_trials=args["trials"], trial_time=args["trial_time"],
+                                         memory_limit=args["cap"], storage=args["storage"], study_name=args["study"],
+                                         seed=args["seed"], confirm=args["confirm"]))
+except AutotuneError as exc:  # ModelDoesNotLearn carries the best trial as its result
+    out["error"] = str(exc).splitlines()[0][:300]
+    if getattr(exc, "result", None) is not None:
+        out["result"] = picked(exc.result)
+print("RESULT " + json.dumps(out))
+"""
+"""`autotune.tune` as a user's script calls it, in a fresh Python process: its wall is what a user waits for."""
+
+TASK_LOAD_CHILD = """
+import sys, time
+import autotune
+from autotune.task import load_task
+started = time.perf_counter()
+load_task(sys.argv[1])
+print("SECONDS", time.perf_counter() - started)
+"""
+
+
+def task_load_seconds(model: Model, runs: int = 2) -> float:
+    """Seconds a fresh process spends loading the task file (its framework and model-library imports, the module
+    body), autotune imported first: what any way of training the model pays, so it is shown apart from autotune's
+    overhead. The quickest of ``runs`` (the first may read the libraries from disk)."""
+    found = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", TASK_LOAD_CHILD, model.task], cwd=ROOT, capture_output=True,
+                              text=True, check=True)
+        found.append(float(next(line for line in done.stdout.splitlines() if line.startswith("SECONDS")).split()[1]))
+    return min(found)
+
+
+def tune_autotune(model: Model, cap: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+    """``autotune.tune`` in a fresh process (Python's start and every import in its wall), its study read here."""
     storage = f"sqlite:///{scratch / 'autotune.db'}"
+    child = {"task": model.task, "trials": args.trials, "trial_time": args.trial_time, "cap": cap, "storage": storage,
+             "study": STUDY, "seed": args.tune_seed, "confirm": args.confirm}
     started = time.perf_counter()
-    try:
-        result = autotune.tune(model.task, n_trials=args.trials, trial_time=args.trial_time, memory_limit=cap,
-                               storage=storage, study_name=STUDY, seed=args.tune_seed, confirm=args.confirm)
-    except AutotuneError as exc:  # ModelDoesNotLearn carries the best trial as its result
-        found = getattr(exc, "result", None)
-        study = getattr(found, "study", None) or _stored_study(storage)
-        return {"error": fb._short(exc), "wall": time.perf_counter() - started, "study": study,
-                **({"result": found} if found else {})}
-    return {"wall": time.perf_counter() - started, "result": result, "study": result.study}
+    done = subprocess.run([sys.executable, "-c", TUNE_CHILD, json.dumps(child)], cwd=ROOT, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - started
+    line = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+    out = json.loads(line[len("RESULT "):]) if line else {
+        "error": f"exit {done.returncode}: {(done.stderr.strip().splitlines() or ['no output'])[-1][:300]}"}
+    return {**out, "wall": wall, "study": _stored_study(storage)}
 
 
 def _stored_study(storage: str) -> Any:
@@ -606,11 +652,11 @@ def tune_section(key: str, model: Model, cap: int, args: argparse.Namespace) -> 
         if auto.get("study") is not None:
             run_auto.update(study_figures(auto["study"], args.trial_time))
         result = auto.get("result")
-        if result is not None:
-            best = auto["study"].trials[result.trial]
-            run_auto.update(config={"batch_size": result.batch_size, "optimizer": result.optimizer, "lr": result.lr,
-                                    "optimizer_params": result.optimizer_params},
-                            tuning_loss=result.val_loss, pick_steps=best.user_attrs.get("measured", {}).get("steps"))
+        if result is not None and auto.get("study") is not None:
+            best = auto["study"].trials[result["trial"]]
+            run_auto.update(config={k: result[k] for k in ("batch_size", "optimizer", "lr", "optimizer_params")},
+                            tuning_loss=result["val_loss"], pick_steps=best.user_attrs.get("measured", {}).get("steps"))
+        run_auto["task_load"] = task_load_seconds(model)
         ceiling = _ceiling(auto.get("study"))
         log(f"  -> {run_auto['wall']:.1f} s, {run_auto.get('trials')} trials, ceiling {ceiling}, "
             f"pick {run_auto.get('config')}{'; ' + run_auto['error'] if run_auto.get('error') else ''}")
@@ -637,9 +683,15 @@ def _ceiling(study: Any) -> int | None:
     return int(found["batch_size"]) if found else None
 
 
-def _overhead(run: dict[str, Any], extra: float = 0.0) -> str:
+def overhead_share(run: dict[str, Any], extra: float = 0.0) -> float | None:
+    """(wall − the task's own load − Σ training) / Σ training: what the engine adds to the trials' training."""
     train = (run.get("train_seconds") or 0.0) + extra
-    return f"{100 * (run['wall'] - train) / train:.0f} %" if train > 0 else "–"
+    return (run["wall"] - run.get("task_load", 0.0) - train) / train if train > 0 else None
+
+
+def _overhead(run: dict[str, Any], extra: float = 0.0) -> str:
+    share = overhead_share(run, extra)
+    return f"{100 * share:.0f} %" if share is not None else "–"
 
 
 def _loss(run: dict[str, Any]) -> str:
@@ -662,21 +714,24 @@ def tune_table(key: str, model: Model, cap: int, args: argparse.Namespace, auto:
     from benchmarks.search import fmt, ratio
 
     lines = [f"### tune: {key} — {model.about}; {args.trials} trials × {args.trial_time:g} s, cap {cap / GIB:g} GiB",
-             "", "| method | wall (s) | trials | Σ training (s) | engine overhead | overhead, pruned trials' training "
-             "estimated | pick | re-scored loss (median [min–max]) | loss / plain loop |",
-             "|---|---:|---:|---:|---:|---:|---|---|---:|"]
+             "", "| method | wall (s) | task load (s) | trials | Σ training (s) | engine overhead | overhead, pruned "
+             "trials' training estimated | pick | re-scored loss (median [min–max]) | loss / plain loop |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|---:|"]
     base = plain.get("rescore_median")
     for run in (auto, plain):
         extra = run.get("pruned_train_estimate", 0.0)
         counts = run.get("counts")
         trials = (f"{run.get('trials', 0)} ({counts['PRUNED']} pruned, {counts['FAIL']} failed)" if counts
                   else f"{run.get('trials', 0)} ({run.get('failed', 0)} failed)")
-        lines.append(f"| {run['method']} | {run['wall']:.1f} | {trials} | {fmt(run.get('train_seconds'), 1)} | "
+        task_load = f"{run['task_load']:.1f}" if "task_load" in run else "–"
+        lines.append(f"| {run['method']} | {run['wall']:.1f} | {task_load} | {trials} | "
+                     f"{fmt(run.get('train_seconds'), 1)} | "
                      f"{_overhead(run)} | {_overhead(run, extra) if counts else '–'} | {_pick(run)} | {_loss(run)} | "
                      f"{ratio(run['rescore_median'], base) if run.get('rescore_median') and base else '–'} |")
     phases = ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in auto.get("phases", {}).items())
-    lines += ["", f"autotune's phases: {phases or '–'} (wall {auto['wall']:.1f} s; the rest is set-up, storage and "
-                  f"reports); ceiling {ceiling}; the plain loop's batch sizes {plain.get('batch_sizes')}."]
+    lines += ["", f"autotune's phases: {phases or '–'} (wall {auto['wall']:.1f} s from a fresh process; the rest is "
+                  f"Python's start, imports, set-up, storage and reports); ceiling {ceiling}; the plain loop's "
+                  f"batch sizes {plain.get('batch_sizes')}."]
     if auto.get("error"):
         lines.append(f"autotune.tune raised: {auto['error']}")
     failures = sorted(set(auto.get("failures", [])))
@@ -688,10 +743,9 @@ def tune_table(key: str, model: Model, cap: int, args: argparse.Namespace, auto:
 
 
 def tune_goal(auto: dict[str, Any], plain: dict[str, Any]) -> str:
-    train = auto.get("train_seconds") or 0.0
+    share = overhead_share(auto)
     checks = []
-    if train > 0:
-        share = (auto["wall"] - train) / train
+    if share is not None:
         checks.append((share <= 0.5, f"engine overhead {100 * share:.0f} % of training (goal ≤ 50 %)"))
     else:
         checks.append((False, "no trial training measured"))
@@ -755,6 +809,7 @@ def run_model(key: str, args: argparse.Namespace, cap: int) -> dict[str, Any]:
         try:
             out[section] = function(key, model, cap, args)
         except Exception as exc:  # noqa: BLE001 - a model that errors is a finding: record it and go on
+            log(traceback.format_exc())
             out[section] = {"error": fb._short(exc),
                             "table": f"### {section}: {key} — {model.about}\n\nERROR: {fb._short(exc)}"}
         print(out[section]["table"] + "\n", flush=True)

@@ -74,6 +74,21 @@ def test_the_fit_stops_at_the_first_slow_probe_instead_of_probing_the_memory_edg
     assert unbound == plain
 
 
+def test_once_two_probes_time_the_step_the_next_aims_just_past_the_limit():
+    limit = StepTimeLimit(4.0)  # a step may take 1 s
+    assert limit.aim([timed(8, 0.114)]) is None  # one timing: no line yet
+    assert limit.aim([timed(8, 0.114), timed(64, 0.664)]) == 123  # GPT-2's pinned probes: 1.25 s predicted there
+    assert limit.aim([timed(8, 0.5), timed(64, 0.5)]) is None  # flat step time: nothing to extrapolate
+    assert limit.aim([timed(8, 0.1), timed(64, 2.0)]) is None  # already slow: the answer, not an aim
+    _, memory_sizes = fit(lambda b: 0.01 + 0.0005 * b, None)
+    answer, sizes = fit(lambda b: 0.01 + 0.0005 * b, StepTimeLimit(4.0))  # 1 s at batch 1980, edge at 1536
+    assert answer.limited_by == "memory" and sizes == memory_sizes  # the limit lies past the memory edge
+    answer, sizes = fit(lambda b: 0.01 + 0.005 * b, StepTimeLimit(4.0))  # 1 s at batch 198
+    slow = [size for size in sizes if 0.01 + 0.005 * size > 1.0]
+    assert slow and 0.01 + 0.005 * slow[0] <= 1.3  # the one slow probe steps near the limit, not at the edge
+    assert answer.limited_by == "step time" and 190 <= answer.batch_size <= 198
+
+
 def test_a_stored_fit_is_read_under_each_limit_or_refitted():
     probes = [{"batch_size": b, "fits": True, "throughput": b / (0.001 * b)} for b in (8, 64, 512, 1500)]
     memory = {"batch_size": 1500, "limited_by": "memory", "probes": probes}

@@ -106,6 +106,15 @@ class Planner:
             self._asked = decision
         return decision
 
+    def redirect(self, size: int) -> ProbeAt:
+        """Probe ``size`` (below the size asked) instead: a caller's own bound on how far to grow (the step-time
+        limit's aim). Its probe then stands for the one asked; it was not aimed at the memory edge."""
+        if self._asked is None or not 1 <= size < self._asked.batch_size:
+            raise ValueError(f"a redirect must lower the size asked, got {size}")
+        self._asked = dataclasses.replace(self._asked, batch_size=size)
+        self._aimed = False
+        return self._asked
+
     def _answer_now(self) -> Answer:
         return Answer(self.fits_at, self.step, tuple(self.notes))
 

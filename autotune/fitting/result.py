@@ -57,13 +57,19 @@ class BatchFit:
 def run_plan(planner: Planner, executor: ProbeExecutor, probes: list[Probe],
              step_time_limit: StepTimeLimit | None = None) -> Answer:
     """Drive ``planner`` with ``executor`` until it answers, or until a probe steps slower than
-    ``step_time_limit`` (`autotune.fitting.step_time`); every probe run is appended to ``probes``."""
+    ``step_time_limit`` (`autotune.fitting.step_time`), whose predicted reach caps the planner's next size (its
+    `StepTimeLimit.aim`); every probe run is appended to ``probes``."""
 
     def decide(probe: Probe) -> ProbeAt | Answer:
         probes.append(probe)
         decision = planner.next(probes)
-        slow = None if step_time_limit is None or not probe.fits else step_time_limit.answer(probes)
-        return slow if slow is not None and slow.batch_size < decision.batch_size else decision
+        if step_time_limit is None or not probe.fits:
+            return decision
+        slow = step_time_limit.answer(probes)
+        if slow is not None and slow.batch_size < decision.batch_size:
+            return slow
+        aim = step_time_limit.aim(probes) if isinstance(decision, ProbeAt) else None
+        return planner.redirect(aim) if aim is not None and aim < decision.batch_size else decision
 
     decision = planner.next(probes)
     while isinstance(decision, ProbeAt):

@@ -18,6 +18,10 @@ from autotune.fitting.planner import Answer
 
 STEPS_PER_TRIAL = 4
 """The ceiling leaves a trial at least this many steps of its budget (a trial prunes itself as too slow at 2)."""
+AIM_PAST = 1.25
+"""Once two probes time the step, the next probe aims at the size predicted to step this many times the limit:
+past it, to bracket the limit with one slow probe, but not at the memory edge, whose one step costs several
+limits (GPT-2: the memory planner's 252 stepped in 2.6 s against a 1 s limit, the aim's 123 in about 1.3 s)."""
 
 
 def step_seconds(probe: Probe) -> float | None:
@@ -63,6 +67,19 @@ class StepTimeLimit:
         granule = _granule(size)
         batch = max(floor, min(high.batch_size - 1, int(size) // granule * granule), 1)
         return Answer(batch, granule, (self.note(batch, high, high_time),), limited_by="step time")
+
+    def aim(self, probes: Sequence[Probe]) -> int | None:
+        """While no probe is slow: the size predicted to step `AIM_PAST` times the limit, on the line through the
+        two largest timed probes (step time grows about linearly with the batch); None with fewer than two, or
+        when the step time did not grow between them."""
+        timed = sorted((p.batch_size, t) for p in probes if (t := step_seconds(p)) is not None)
+        if len(timed) < 2 or any(t > self.seconds for _, t in timed):
+            return None
+        (small, small_time), (large, large_time) = timed[-2], timed[-1]
+        if large_time <= small_time or large <= small:
+            return None
+        size = large + (AIM_PAST * self.seconds - large_time) * (large - small) / (large_time - small_time)
+        return int(size) if size >= large + 1 else None
 
     def note(self, batch: int, slow: Probe, slow_seconds: float) -> str:
         return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s: the ceiling stops "
