@@ -1,7 +1,5 @@
 """``python -m autotune`` is the ``autotune`` command."""
 
-import sys
+from autotune.cli import run
 
-from autotune.cli import main
-
-sys.exit(main())
+run()

@@ -36,7 +36,7 @@ from autotune.runner import Worker, run_here, warm_up_for
 from autotune.scoped import quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
-from autotune.storage import open_storage, redact, retry_outlasts_grace
+from autotune.storage import import_for as import_storage_for, open_storage, redact, retry_outlasts_grace
 from autotune.study_open import OBJECTIVES, REPORTS, check_objective, describe_new_study, open_study, resume_space
 from autotune.task import Task, load_task, task_handle
 from autotune.trial import check_contract, run_trial
@@ -300,6 +300,7 @@ def tune(
     # trial's worker is replaced); on an accelerator it is closed during the fit, which measures device memory
     worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None
     try:  # a failure before the trials' own try below must not leave the worker running
+        import_storage_for(storage)  # while the worker's server may still be loading the framework
         _check_contract(handle, target, worker, seed)
         if worker is not None and target.kind != "cpu":
             worker.close()  # started again for the range test; it must hold no device memory during the fit

@@ -31,9 +31,9 @@ study; its ceiling fit and range test included; the confirm re-runs, default 0, 
 plain Optuna TPE loop (`benchmarks.search.PlainSpace` and `benchmarks.search.train`: the same training code, in this
 process, over the same optimizers and parameter ranges and the batch sizes up to autotune's fitted ceiling,
 no range test, no lr scaling, no pruning) given the same total wall time (Optuna's ``timeout``). Columns: wall,
-the task's own load (`task_load_seconds`: its framework and model-library imports in a fresh process, which any
-way of training the model pays; the plain loop runs after it), trials, engine overhead = (wall − task load − Σ
-trials' training seconds) / Σ training seconds (a complete trial's
+the task's own load (`task_load_seconds`: its framework and model-library imports and their teardown at exit, in a
+fresh process, which any way of training the model pays; the plain loop runs after it), trials, engine overhead =
+(wall − task load − Σ trials' training seconds) / Σ training seconds (a complete trial's
 ``measured.train_seconds``; a pruned one's training up to its last report, from its stored history; the column
 after it adds, for studies stored without that history, the last stored report / 8 × trial time), the phases
 (``study.user_attrs["phases"][-1]``), and the pick re-scored from scratch (`benchmarks.search.rescore`:
@@ -531,26 +531,21 @@ print("RESULT " + json.dumps(out))
 """
 """`autotune.tune` as a user's script calls it, in a fresh Python process: its wall is what a user waits for."""
 
-TASK_LOAD_CHILD = """
-import sys, time
-import autotune
-from autotune.task import load_task
-started = time.perf_counter()
-load_task(sys.argv[1])
-print("SECONDS", time.perf_counter() - started)
-"""
+def _process_seconds(code: str, *args: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, check=True)
+    return time.perf_counter() - started
 
 
 def task_load_seconds(model: Model, runs: int = 2) -> float:
-    """Seconds a fresh process spends loading the task file (its framework and model-library imports, the module
-    body), autotune imported first: what any way of training the model pays, so it is shown apart from autotune's
-    overhead. The quickest of ``runs`` (the first may read the libraries from disk)."""
-    found = []
-    for _ in range(runs):
-        done = subprocess.run([sys.executable, "-c", TASK_LOAD_CHILD, model.task], cwd=ROOT, capture_output=True,
-                              text=True, check=True)
-        found.append(float(next(line for line in done.stdout.splitlines() if line.startswith("SECONDS")).split()[1]))
-    return min(found)
+    """What a fresh process spends on the task file beyond autotune's own import: its framework and
+    model-library imports, the module body, and their teardown at exit. Any way of training the model pays it,
+    so it is shown apart from autotune's overhead. The quickest of ``runs`` of each process, which is not
+    slower than a first read of the libraries from disk."""
+    with_task = min(_process_seconds("import sys, autotune; autotune.load_task(sys.argv[1])", model.task)
+                    for _ in range(runs))
+    bare = min(_process_seconds("import autotune") for _ in range(runs))
+    return max(0.0, with_task - bare)
 
 
 def tune_autotune(model: Model, cap: int, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:

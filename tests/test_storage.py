@@ -157,3 +157,13 @@ def test_the_default_retry_stays_under_the_heartbeat_grace_less_one_beat_and_a_l
     # SQLite keeps the heartbeat it is given (what the grace above is measured in)
     store = open_storage(f"sqlite:///{tmp_path / 'beat.db'}", heartbeat=1, grace=2)
     assert store.get_heartbeat_interval() == 1
+
+
+def test_importing_what_a_database_needs_opens_nothing(tmp_path):
+    # `tune` imports the storage's modules while the workers' server loads the framework, before any check
+    code = ("import sys; from autotune.storage import import_for; import_for(sys.argv[1]); "
+            "print('alembic.command' in sys.modules, 'sqlalchemy.orm' in sys.modules)")
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    done = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "True"]
+    assert list(tmp_path.iterdir()) == []  # no database file made

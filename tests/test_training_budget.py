@@ -58,3 +58,41 @@ def test_a_first_step_that_takes_the_whole_budget_is_too_slow_at_once():
     with pytest.raises(TooSlow):
         _train(stall=0.9, times=100, built=built)
     assert [model.left for model in built] == [99]  # one stalled step, not a second
+
+
+class SlowToEvaluate(torch.nn.Module):
+    """A small classifier whose forward passes outside training sleep ``stall`` seconds: costly validation."""
+
+    def __init__(self, stall: float):
+        super().__init__()
+        self.layer = torch.nn.Linear(16, 4)
+        self.stall = stall
+
+    def forward(self, x):
+        if not self.training:
+            time.sleep(self.stall)
+        return self.layer(x)
+
+
+def _reports(stall, seconds=1.0):
+    task = autotune.Task(backend="torch", model=lambda: SlowToEvaluate(stall), data=make_blobs, loss="cross_entropy")
+    backend = get_backend("torch")
+    data = task.load_data()
+    session = configured_session(backend, task, data, backend.resolve_device("cpu"), {"batch_size": 16},
+                                 optimizer={"name": "sgd", "lr": 0.01}, seed=0)
+    return train_for_budget(session, BatchSampler(480, 16, 0), seconds=seconds, reports=8, n_val=120,
+                            pruner_reports=(2, 6))
+
+
+def test_cheap_validation_runs_at_every_report():
+    result = _reports(stall=0.0)
+    assert [index for index, _loss, _seconds in result["history"]] == list(range(1, 9))
+
+
+def test_costly_validation_runs_only_where_the_pruner_reads_and_at_the_end():
+    # one pass over the 120 validation samples (8 batches of 16, 12 ms each) fills the tenth of the 1 s budget
+    # that evaluation may take (a quarter would leave room for a batch at every report)
+    result = _reports(stall=0.012)
+    assert [index for index, _loss, _seconds in result["history"]] == [2, 6, 8]
+    assert result["report_subset_batches"] == 1  # intermediate reports on the first batch only
+    assert result["eval_seconds"] < 0.012 * (8 + 2) + 0.15  # the final whole pass and two one-batch reports
