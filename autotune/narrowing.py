@@ -8,14 +8,15 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from autotune.budget import Phases, range_test_budget
+from autotune.budget import RANGE_TEST_GRACE, RANGE_TEST_SHARE, Phases, range_test_budget
 from autotune.space import SearchSpace
 from autotune.training import RANGE_TEST_MIN_STEPS
 from autotune.trial import run_range_tests
 
 Say = Callable[[dict[str, Any]], None]
-Run = Callable[[Callable[..., Any], dict[str, Any], float], Any]
-"""Runs a function with keyword arguments within a timeout (in the study's worker, or here); None on failure."""
+Run = Callable[[Callable[..., Any], dict[str, Any], float, Callable[[Any], Any]], Any]
+"""Runs a function with keyword arguments within a timeout (in the study's worker, or here), passing what it
+sends through its channel to the last argument; None on failure."""
 
 
 def narrow_learning_rates(study: optuna.Study, space: SearchSpace, *, handle: Any, device: Any, batch_size: int,
@@ -33,8 +34,21 @@ def narrow_learning_rates(study: optuna.Study, space: SearchSpace, *, handle: An
         say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
         kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=batch_size, device=device.id,
                       low=space.lr_low, high=space.lr_high, seed=seed, steps=steps, seconds=seconds)
+        sent: dict[str, Any] = {}  # each optimizer's test as the worker finishes it: kept if the run is stopped
+
+        def receive(message: Any) -> None:
+            _, name, outcome = message
+            sent[name] = outcome
+
         with phases.timed("range_test"):
-            tests = run(run_range_tests, kwargs, 600.0 if seconds is None else seconds + 120) or {}
+            tests = run(run_range_tests, kwargs, 600.0 if seconds is None else seconds + RANGE_TEST_GRACE,
+                        receive)
+        if tests is None and seconds is not None:
+            tests = sent
+            say({"event": "warning", "message": f"the learning-rate range test was stopped at its {seconds:.2g} s "
+                 f"({RANGE_TEST_SHARE:.0%} of the study) after {len(sent)} of {len(space.optimizers)} optimizers: "
+                 "the others' learning rates stay as the search space gives them"})
+        tests = tests or {}
         for optimizer, value in tests.items():
             if value is not None and value.get("best_lr"):
                 space.lr_ranges[optimizer] = narrowed(space, value)

@@ -347,7 +347,8 @@ def tune(
             narrow_learning_rates(study, space, handle=handle, device=target,
                                   batch_size=min(space.reference_batch, ceiling), seed=seed, n_trials=n_trials,
                                   trial_time=trial_time, trial_steps=trial_steps, timeout=timeout,
-                                  run=lambda function, kwargs, limit: _run(function, kwargs, worker, limit),
+                                  run=lambda function, kwargs, limit, receive: _run(function, kwargs, worker,
+                                                                                    limit, receive),
                                   phases=phases, say=say)
         tuner = Tuner.attached(study, store=store, backend=backend, device=target, space=space, objective=objective,
                                ceiling=ceilings)
@@ -464,9 +465,10 @@ def _finished(study: optuna.Study) -> int:
     return len(finished(study.get_trials(deepcopy=False)))
 
 
-def _run(function: Callable[..., Any], kwargs: dict[str, Any], worker: Worker | None, timeout: float) -> Any:
+def _run(function: Callable[..., Any], kwargs: dict[str, Any], worker: Worker | None, timeout: float,
+         receive: Callable[[Any], Any] | None = None) -> Any:
     if worker is not None:
-        outcome = worker.run(function, kwargs, timeout=timeout)
+        outcome = worker.run(function, kwargs, timeout=timeout, on_message=receive)
         if outcome.kind == "fatal":
             raise AutotuneError(outcome.message)
         return outcome.value if outcome.ok else None

@@ -125,12 +125,15 @@ RANGE_TEST_ORDER = ("adam", "adamw", "momentum", "sgd", "nesterov", "rmsprop", "
 
 
 def run_range_tests(task: Any, optimizers: list[str], batch_size: int, device: str | None, low: float, high: float,
-                    steps: int = 60, seed: int = 0, seconds: float | None = None) -> dict[str, Any]:
+                    steps: int = 60, seed: int = 0, seconds: float | None = None,
+                    channel: Any = None) -> dict[str, Any]:
     """`run_range_test` for several optimizers in one worker (one start-up instead of one per optimizer).
 
     ``seconds`` bounds them all (model builds included): each optimizer gets an equal share of what is left,
     the common ones first, so a short budget tests a few well instead of every one badly. An optimizer whose
     test fails (out of memory, an error) maps to None; one the budget did not reach has ``skipped`` set.
+    With a ``channel``, each optimizer's outcome is also sent as it is known, so that a run stopped at its
+    budget keeps the tests it finished.
     """
     started = time.perf_counter()
     ordered = sorted(optimizers, key=lambda n: (RANGE_TEST_ORDER.index(n) if n in RANGE_TEST_ORDER else 99, n))
@@ -153,6 +156,9 @@ def run_range_tests(task: Any, optimizers: list[str], batch_size: int, device: s
         except TrialError:
             results[name] = None
             continue
+        finally:
+            if channel is not None and name in results:
+                channel.ask(("range_test", name, results[name]))
         step = results[name].get("step_seconds")
         if step and one_test is None:
             swept = max(len(results[name]["rates"]), 1)

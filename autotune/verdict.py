@@ -16,8 +16,8 @@ def _reports(trial: optuna.trial.FrozenTrial) -> list[float]:
     """Validation reports with training between them (reports that followed the same step are one report)."""
     reports: list[float] = []
     trained = None
-    for _index, value, seconds in read(trial).history:  # the pruner's reports where the history was not kept
-        if seconds != trained:
+    for index, value, seconds in read(trial).history:  # the pruner's reports where the history was not kept
+        if index != UNTRAINED_REPORT and seconds != trained:
             reports.append(float(value))
             trained = seconds
     return reports
@@ -28,10 +28,23 @@ UNTRAINED_MARGIN = 0.02
 (MobileNetV2 at 32×32 in 4 s trials: 2.299 against ln 10 = 2.3026, 0.15 %, is no learning)."""
 
 
+UNTRAINED_REPORT = 0
+"""A pruned trial's history starts with the untrained model's loss as report 0 (`autotune.training`)."""
+
+
+def _untrained(trial: optuna.trial.FrozenTrial) -> float | None:
+    """The untrained model's validation loss: a complete trial's measured figure, a pruned one's report 0."""
+    record = read(trial)
+    found = record.measured.get("initial_val_loss")
+    if found is None:
+        found = next((value for index, value, _ in record.history if index == UNTRAINED_REPORT), None)
+    return None if found is None else float(found)
+
+
 def _learned(trial: optuna.trial.FrozenTrial) -> bool | None:
     """Whether the trial's reports show learning; None when they cannot tell (fewer than two points)."""
     reports = _reports(trial)
-    initial = read(trial).measured.get("initial_val_loss")
+    initial = _untrained(trial)
     if initial is not None and reports:  # the untrained loss is the baseline where it was measured
         return min(reports) < initial * (1 - UNTRAINED_MARGIN)
     if len(reports) < 2:

@@ -3,6 +3,7 @@ Hugging Face GPT-2), integer targets, probability outputs, variable-sized sample
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -152,17 +153,73 @@ def test_the_learning_verdict_reads_every_trials_reports():
     assert not_learning(study) is None
 
 
+def test_a_pruned_trial_is_judged_against_its_untrained_loss():
+    # with costly validation a pruned trial may hold one report besides the untrained one: 1.5 % below it is
+    # within the untrained model's own spread (UNTRAINED_MARGIN), not learning
+    study = optuna.create_study()
+    for untrained in (2.3026, 2.3030):
+        trial = study.ask()
+        trial.set_user_attr("history", [[0, untrained, 0.0], [2, 0.985 * untrained, 0.5]])
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert "does not learn" in not_learning(study)
+
+
+class PruneAtSecondReport:
+    """The parent's side of a trial's channel: records each message and prunes at report 2."""
+
+    def __init__(self):
+        self.messages = []
+
+    def ask(self, message):
+        self.messages.append(message)
+        return message[1] == 2
+
+
+def test_a_trial_reports_its_untrained_loss_before_it_can_be_pruned():
+    channel = PruneAtSecondReport()
+    with pytest.raises(autotune.TrialError, match="pruned after report 2"):
+        run_trial(_task("integer_labels"), {"batch_size": 32, "optimizer": "adam", "lr": 1e-2}, "cpu", steps=8,
+                  reports=4, channel=channel)
+    (kind, index, value, seconds), *later = channel.messages
+    assert (kind, index, seconds) == ("report", 0, 0.0) and math.isfinite(value)
+    assert [message[1] for message in later] == [1, 2]
+
+
 def test_the_range_test_is_held_to_its_share_of_the_study():
     seconds, steps = range_test_budget(n_trials=6, trial_time=4.0, trial_steps=None, timeout=None, optimizers=9)
     assert seconds == pytest.approx(0.15 * 24) and steps == 60
     assert range_test_budget(n_trials=6, trial_time=4.0, trial_steps=None, timeout=10, optimizers=9)[0] == 1.5
     assert range_test_budget(n_trials=4, trial_time=None, trial_steps=50, timeout=None, optimizers=3)[1] == 10
+    autotune.load_task(f"{REAL}:gpt2")  # transformers imported before the clock starts
     started = time.perf_counter()
     tests = run_range_tests(f"{REAL}:gpt2", ["sgd", "adam", "adamw", "rmsprop"], 8, "cpu", 1e-4, 1e-1,
                             seconds=1.0)
     assert time.perf_counter() - started < 1.0 + 5.0  # the budget plus one model build and step, generously
     assert set(tests) == {"sgd", "adam", "adamw", "rmsprop"}
     assert any(value and value.get("skipped") for value in tests.values())
+
+
+def test_a_range_test_past_its_budget_is_stopped_and_keeps_what_it_finished():
+    from autotune.budget import Phases
+    from autotune.narrowing import narrow_learning_rates
+    from autotune.runner import Worker
+    from autotune.space import load_space
+    from autotune.study import _run
+
+    reference = f"{TASKS / 'torch_tasks.py'}:stalls_later"  # adam's test runs; sgd's model stalls 5 s
+    backend = get_backend("torch")
+    space = load_space("torch", backend.optimizer_names, overrides={"optimizers": {"adam": {}, "sgd": {}}})
+    study, phases, events = optuna.create_study(), Phases(), []
+    with Worker(preload=backend.worker_preload(autotune.load_task(reference))) as worker:
+        assert worker.run(os.getpid, {}).ok  # started, as tune's worker is by its contract check
+        narrow_learning_rates(study, space, handle=reference, device=backend.resolve_device("cpu"), batch_size=16,
+                              seed=0, n_trials=2, trial_time=2.0, trial_steps=None, timeout=None,
+                              run=lambda function, kwargs, limit, receive: _run(function, kwargs, worker, limit,
+                                                                                receive),
+                              phases=phases, say=events.append)
+    assert set(space.lr_ranges) == {"adam"}  # the finished test is kept
+    assert any("stopped at its 0.6 s" in event.get("message", "") for event in events), events
+    assert phases.to_dict()["range_test"] < 5.0  # its 0.6 s and a second's grace, not the 5 s stall
 
 
 def test_a_measurement_on_a_busy_machine_is_flagged():

@@ -1,5 +1,7 @@
 """Small real PyTorch tasks for the tests: a fast classifier and a memory-hungry but cheap-to-run model."""
 
+import time
+
 import numpy as np
 import torch
 
@@ -71,3 +73,25 @@ def compute_bound_model():
 
 compute_bound = autotune.Task(backend="torch", model=compute_bound_model, data=lambda: _blobs(n=2500),
                               loss="cross_entropy")
+
+
+class StallsLater(torch.nn.Module):
+    """The small classifier, except that from the second one built in a process on, its first training forward
+    sleeps 5 s (a model whose build or first step outlasts a short budget)."""
+
+    built = 0
+
+    def __init__(self):
+        super().__init__()
+        StallsLater.built += 1
+        self.stall = 5.0 if StallsLater.built > 1 else 0.0
+        self.layer = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        if self.training and self.stall:
+            time.sleep(self.stall)
+            self.stall = 0.0
+        return self.layer(x)
+
+
+stalls_later = autotune.Task(backend="torch", model=StallsLater, data=_blobs, loss="cross_entropy")
