@@ -203,7 +203,8 @@ def train_for_budget(
 ) -> dict[str, Any]:
     """Train until ``seconds`` of training (warm-up steps included, evaluation excluded) or ``steps`` steps,
     evaluating ``reports`` times at even fractions of the budget; ``report(index, val_loss, train_seconds)`` returning
-    True prunes (index 0, before training, is the untrained model's loss on one batch).
+    True prunes (index -1, before training, is the untrained model's loss on one batch: no report of a user's
+    loop has a negative step).
 
     Cost: see `_evaluation_plan` (the last report is the whole validation set, earlier ones a fixed subset, all
     of it within `EVALUATION_SHARE` of ``seconds`` where one pass allows; up to ``subset_cap`` samples with a step
@@ -219,7 +220,7 @@ def train_for_budget(
         raise ValueError("give exactly one of seconds or steps")
     initial_loss = session.evaluate(max_batches=1)  # the untrained model: what "does it learn" is judged against
     if report is not None and math.isfinite(initial_loss):
-        report(0, initial_loss, 0.0)  # report 0: kept by a trial that is pruned before it can return its figures
+        report(-1, initial_loss, 0.0)  # kept by a trial that is pruned before it can return its figures
     tick = time.perf_counter()
     compiling = 0.0  # a first step that traces or compiles is set-up, reported apart: not training time
     timed_steps = 0

@@ -12,6 +12,11 @@ IMPROVEMENT = 0.01
 """A trial learns when some later validation report is this fraction below its first one."""
 
 
+UNTRAINED_REPORT = -1
+"""A pruned trial's history starts with the untrained model's loss as report -1 (`autotune.training`): a step no
+user's loop reports, so a loop's own step 0 stays a report."""
+
+
 def _reports(trial: optuna.trial.FrozenTrial) -> list[float]:
     """Validation reports with training between them (reports that followed the same step are one report)."""
     reports: list[float] = []
@@ -28,12 +33,8 @@ UNTRAINED_MARGIN = 0.02
 (MobileNetV2 at 32×32 in 4 s trials: 2.299 against ln 10 = 2.3026, 0.15 %, is no learning)."""
 
 
-UNTRAINED_REPORT = 0
-"""A pruned trial's history starts with the untrained model's loss as report 0 (`autotune.training`)."""
-
-
 def _untrained(trial: optuna.trial.FrozenTrial) -> float | None:
-    """The untrained model's validation loss: a complete trial's measured figure, a pruned one's report 0."""
+    """The untrained model's validation loss: a complete trial's measured figure, a pruned one's report -1."""
     record = read(trial)
     found = record.measured.get("initial_val_loss")
     if found is None:

@@ -159,7 +159,7 @@ def test_a_pruned_trial_is_judged_against_its_untrained_loss():
     study = optuna.create_study()
     for untrained in (2.3026, 2.3030):
         trial = study.ask()
-        trial.set_user_attr("history", [[0, untrained, 0.0], [2, 0.985 * untrained, 0.5]])
+        trial.set_user_attr("history", [[-1, untrained, 0.0], [2, 0.985 * untrained, 0.5]])
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert "does not learn" in not_learning(study)
 
@@ -181,7 +181,7 @@ def test_a_trial_reports_its_untrained_loss_before_it_can_be_pruned():
         run_trial(_task("integer_labels"), {"batch_size": 32, "optimizer": "adam", "lr": 1e-2}, "cpu", steps=8,
                   reports=4, channel=channel)
     (kind, index, value, seconds), *later = channel.messages
-    assert (kind, index, seconds) == ("report", 0, 0.0) and math.isfinite(value)
+    assert (kind, index, seconds) == ("report", -1, 0.0) and math.isfinite(value)
     assert [message[1] for message in later] == [1, 2]
 
 
