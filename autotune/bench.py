@@ -22,6 +22,7 @@ from autotune.backends.base import PRECISIONS
 from autotune.errors import AutotuneError, DeviceError
 from autotune.peak import cache_path as peak_cache_path
 from autotune.runner import run_here, run_in_worker, warm_up_for, warm_up_server
+from autotune.scoped import collector_skips_the_callers_heap
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, CpuContention, percentile
 
@@ -260,6 +261,7 @@ def rank(rows: list[dict[str, Any]], budget: float) -> None:
         row["rank"] = place if row["ok"] else None
 
 
+@collector_skips_the_callers_heap
 def bench(
     task: Task | str,
     *,

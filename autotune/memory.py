@@ -22,6 +22,7 @@ from autotune.fitting.planner import MAX_PROBES, Planner
 from autotune.fitting.result import BatchFit, result_of, run_plan
 from autotune.fitting.step_time import StepTimeLimit
 from autotune.runner import warm_up_for, warm_up_server
+from autotune.scoped import collector_skips_the_callers_heap
 from autotune.task import Task, load_task, task_handle
 
 __all__ = ["DEFAULT_MARGIN", "MAX_PROBES", "BatchFit", "MemoryModel", "Probe", "fit_batch_size", "run_plan",
@@ -30,6 +31,7 @@ __all__ = ["DEFAULT_MARGIN", "MAX_PROBES", "BatchFit", "MemoryModel", "Probe", "
 DEFAULT_MARGIN = 0.05
 
 
+@collector_skips_the_callers_heap
 def fit_batch_size(
     task: Task | str,
     *,

@@ -33,7 +33,7 @@ from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
 from autotune.records import TrialRecord, read as read_record
 from autotune.runner import Worker, run_here, warm_up_for
-from autotune.scoped import quiet_optuna
+from autotune.scoped import collector_skips_the_callers_heap, quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
 from autotune.storage import import_for as import_storage_for, open_storage, redact, retry_outlasts_grace
@@ -198,6 +198,7 @@ def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
 
 
 @guarded
+@collector_skips_the_callers_heap
 def tune(
     task: Task | str,
     *,

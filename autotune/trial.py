@@ -18,6 +18,7 @@ from autotune.devices import nvml_energy_reader
 from autotune.errors import AutotuneError, TaskError, TrialError, first_line
 from autotune.procmem import process_memory, reset_resident_peak
 from autotune.runner import in_worker
+from autotune.scoped import collector_skips_the_callers_heap
 from autotune.task import resolve_task
 from autotune.training import (
     RANGE_TEST_MIN_STEPS,
@@ -67,6 +68,7 @@ def loaded_task(handle: Any) -> tuple[Any, Any]:
     return _LOADED[handle]
 
 
+@collector_skips_the_callers_heap
 def run_trial(task: Any, config: Mapping[str, Any], device: str | None, *, seconds: float | None = None,
               steps: int | None = None, reports: int = 8, seed: int = 0, channel: Any = None,
               pruner_reports: tuple[int, ...] = ()) -> dict[str, Any]:

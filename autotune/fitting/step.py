@@ -18,11 +18,13 @@ from autotune.fitting.model import Probe
 from autotune.fitting.planner import Planner
 from autotune.fitting.result import BatchFit, result_of, run_plan
 from autotune.procmem import process_memory, reset_resident_peak
+from autotune.scoped import collector_skips_the_callers_heap
 
 DEFAULT_MAX_BATCH = 65536
 """The largest size tried when ``max_batch`` is not given (a step has no dataset to bound it)."""
 
 
+@collector_skips_the_callers_heap
 def find_batch_size(
     step: Callable[[int], Any],
     *,
