@@ -38,9 +38,9 @@ def test_the_callers_heap_is_frozen_only_during_the_call_and_new_cycles_are_stil
 def test_a_caller_that_froze_its_heap_itself_keeps_it_frozen():
     gc.freeze()
     try:
-        frozen = gc.get_freeze_count()
         collector_skips_the_callers_heap(lambda: None)()
-        assert gc.get_freeze_count() == frozen
+        # not handed back (unfreezing would empty it); the count itself moves as frozen objects are freed
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
 
