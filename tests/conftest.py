@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from exclusive import pytest_runtest_protocol, pytest_xdist_auto_num_workers  # noqa: F401 - timing tests run alone
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ROOT / "tests" / "tasks"

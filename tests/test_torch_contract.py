@@ -85,6 +85,7 @@ def test_a_model_ending_in_softmax_gets_the_loss_on_probabilities():
     assert abs(wrong.evaluate() - loss) > 1e-3
 
 
+@pytest.mark.timing
 def test_trial_wall_time_stays_inside_its_bound():
     budget = 1.0
     started = time.perf_counter()
@@ -185,6 +186,7 @@ def test_a_trial_reports_its_untrained_loss_before_it_can_be_pruned():
     assert [message[1] for message in later] == [1, 2]
 
 
+@pytest.mark.timing
 def test_the_range_test_is_held_to_its_share_of_the_study():
     seconds, steps = range_test_budget(n_trials=6, trial_time=4.0, trial_steps=None, timeout=None, optimizers=9)
     assert seconds == pytest.approx(0.15 * 24) and steps == 60
@@ -199,6 +201,7 @@ def test_the_range_test_is_held_to_its_share_of_the_study():
     assert any(value and value.get("skipped") for value in tests.values())
 
 
+@pytest.mark.timing
 def test_a_range_test_past_its_budget_is_stopped_and_keeps_what_it_finished():
     from autotune.budget import Phases
     from autotune.narrowing import narrow_learning_rates

@@ -84,11 +84,13 @@ def _reports(stall, seconds=1.0):
                             pruner_reports=(2, 6))
 
 
+@pytest.mark.timing
 def test_cheap_validation_runs_at_every_report():
     result = _reports(stall=0.0)
     assert [index for index, _loss, _seconds in result["history"]] == list(range(1, 9))
 
 
+@pytest.mark.timing
 def test_costly_validation_runs_only_where_the_pruner_reads_and_at_the_end():
     # one pass over the 120 validation samples (8 batches of 16, 12 ms each) fills the tenth of the 1 s budget
     # that evaluation may take (a quarter would leave room for a batch at every report)
