@@ -15,6 +15,7 @@ import dataclasses
 import gc
 import inspect
 import os
+import random
 import re
 import sys
 import tempfile
@@ -24,7 +25,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from autotune.backends import tensorflow_kept as keeping
 from autotune.backends.base import PRECISIONS, Backend, TrainingSession
+from autotune.backends.tensorflow_kept import InitialValues, worth_keeping
 from autotune.checks import check_labels
 from autotune.devices import Device, cpu_device, nvidia_gpus
 from autotune.errors import DeviceError, TaskError
@@ -413,11 +416,13 @@ def _host_data(data: Any) -> HostData:
     """`HostData` for the task's data: arrays as they are, datasets (tf.data, PyDataset) read into arrays once."""
     if isinstance(data, HostData):
         return data
-    if isinstance(data, ArrayData):
-        return HostData(_pair_of_arrays((data.x_train, data.y_train), "training"),
-                        _pair_of_arrays((data.x_val, data.y_val), "validation"))
-    if _LAST_DATA and _LAST_DATA[0] is data:
+    if _LAST_DATA and _LAST_DATA[0] is data:  # the same object each time: a kept session knows its data by it
         return _LAST_DATA[1]
+    if isinstance(data, ArrayData):
+        host = HostData(_pair_of_arrays((data.x_train, data.y_train), "training"),
+                        _pair_of_arrays((data.x_val, data.y_val), "validation"))
+        _LAST_DATA[:] = [data, host]
+        return host
     if isinstance(data, (tf.data.Dataset, keras.utils.PyDataset)):
         raise TaskError(f"task data is one {type(data).__name__}: return a pair (train_dataset, validation_dataset)")
     if not isinstance(data, (tuple, list)) or len(data) != 2:
@@ -571,7 +576,9 @@ def _tpu_strategy(index: int) -> Any:
 
 # --------------------------------------------------------------------------------------------- session
 class TensorFlowSession(TrainingSession):
-    """Keras model, optimizer and data on one TensorFlow device; the step is one compiled ``tf.function``.
+    """Keras model, optimizer and data on one TensorFlow device; a step is two compiled ``tf.function``s, the
+    gradients and the optimizer's update (one under a TPU strategy). In a worker, a closed session is kept for
+    the next trial of the same task, which `renew` starts from the first values of every variable.
 
     Data stays on the host as NumPy arrays and moves per batch, as in the torch adapter. ``compile_seconds`` is
     the wall time of the first call of each compiled function (tracing, graph optimisation or XLA compilation,
@@ -610,21 +617,32 @@ class TensorFlowSession(TrainingSession):
 
         with self._scope():
             self.model = self._built_model(task)
-            self.optimizer = self._wrapped_optimizer(_OPTIMIZERS[optimizer["name"]](optimizer))
-            self.optimizer.build(self.model.trainable_variables)
         self.from_logits = _model_from_logits(task, self.model) if self._loss_name in _CROSS_ENTROPIES else None
         self.loss_fn: Any = None if self._compute_loss is not None else (
             _named_loss(self._loss_name, self.from_logits is not False) if self._loss_name else task.loss)
-        decay = float(optimizer.get("weight_decay", 0.0)) if optimizer["name"] in _COUPLED_DECAY else 0.0
-        self._decay = decay
+        # what a kept session must match to serve another trial (see `renew`), and the weights it starts from
+        self._source = (task, data, device.id, seed)
+        self._initial_weights = self._weights_to_keep()
 
         # TPUs compile for static shapes: no relaxed batch dimension there.
-        train_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None), self.train)]
+        self._train_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None),
+                                                                             self.train)]
         val_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None), self.val)]
-        self._train_fn = tf.function(self._replicated(self._make_train_step(decay)), input_signature=train_sig)
-        self._eval_fn = tf.function(self._replicated(self._eval_step), input_signature=val_sig)
+        self._jit = self._jit_compile()
+        # the gradients and the optimizer's update are two functions, so that another optimizer traces only its
+        # update; under a TPU strategy they are one replicated step
+        self._gradients_fn = None if self._strategy else tf.function(
+            self._gradient_step, input_signature=self._train_sig, jit_compile=self._jit)
+        self._eval_fn = tf.function(self._replicated(self._eval_step), input_signature=val_sig, jit_compile=self._jit)
         self._traced: set[str] = set()
         self._last: Any = None
+        self.optimizer: Any = None
+        self._apply_fn: Any = None
+        self._train_fn: Any = None
+        self._accumulation: Any = None
+        self._initial_slots: Any = None
+        self._optimizer_key: Any = None
+        self._use_optimizer(optimizer)
 
     def _wrapped_optimizer(self, optimizer: Any) -> Any:
         """The optimizer the step applies gradients with (a subclass may wrap it; see `TensorFlowBenchSession`)."""
@@ -669,31 +687,74 @@ class TensorFlowSession(TrainingSession):
             raise self._contract_error
         return tf.cast(value, tf.float32)
 
-    def _make_train_step(self, decay: float) -> Callable[[Any], Any]:
+    def _jit_compile(self) -> bool | None:
+        """Whether the steps are XLA-compiled (a subclass may ask; see `TensorFlowBenchSession`)."""
+        return None
+
+    def _weights_to_keep(self) -> Any:
+        """The model's first values, where this session may be kept for the worker's next trial, else None."""
+        if type(self) is not TensorFlowSession or self._strategy is not None:
+            return None  # precision and compile variants, and TPU replicas, are built fresh each time
+        from autotune.runner import in_worker
+
+        if not in_worker():
+            return None  # a caller's own process keeps nothing after the call
+        initial = InitialValues(self.model.variables)
+        return initial if worth_keeping(initial.nbytes) else None
+
+    def _use_optimizer(self, spec: Mapping[str, Any]) -> None:
+        """Train with the optimizer ``spec`` asks for: the one this session has, its state back to its first
+        values, when only the learning rate differs; else a new one with its own traced update."""
+        key = tuple(sorted((name, value) for name, value in spec.items() if name != "lr"))
+        if key == self._optimizer_key:
+            self._initial_slots.restore()
+            self.set_learning_rate(float(spec["lr"]))
+        else:
+            self.optimizer = self._apply_fn = self._train_fn = self._accumulation = None  # freed before the next
+            self._traced -= {"apply", "train"}
+            with self._scope():
+                self.optimizer = self._wrapped_optimizer(_OPTIMIZERS[spec["name"]](spec))
+                self.optimizer.build(self.model.trainable_variables)
+            self._optimizer_key = key
+            self._initial_slots = InitialValues(self.optimizer.variables)
+            apply = self._make_apply(float(spec.get("weight_decay", 0.0)) if spec["name"] in _COUPLED_DECAY else 0.0)
+            if self._strategy is None:
+                self._apply_fn = tf.function(apply, jit_compile=self._jit)
+            else:
+                self._train_fn = tf.function(self._replicated(lambda batch: apply(self._gradient_step(batch))[0]),
+                                             input_signature=self._train_sig)
+
+    def _gradient_step(self, batch: Any) -> Any:
+        """The batch's loss and the gradients of its total (regularisation included, scaled for float16)."""
         model, optimizer = self.model, self.optimizer
         # float16 training: the loss is scaled before the gradients and `LossScaleOptimizer.apply_gradients`
         # unscales them and skips a step whose gradients overflowed (the Keras mixed-precision guide)
+        with tf.GradientTape() as tape:
+            loss = self._batch_loss(batch, training=True)
+            total = loss + tf.add_n(model.losses) if model.losses else loss
+            if self._strategy is not None:
+                total = total / self._strategy.num_replicas_in_sync  # Keras sums gradients over replicas
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                total = optimizer.scale_loss(total)
+        return loss, tape.gradient(total, model.trainable_variables)
+
+    def _make_apply(self, decay: float) -> Callable[[Any], Any]:
+        """The optimizer's update from a step's gradients, with the coupled L2 decay added to them."""
+        model, optimizer = self.model, self.optimizer
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-        def step(batch: Any) -> Any:
-            with tf.GradientTape() as tape:
-                loss = self._batch_loss(batch, training=True)
-                total = loss + tf.add_n(model.losses) if model.losses else loss
-                if self._strategy is not None:
-                    total = total / self._strategy.num_replicas_in_sync  # Keras sums gradients over replicas
-                if scaled:
-                    total = optimizer.scale_loss(total)
+        def apply(step: Any) -> Any:
+            loss, gradients = step
             variables = model.trainable_variables
-            gradients = tape.gradient(total, variables)
             if decay:
                 # the decay term joins gradients still scaled by the loss scale: it is scaled alike
                 factor = optimizer.scale_loss(tf.constant(decay, tf.float32)) if scaled else decay
                 gradients = [g if g is None else g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype)
                              for g, v in zip(gradients, variables)]
             optimizer.apply_gradients(zip(gradients, variables))
-            return loss
+            return loss, optimizer.iterations
 
-        return step
+        return apply
 
     def _eval_step(self, batch: Any) -> Any:
         return self._batch_loss(batch, training=False)
@@ -727,7 +788,7 @@ class TensorFlowSession(TrainingSession):
                 # gets there, and the user has said what the outputs are.
                 warnings.filterwarnings("ignore", message=r".*received `from_logits=True`")
                 result = function(batch)
-            result.numpy()  # the first call is done, compiled and run, before the clock is read
+            tf.nest.flatten(result)[0].numpy()  # the first call is done, compiled and run, before the clock is read
         except Exception:
             if self._contract_error is not None:
                 raise self._contract_error from None
@@ -754,8 +815,12 @@ class TensorFlowSession(TrainingSession):
 
     def train_step(self, indices: np.ndarray) -> None:
         """One compiled optimizer step on the training samples at ``indices`` (the first call also compiles)."""
-        index = np.asarray(indices, dtype=np.int64)
-        self._last = self._call("train", self._train_fn, _take(self.train, index))
+        batch = _take(self.train, np.asarray(indices, dtype=np.int64))
+        if self._strategy is not None:
+            self._last = self._call("train", self._train_fn, batch)
+            return
+        step = self._call("gradients", self._gradients_fn, batch)
+        self._last, _count = self._call("apply", self._apply_fn, step)
 
     def resize(self, batch_size: int) -> bool:
         """The steps' signatures leave the batch dimension free: another batch size runs the same traced step
@@ -810,18 +875,65 @@ class TensorFlowSession(TrainingSession):
             return None
 
     def close(self) -> None:
+        """Hold this session for the worker's next trial where it may be kept (see `renew`), else drop it."""
+        self._last = None
+        if self._initial_weights is not None and self.model is not None:
+            keeping.keep(self)
+        else:
+            self.release()
+
+    def release(self) -> None:
         """Drop the model, optimizer, compiled functions and data."""
-        for name in ("model", "optimizer", "_train_fn", "_eval_fn", "train", "val", "_last"):
+        for name in ("model", "optimizer", "_gradients_fn", "_apply_fn", "_train_fn", "_eval_fn", "_accumulation",
+                     "train", "val", "_last", "_initial_weights", "_initial_slots"):
             setattr(self, name, None)
+
+    def renew(self, task: Task, data: HostData, device: Device, *, batch_size: int, optimizer: Mapping[str, Any],
+              seed: int) -> bool:
+        """Make this kept session what a fresh one for the same task, data and device would be: the model's
+        variables back to their first values (another seed's, from a new build), the optimizer's state to its
+        first values, the learning rate and batch size the caller's; the traced steps stay (another optimizer
+        traces only its update). False where the session cannot serve the call (the caller then drops it)."""
+        source_task, source_data, device_id, source_seed = self._source
+        if self.model is None or self._initial_weights is None or not (
+                source_task is task and source_data is data and device_id == device.id):
+            return False
+        # Python's and NumPy's generators as `keras.utils.set_random_seed` seeds them (Keras's initializers and
+        # seed generators draw from Python's), not TensorFlow's: its set_seed clears the kernel caches, and every
+        # traced step would be optimised again (MobileNetV2: 3.5 s each).
+        random.seed(seed)
+        np.random.seed(seed)
+        with self._scope():
+            if seed != source_seed:
+                if not self._take_first_values_of_a_new_build(task):
+                    return False
+                self._source = (task, data, device.id, seed)
+            self._initial_weights.restore()
+            self._use_optimizer(optimizer)
+        self.batch_size = batch_size
+        self.compile_seconds = 0.0
+        self._contract_error = None
+        return True
+
+    def _take_first_values_of_a_new_build(self, task: Task) -> bool:
+        """Keep a new build's variable values (another seed's) as the first values of this session's model."""
+        fresh = self._built_model(task)
+        if [tuple(v.shape) for v in fresh.variables] != [tuple(v.shape) for v in self.model.variables]:
+            return False
+        initial = InitialValues(fresh.variables, into=self.model.variables)
+        if not worth_keeping(initial.nbytes):
+            return False
+        self._initial_weights = initial
+        return True
 
     def train_micro_batches(self, indices: np.ndarray, micro_batch: int) -> None:
         """Each micro-batch's gradients from one compiled function, summed here with their weights, applied by
         another: one optimizer step (not on TPUs, whose replicated step is not split this way)."""
         if self._strategy is not None:
             raise TaskError("gradient accumulation is not built for TPUs: give --global-batch at most the ceiling")
-        if getattr(self, "_accumulation", None) is None:
-            self._accumulation = self._accumulation_functions()
-        gradients_of, apply = self._accumulation
+        if self._accumulation is None:
+            self._accumulation = self._accumulation_function()
+        gradients_of = self._accumulation
         index = np.asarray(indices, dtype=np.int64)
         total = len(index)
         summed: list[Any] | None = None
@@ -833,13 +945,12 @@ class TensorFlowSession(TrainingSession):
                 loss, gradients = gradients_of(_take(self.train, part), weight)
                 summed = list(gradients) if summed is None else [a + b for a, b in zip(summed, gradients)]
                 mean += loss * weight
-            apply(summed)
-        self._last = mean
+        self._last, _count = self._call("apply", self._apply_fn, (mean, summed))
 
-    def _accumulation_functions(self) -> tuple[Any, Any]:
+    def _accumulation_function(self) -> Any:
+        """A micro-batch's loss and gradients, weighted by its share of the batch."""
         model, optimizer = self.model, self.optimizer
-        decay = self._decay
-        # float16: each micro-batch's loss is scaled as in `_make_train_step`, since the optimizer unscales the sum
+        # float16: each micro-batch's loss is scaled as in `_gradient_step`, since the optimizer unscales the sum
         scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def gradients_of(batch: Any, weight: Any) -> Any:
@@ -850,16 +961,9 @@ class TensorFlowSession(TrainingSession):
                     total = optimizer.scale_loss(total)
             return loss, tape.gradient(total, model.trainable_variables)
 
-        def apply(gradients: Any) -> None:
-            variables = model.trainable_variables
-            if decay:
-                factor = optimizer.scale_loss(tf.constant(decay, tf.float32)) if scaled else decay
-                gradients = [g + tf.cast(factor, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(gradients, variables)]
-            optimizer.apply_gradients(zip(gradients, variables))
-
         signature = [tf.nest.map_structure(lambda a: _signature(a, None), self.train),
                      tf.TensorSpec((), tf.float32)]
-        return tf.function(gradients_of, input_signature=signature), tf.function(apply)
+        return tf.function(gradients_of, input_signature=signature, jit_compile=self._jit)
 
 
 # --------------------------------------------------------------------------------------------- backend
@@ -949,7 +1053,14 @@ class TensorFlowBackend(Backend):
         """A fresh Keras model and optimizer on ``device``, seeded, with the data as host arrays."""
         spec = self.validate_optimizer(optimizer)
         _linear_memory_under_a_cap()
-        return TensorFlowSession(task, _host_data(data), device, batch_size, spec, seed)
+        host = _host_data(data)
+        held = keeping.take()  # the worker's last session: renewed in a second where its traced steps serve
+        if held is not None:
+            if held.renew(task, host, device, batch_size=batch_size, optimizer=spec, seed=seed):
+                return held
+            held.release()
+            gc.collect()  # its memory is free before the next model is built
+        return TensorFlowSession(task, host, device, batch_size, spec, seed)
 
     def make_optimizer(self, parameters: Any, spec: Mapping[str, Any]) -> keras.optimizers.Optimizer:
         """The Keras optimizer for ``spec`` (``parameters`` unused: Keras binds variables when it builds). The
@@ -977,8 +1088,10 @@ class TensorFlowBackend(Backend):
         return False
 
     def release_memory(self, device: Device) -> None:
-        """Drop Keras's global state and collect; TensorFlow keeps its allocator's memory in the process."""
-        keras.backend.clear_session()
+        """Drop Keras's global state (not while a session is kept: TensorFlow would optimise its steps again) and
+        collect; TensorFlow keeps its allocator's memory in the process."""
+        if not keeping.holding():
+            keras.backend.clear_session()
         gc.collect()
         if device.kind != "cpu":
             try:
@@ -1137,6 +1250,9 @@ class TensorFlowBenchSession(TensorFlowSession):
     ``mixed_float16`` with its optimizer wrapped in a dynamic ``keras.optimizers.LossScaleOptimizer``) and whose
     steps are XLA-compiled (``tf.function(jit_compile=True)``) when asked; it also runs forward passes alone."""
 
+    def _jit_compile(self) -> bool | None:
+        return True if self.compile else None
+
     def _wrapped_optimizer(self, optimizer: Any) -> Any:
         if self.precision == "fp16":  # float16 gradients underflow without loss scaling (Keras guide)
             return keras.optimizers.LossScaleOptimizer(optimizer)
@@ -1144,14 +1260,9 @@ class TensorFlowBenchSession(TensorFlowSession):
 
     def __init__(self, task: Task, data: HostData, device: Device, batch_size: int, optimizer: Mapping[str, Any],
                  seed: int, precision: str, compile: bool) -> None:
-        self.precision = precision
+        self.precision, self.compile = precision, compile
         built = dataclasses.replace(task, model=_in_policy(task.model, _KERAS_POLICIES[precision]))
         super().__init__(built, data, device, batch_size, optimizer, seed)
-        if compile:
-            self._train_fn = tf.function(self._train_fn.python_function,
-                                         input_signature=self._train_fn.input_signature, jit_compile=True)
-            self._eval_fn = tf.function(self._eval_fn.python_function,
-                                        input_signature=self._eval_fn.input_signature, jit_compile=True)
         model = self.model
         self._forward_fn = tf.function(lambda x: model(x, training=False), jit_compile=compile or None)
 

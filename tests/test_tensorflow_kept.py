@@ -1,0 +1,62 @@
+"""A worker keeps its last Keras session between trials (autotune/backends/tensorflow_kept.py): the next trial
+of the same task starts from the same variables a fresh session would, without tracing its steps again."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from autotune.backends import get_backend  # noqa: E402
+from autotune.backends import tensorflow_kept as keeping  # noqa: E402
+from autotune.backends.tensorflow import tf  # noqa: E402
+from autotune.runner import Worker  # noqa: E402
+from tests.tasks.keras_kept import regularised, sessions_in_turn  # noqa: E402
+
+ADAM = {"name": "adam", "lr": 1e-2}
+RUNS = [(ADAM, 0), ({"name": "adam", "lr": 3e-3}, 0), ({"name": "rmsprop", "lr": 1e-3}, 0), (ADAM, 0), (ADAM, 1)]
+
+
+def test_a_worker_renews_its_session_and_each_trial_trains_as_in_a_fresh_one():
+    with Worker(preload=("tensorflow",)) as worker:
+        outcome = worker.run(sessions_in_turn, {"runs": RUNS})
+    assert outcome.ok, outcome
+    kept = outcome.value
+    fresh = sessions_in_turn(RUNS)  # in the test's own process nothing is kept: a fresh session each time
+    assert len({run["session"] for run in kept}) == 1  # one session served them all
+    for renewed, new in zip(kept, fresh):
+        # the same weights, optimizer state, dropout seeds and moving statistics to start from (another seed's
+        # from a new build): the same run
+        np.testing.assert_allclose(renewed["losses"], new["losses"], rtol=1e-5)
+    assert [run["gradient_traces"] for run in kept] == [1] * 5  # traced once for every optimizer and seed
+    assert kept[0]["compile_seconds"] > 0
+    assert kept[1]["compile_seconds"] == 0  # only the learning rate changed: nothing traced again
+    assert kept[2]["compile_seconds"] > 0 and kept[2]["apply_traces"] == 1  # another optimizer traces its update
+    assert kept[3]["compile_seconds"] > 0  # back to adam: a new optimizer again (one is kept)
+    assert kept[4]["compile_seconds"] == 0  # another seed: a new build's values, the same traced steps
+    assert fresh[3]["losses"] != fresh[4]["losses"]  # which do differ from seed 0's
+
+
+def test_outside_a_worker_a_closed_session_is_dropped():
+    backend = get_backend("tensorflow")
+    session = backend.session(regularised, regularised.load_data(), backend.resolve_device("cpu"), batch_size=32,
+                              optimizer=ADAM, seed=0)
+    session.close()
+    assert session.model is None and not keeping.holding()
+
+
+def test_initial_values_keep_a_filled_variable_as_one_value():
+    weights = tf.Variable(np.arange(6, dtype=np.float32).reshape(2, 3))
+    zeros, steps = tf.Variable(tf.zeros([1000])), tf.Variable(0, dtype=tf.int64)
+    initial = keeping.InitialValues([weights, zeros, steps])
+    assert initial.nbytes == weights.numpy().nbytes  # the zeros and the counter cost one value each
+    weights.assign_add(tf.ones([2, 3]))
+    zeros.assign(tf.fill([1000], 5.0))
+    steps.assign(7)
+    initial.restore()
+    np.testing.assert_array_equal(weights.numpy(), np.arange(6).reshape(2, 3))
+    assert not zeros.numpy().any() and steps.numpy() == 0 and steps.dtype == tf.int64
+
+
+def test_a_copy_is_kept_only_where_it_is_a_small_share_of_memory():
+    assert keeping.worth_keeping(1 << 20)
+    assert not keeping.worth_keeping(1 << 50)
