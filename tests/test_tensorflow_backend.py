@@ -92,8 +92,7 @@ def test_compile_seconds_is_the_first_call_only():
     session.evaluate()
     session.evaluate()
     assert session.compile_seconds > first  # the evaluation step is compiled once too
-    assert session._gradients_fn.experimental_get_tracing_count() == 1  # one trace, whatever the batch
-    assert session._apply_fn.experimental_get_tracing_count() == 1
+    assert session._train_fn.experimental_get_tracing_count() == 1  # one trace, whatever the batch
 
 
 def test_keras_loss_object_matches_the_named_loss():

@@ -10,7 +10,7 @@ from autotune.backends import get_backend  # noqa: E402
 from autotune.backends import tensorflow_kept as keeping  # noqa: E402
 from autotune.backends.tensorflow import tf  # noqa: E402
 from autotune.runner import Worker  # noqa: E402
-from tests.tasks.keras_kept import regularised, sessions_in_turn  # noqa: E402
+from tests.tasks.keras_kept import held_before_and_after_a_bench_session, regularised, sessions_in_turn  # noqa: E402
 
 ADAM = {"name": "adam", "lr": 1e-2}
 RUNS = [(ADAM, 0), ({"name": "adam", "lr": 3e-3}, 0), ({"name": "rmsprop", "lr": 1e-3}, 0), (ADAM, 0), (ADAM, 1)]
@@ -19,10 +19,13 @@ RUNS = [(ADAM, 0), ({"name": "adam", "lr": 3e-3}, 0), ({"name": "rmsprop", "lr":
 def test_a_worker_renews_its_session_and_each_trial_trains_as_in_a_fresh_one():
     with Worker(preload=("tensorflow",)) as worker:
         outcome = worker.run(sessions_in_turn, {"runs": RUNS})
+        bench = worker.run(held_before_and_after_a_bench_session, {})
+    assert bench.ok and bench.value == [True, False], bench  # a bench session's model is not built beside it
     assert outcome.ok, outcome
     kept = outcome.value
     fresh = sessions_in_turn(RUNS)  # in the test's own process nothing is kept: a fresh session each time
     assert len({run["session"] for run in kept}) == 1  # one session served them all
+    assert all(run["split"] for run in kept) and not any(run["split"] for run in fresh)  # fused where not kept
     for renewed, new in zip(kept, fresh):
         # the same weights, optimizer state, dropout seeds and moving statistics to start from (another seed's
         # from a new build): the same run

@@ -576,9 +576,10 @@ def _tpu_strategy(index: int) -> Any:
 
 # --------------------------------------------------------------------------------------------- session
 class TensorFlowSession(TrainingSession):
-    """Keras model, optimizer and data on one TensorFlow device; a step is two compiled ``tf.function``s, the
-    gradients and the optimizer's update (one under a TPU strategy). In a worker, a closed session is kept for
-    the next trial of the same task, which `renew` starts from the first values of every variable.
+    """Keras model, optimizer and data on one TensorFlow device; the step is a compiled ``tf.function``. In a
+    worker, a closed session is kept for the next trial of the same task, which `renew` starts from the first
+    values of every variable; a kept session's step is two functions, the gradients and the optimizer's update,
+    so that another optimizer traces only its update.
 
     Data stays on the host as NumPy arrays and moves per batch, as in the torch adapter. ``compile_seconds`` is
     the wall time of the first call of each compiled function (tracing, graph optimisation or XLA compilation,
@@ -629,10 +630,10 @@ class TensorFlowSession(TrainingSession):
                                                                              self.train)]
         val_sig = None if self._strategy else [tf.nest.map_structure(lambda a: _signature(a, None), self.val)]
         self._jit = self._jit_compile()
-        # the gradients and the optimizer's update are two functions, so that another optimizer traces only its
-        # update; under a TPU strategy they are one replicated step
-        self._gradients_fn = None if self._strategy else tf.function(
-            self._gradient_step, input_signature=self._train_sig, jit_compile=self._jit)
+        # a session that may be kept steps with two functions, the gradients and the optimizer's update, so that
+        # another optimizer traces only its update; any other runs one fused step (see `_use_optimizer`)
+        self._gradients_fn = None if self._initial_weights is None else tf.function(
+            self._gradient_step, input_signature=self._train_sig)
         self._eval_fn = tf.function(self._replicated(self._eval_step), input_signature=val_sig, jit_compile=self._jit)
         self._traced: set[str] = set()
         self._last: Any = None
@@ -699,8 +700,10 @@ class TensorFlowSession(TrainingSession):
 
         if not in_worker():
             return None  # a caller's own process keeps nothing after the call
-        initial = InitialValues(self.model.variables)
-        return initial if worth_keeping(initial.nbytes) else None
+        # bounded from the shapes first: a model too large to keep is not copied to the host at all
+        if not worth_keeping(sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in self.model.variables)):
+            return None
+        return InitialValues(self.model.variables)
 
     def _use_optimizer(self, spec: Mapping[str, Any]) -> None:
         """Train with the optimizer ``spec`` asks for: the one this session has, its state back to its first
@@ -710,19 +713,23 @@ class TensorFlowSession(TrainingSession):
             self._initial_slots.restore()
             self.set_learning_rate(float(spec["lr"]))
         else:
-            self.optimizer = self._apply_fn = self._train_fn = self._accumulation = None  # freed before the next
-            self._traced -= {"apply", "train"}
+            if self.optimizer is not None:  # the old optimizer's state and traced update are freed first
+                self.optimizer = self._apply_fn = self._train_fn = self._accumulation = None
+                self._traced -= {"apply", "train"}
+                gc.collect()
             with self._scope():
                 self.optimizer = self._wrapped_optimizer(_OPTIMIZERS[spec["name"]](spec))
                 self.optimizer.build(self.model.trainable_variables)
             self._optimizer_key = key
-            self._initial_slots = InitialValues(self.optimizer.variables)
+            if self._initial_weights is not None:  # read only when a kept session renews
+                self._initial_slots = InitialValues(self.optimizer.variables)
             apply = self._make_apply(float(spec.get("weight_decay", 0.0)) if spec["name"] in _COUPLED_DECAY else 0.0)
-            if self._strategy is None:
-                self._apply_fn = tf.function(apply, jit_compile=self._jit)
-            else:
+            self._apply_fn = tf.function(apply)  # a kept session's update, and micro-batches' summed gradients
+            if self._gradients_fn is None:
+                # a session that is never kept runs one fused step: one XLA cluster where compiled, one
+                # replicated step under a TPU strategy
                 self._train_fn = tf.function(self._replicated(lambda batch: apply(self._gradient_step(batch))[0]),
-                                             input_signature=self._train_sig)
+                                             input_signature=self._train_sig, jit_compile=self._jit)
 
     def _gradient_step(self, batch: Any) -> Any:
         """The batch's loss and the gradients of its total (regularisation included, scaled for float16)."""
@@ -816,7 +823,7 @@ class TensorFlowSession(TrainingSession):
     def train_step(self, indices: np.ndarray) -> None:
         """One compiled optimizer step on the training samples at ``indices`` (the first call also compiles)."""
         batch = _take(self.train, np.asarray(indices, dtype=np.int64))
-        if self._strategy is not None:
+        if self._gradients_fn is None:
             self._last = self._call("train", self._train_fn, batch)
             return
         step = self._call("gradients", self._gradients_fn, batch)
@@ -921,6 +928,8 @@ class TensorFlowSession(TrainingSession):
         if [tuple(v.shape) for v in fresh.variables] != [tuple(v.shape) for v in self.model.variables]:
             return False
         initial = InitialValues(fresh.variables, into=self.model.variables)
+        del fresh
+        gc.collect()  # the new build is not held beside the kept model through the trial
         if not worth_keeping(initial.nbytes):
             return False
         self._initial_weights = initial
@@ -963,7 +972,7 @@ class TensorFlowSession(TrainingSession):
 
         signature = [tf.nest.map_structure(lambda a: _signature(a, None), self.train),
                      tf.TensorSpec((), tf.float32)]
-        return tf.function(gradients_of, input_signature=signature, jit_compile=self._jit)
+        return tf.function(gradients_of, input_signature=signature)
 
 
 # --------------------------------------------------------------------------------------------- backend
@@ -1174,6 +1183,10 @@ class TensorFlowBackend(Backend):
                       seed: int = 0) -> "TensorFlowBenchSession":
         spec = self.validate_optimizer(optimizer)
         _linear_memory_under_a_cap()
+        held = keeping.take()  # a kept fp32 session is not held beside another precision's or mode's model
+        if held is not None:
+            held.release()
+            gc.collect()
         return TensorFlowBenchSession(task, _host_data(data), device, batch_size, spec, seed, precision, compile)
 
     def matmul_seconds(self, device: Device, precision: str, size: int, seconds: float) -> float:

@@ -33,8 +33,26 @@ def sessions_in_turn(runs: list[tuple[dict, int]], steps: int = 6) -> list[dict]
             losses.append(session.last_loss())
         losses.append(session.evaluate())
         seen.append({"session": id(session), "losses": losses, "compile_seconds": session.compile_seconds,
-                     "gradient_traces": session._gradients_fn.experimental_get_tracing_count(),
+                     "split": session._gradients_fn is not None,  # a session that may be kept
+                     "gradient_traces": session._gradients_fn and session._gradients_fn.experimental_get_tracing_count(),
                      "apply_traces": session._apply_fn.experimental_get_tracing_count()})
         session.close()
         backend.release_memory(cpu)
     return seen
+
+
+def held_before_and_after_a_bench_session() -> list[bool]:
+    """Whether a closed trial's session is held, and whether it still is once a bench session (another precision
+    or compile mode, never kept) is opened: it must not be held beside that one's model."""
+    from autotune.backends import tensorflow_kept as keeping
+
+    backend = get_backend("tensorflow")
+    cpu = backend.resolve_device("cpu")
+    data = regularised.load_data()
+    backend.session(regularised, data, cpu, batch_size=32, optimizer={"name": "adam", "lr": 1e-3}, seed=0).close()
+    held = keeping.holding()
+    bench = backend.bench_session(regularised, data, cpu, batch_size=32, optimizer={"name": "adam", "lr": 1e-3},
+                                  precision="fp32", compile=True)
+    after = keeping.holding()
+    bench.close()
+    return [held, after]
