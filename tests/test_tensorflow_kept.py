@@ -8,7 +8,7 @@ pytest.importorskip("tensorflow")
 
 from autotune.backends import get_backend  # noqa: E402
 from autotune.backends import tensorflow_kept as keeping  # noqa: E402
-from autotune.backends.tensorflow import tf  # noqa: E402
+from autotune.backends.tensorflow import keras, tf  # noqa: E402
 from autotune.runner import Worker  # noqa: E402
 from tests.tasks.keras_kept import held_before_and_after_a_bench_session, regularised, sessions_in_turn  # noqa: E402
 
@@ -45,6 +45,26 @@ def test_outside_a_worker_a_closed_session_is_dropped():
                               optimizer=ADAM, seed=0)
     session.close()
     assert session.model is None and not keeping.holding()
+
+
+def test_keras_state_is_not_cleared_while_a_session_is_held():
+    # clearing it (keras.backend.clear_session) would make TensorFlow optimise the held session's steps again
+    backend = get_backend("tensorflow")
+    cpu = backend.resolve_device("cpu")
+
+    class Held:
+        def release(self):
+            pass
+
+    keras.backend.get_uid("kept_probe")
+    keeping.keep(Held())
+    try:
+        backend.release_memory(cpu)
+        assert keras.backend.get_uid("kept_probe") > 1  # Keras's counters survived
+    finally:
+        keeping.take()
+    backend.release_memory(cpu)
+    assert keras.backend.get_uid("kept_probe") == 1  # with nothing held, the state is cleared as before
 
 
 def test_initial_values_keep_a_filled_variable_as_one_value():

@@ -622,7 +622,7 @@ class TensorFlowSession(TrainingSession):
         self.loss_fn: Any = None if self._compute_loss is not None else (
             _named_loss(self._loss_name, self.from_logits is not False) if self._loss_name else task.loss)
         # what a kept session must match to serve another trial (see `renew`), and the weights it starts from
-        self._source = (task, data, device.id, seed)
+        self._source = (task, data, seed)
         self._initial_weights = self._weights_to_keep()
 
         # TPUs compile for static shapes: no relaxed batch dimension there.
@@ -901,9 +901,9 @@ class TensorFlowSession(TrainingSession):
         variables back to their first values (another seed's, from a new build), the optimizer's state to its
         first values, the learning rate and batch size the caller's; the traced steps stay (another optimizer
         traces only its update). False where the session cannot serve the call (the caller then drops it)."""
-        source_task, source_data, device_id, source_seed = self._source
+        source_task, source_data, source_seed = self._source
         if self.model is None or self._initial_weights is None or not (
-                source_task is task and source_data is data and device_id == device.id):
+                source_task is task and source_data is data and device.id == self.device.id):
             return False
         # Python's and NumPy's generators as `keras.utils.set_random_seed` seeds them (Keras's initializers and
         # seed generators draw from Python's), not TensorFlow's: its set_seed clears the kernel caches, and every
@@ -914,7 +914,7 @@ class TensorFlowSession(TrainingSession):
             if seed != source_seed:
                 if not self._take_first_values_of_a_new_build(task):
                     return False
-                self._source = (task, data, device.id, seed)
+                self._source = (task, data, seed)
             self._initial_weights.restore()
             self._use_optimizer(optimizer)
         self.batch_size = batch_size

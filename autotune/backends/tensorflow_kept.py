@@ -2,10 +2,9 @@
 values to start the next trial from.
 
 A fresh MobileNetV2 session spends 15–20 s tracing and optimising its ``tf.function`` steps on the CPU before
-its first 0.3 s step, and a fresh model build makes TensorFlow re-optimise the traced steps (3.5 s). A worker
-that runs trial after trial of one task therefore keeps its last session and restores the variables' values
-as the first build left them: the next trial starts from the same weights and optimizer state a fresh
-session would have, without tracing again (see `TensorFlowSession.renew`).
+its first 0.3 s step. A worker that runs trial after trial of one task therefore keeps its last session and
+restores the variables' values as the first build left them: the next trial starts from the same weights and
+optimizer state a fresh session would have, without tracing again (see `TensorFlowSession.renew`).
 """
 
 from __future__ import annotations
