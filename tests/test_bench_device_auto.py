@@ -49,6 +49,7 @@ class TwoDeviceTorch(TorchBackend):
         return super().matmul_seconds(super().devices()[0], precision, min(size, MATMUL_SIZE["cpu"]), seconds)
 
 
+@pytest.mark.timing  # compares two devices by their measured step times
 @pytest.mark.parametrize("slow, expected", [("cpu", "fake:0"), ("fake:0", "cpu")])
 def test_auto_picks_the_faster_of_the_devices_it_sees(slow, expected, monkeypatch, tmp_path):
     get_backend("torch")
