@@ -7,6 +7,7 @@ files) a RUNNING trial whose process is gone on this host is failed too.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import time
@@ -194,8 +195,9 @@ def owner() -> dict[str, Any]:
 
 
 def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseStorage) -> int:
-    """Fail RUNNING trials whose owner process on this host is gone (with the reason in their ``failure``
-    attribute), then, on heartbeat storages, those whose heartbeat stopped.
+    """Fail RUNNING trials that can no longer finish (`abandoned`: their owner process on this host is gone, or
+    they never named one), with the reason in their ``failure`` attribute; then, on heartbeat storages, those
+    whose heartbeat stopped.
 
     ``storage`` is the one ``study`` was opened with (`open_storage`). Returns how many were failed.
     """
@@ -203,12 +205,13 @@ def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseSt
     running = optuna.trial.TrialState.RUNNING
     host = socket.gethostname()
 
-    failed = 0
+    failed, unowned_after = 0, unowned_grace(storage)
     for trial in study.get_trials(deepcopy=False, states=(running,)):
-        if not orphaned(trial.user_attrs.get("owner") or {}, host):
+        reason = abandoned(trial, unowned_after=unowned_after, host=host)
+        if reason is None:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, "failure", "interrupted: its process ended without finishing")
+        storage.set_trial_user_attr(trial_id, "failure", reason)
         storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         failed += 1
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
@@ -228,6 +231,32 @@ def orphaned(who: Mapping[str, Any], host: str | None = None) -> bool:
     """Whether a trial's ``owner`` record names a process on this host (``host``) that is gone."""
     pid = who.get("pid")
     return who.get("host") == (host or socket.gethostname()) and isinstance(pid, int) and not _alive(pid)
+
+
+LOCAL_UNOWNED_SECONDS = 5.0
+"""Age past which a RUNNING trial with no ``owner`` record is dead, on a local file (SQLite, journal): autotune
+names the owner in the write after the trial's creation, so only a process cut between the two (a full disk, a
+kill) leaves one; a database server's writes may wait out an outage, so there the heartbeat's grace applies."""
+
+
+def unowned_grace(storage: Any) -> float:
+    """Seconds after its start that a trial with no owner record is judged dead on ``storage``."""
+    local = isinstance(storage, optuna.storages.JournalStorage) or (
+        isinstance(storage, optuna.storages.RDBStorage) and str(storage.url).startswith("sqlite"))
+    return LOCAL_UNOWNED_SECONDS if local else float(GRACE_SECONDS)
+
+
+def abandoned(trial: optuna.trial.FrozenTrial, *, unowned_after: float, host: str | None = None) -> str | None:
+    """Why RUNNING ``trial`` can no longer finish, or None: its owner on this host is gone, or it never named an
+    owner and started over ``unowned_after`` seconds ago (its process was cut right after creating it)."""
+    who = trial.user_attrs.get("owner")
+    if who:
+        return "interrupted: its process ended without finishing" if orphaned(who, host) else None
+    start = trial.datetime_start
+    if start is not None and (datetime.datetime.now() - start).total_seconds() > unowned_after:
+        return ("interrupted: its process stopped right after creating it (no owner recorded in "
+                f"{unowned_after:g} s, e.g. a full disk or a kill)")
+    return None
 
 
 def _alive(pid: int) -> bool:

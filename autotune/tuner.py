@@ -37,7 +37,7 @@ from autotune.procmem import process_memory
 from autotune.records import store_config, store_measured
 from autotune.scoped import quiet_optuna
 from autotune.space import SearchSpace, load_space
-from autotune.storage import open_storage, orphaned, owner
+from autotune.storage import abandoned, fail_orphaned_trials, open_storage, owner, unowned_grace
 from autotune.study_open import ceiling_key, describe_new_study, open_study, resume_space
 from autotune.training import percentile
 
@@ -45,10 +45,19 @@ WAIT_SECONDS = 1.0
 """How often a process that found the study's ``--trials`` all finished or running looks again."""
 
 
-def _running(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """RUNNING trials that may still finish: all but those whose owner on this host is gone (about to be failed)."""
+def _running(trials: list[optuna.trial.FrozenTrial], *, unowned_after: float) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials that may still finish: all but the `abandoned` ones (about to be failed)."""
     running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    return [t for t in running if not orphaned(t.user_attrs.get("owner") or {})]
+    return [t for t in running if abandoned(t, unowned_after=unowned_after) is None]
+
+
+def _fail_quietly(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail ``trial`` if the storage still takes writes; a storage that failed leaves it to `abandoned`."""
+    try:
+        with quiet_optuna():
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except Exception:
+        pass
 
 
 class TunerTrial:
@@ -319,6 +328,7 @@ class Tuner:
             trial.set_user_attr("owner", owner())
         except BaseException:
             heartbeat.stop()
+            _fail_quietly(self.study, trial)  # else it holds a place until `abandoned` judges it dead
             raise
         return trial, heartbeat
 
@@ -370,8 +380,12 @@ class Tuner:
             done = len(finished(trials))
             if done >= n or (stop is not None and stop()):
                 return None
-            if done + len(_running(trials)) < n:
-                return trials
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+            alive = _running(running, unowned_after=unowned_grace(self.store))
+            if len(alive) < len(running):  # an abandoned trial is failed with its reason, not left RUNNING
+                fail_orphaned_trials(self.study, storage=self.store)
+            if done + len(alive) < n:
+                return self.study.get_trials(deepcopy=False) if len(alive) < len(running) else trials
             fail_stale(self.study)  # a lost machine's trial must not hold its place (a dead local one holds none)
             time.sleep(WAIT_SECONDS)
 
@@ -385,7 +399,7 @@ class Tuner:
         last_seen = max((t.number for t in seen), default=-1)
         ahead = seen if trial.number == last_seen + 1 else [
             t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
-        if len(finished(ahead)) + len(_running(ahead)) < n:
+        if len(finished(ahead)) + len(_running(ahead, unowned_after=unowned_grace(self.store))) < n:
             return self._configured(trial, heartbeat)
         heartbeat.stop()
         trial.set_user_attr("failure", f"{SURPLUS}: the study already had {n} trials finished or running when this "

@@ -31,8 +31,8 @@ from autotune.backends import get_backend
 SPACE = {"batch_size": {"choices": [16, 32]}, "optimizers": {"adam": {}}}
 
 
-def _tuner(tmp_path, objective="convergence", name="parts"):
-    store = open_storage(f"sqlite:///{tmp_path / 'p.db'}")
+def _tuner(tmp_path, objective="convergence", name="parts", url=None):
+    store = open_storage(url or f"sqlite:///{tmp_path / 'p.db'}")
     study, _ = open_study(name, store=store, objective=objective)
     backend = get_backend("torch")
     space = load_space("torch", backend.optimizer_names, overrides=SPACE)
@@ -207,3 +207,25 @@ def test_a_trial_whose_heartbeat_stops_is_failed_by_the_next_worker(tmp_path):
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     reason = records.read(study.trials[0], study.user_attrs).failure
     assert reason == f"interrupted: no heartbeat for over 2 s from process {os.getpid()} on {socket.gethostname()}"
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_trial_cut_before_naming_its_owner_holds_its_place_only_until_the_unowned_grace(tmp_path, monkeypatch, kind):
+    """A process cut between creating a trial and naming its owner (a full disk at that write) leaves a RUNNING
+    trial no owner check can judge; on a local file it is failed after `LOCAL_UNOWNED_SECONDS`, with its reason,
+    instead of holding the study's last place for ever."""
+    import autotune.storage
+    monkeypatch.setattr(autotune.storage, "LOCAL_UNOWNED_SECONDS", 1.5)
+    url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 'p.db'}"
+    tuner = _tuner(tmp_path, url=url)
+    cut = tuner.study.ask()  # what the cut process left: created, no owner, no heartbeat
+    started = time.monotonic()
+    trials = tuner.trials(1)
+    handle = next(trials)
+    waited = time.monotonic() - started
+    assert 1.5 <= waited < 10, waited  # it held the one place while young, and not for ever
+    handle.fail("test", "ended by the test")
+    trials.close()
+    (frozen,) = [t for t in tuner.study.get_trials(deepcopy=False) if t.number == cut.number]
+    assert frozen.state == optuna.trial.TrialState.FAIL
+    assert "no owner recorded" in frozen.user_attrs["failure"]
