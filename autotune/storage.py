@@ -251,7 +251,8 @@ def abandoned(trial: optuna.trial.FrozenTrial, *, unowned_after: float, host: st
     owner and started over ``unowned_after`` seconds ago (its process was cut right after creating it)."""
     who = trial.user_attrs.get("owner")
     if who:
-        return "interrupted: its process ended without finishing" if orphaned(who, host) else None
+        return (f"interrupted: its process {who.get('pid')} on {who.get('host')} ended without finishing"
+                if orphaned(who, host) else None)
     start = trial.datetime_start
     if start is not None and (datetime.datetime.now() - start).total_seconds() > unowned_after:
         return ("interrupted: its process stopped right after creating it (no owner recorded in "

@@ -95,7 +95,9 @@ def test_three_processes_share_one_study_and_a_killed_one_loses_only_its_trial(s
     killed = trials[killed_trial]
     assert killed.state == optuna.trial.TrialState.FAIL, killed
     reason = records.read(killed, study.user_attrs).failure or ""
-    assert "no heartbeat" in reason and str(victim.pid) in reason
+    # a survivor on this host sees the victim's process gone (its owner record) before its heartbeat goes stale;
+    # on another host the heartbeat check fails it (test_study_parts)
+    assert reason.startswith("interrupted: ") and str(victim.pid) in reason, reason
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     # --trials counts the study's finished trials: no process starts one while finished and running ones make
     # that many, and the killed one's running trial held no place
@@ -230,5 +232,5 @@ def test_a_server_lost_for_longer_stops_in_one_line_and_resume_fails_the_orphan(
     assert "1 orphaned trial(s) marked failed" in resumed.stderr, resumed.stderr[-3000:]
     trials = {t.number: t for t in optuna.load_study(study_name="gone", storage=url).get_trials(deepcopy=False)}
     assert trials[orphan].state == optuna.trial.TrialState.FAIL
-    assert trials[orphan].user_attrs["failure"] == "interrupted: its process ended without finishing"
+    assert trials[orphan].user_attrs["failure"].endswith("ended without finishing")
     assert {n: trials[n].values for n in before} == before  # the finished trials intact

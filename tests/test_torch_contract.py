@@ -55,6 +55,7 @@ def test_gpt2_trains_through_the_library_with_a_dataset_and_dict_batches(tmp_pat
         assert isinstance(measured["busy"], bool) and measured["other_cpu_cores"] is not None
 
 
+@pytest.mark.timing  # the ceiling stops where a step outgrows a quarter of the trial: measured, so run alone
 def test_gpt2_trains_through_the_cli(tmp_path):
     storage = f"sqlite:///{tmp_path / 'g.db'}"
     tuned = run_cli("tune", "--confirm", "0", f"{REAL}:gpt2", "--trials", "2", "--trial-time", "1.5", "--search-space", SPACE,
