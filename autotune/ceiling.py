@@ -88,7 +88,8 @@ def ceiling_record(fit: Any) -> dict[str, Any]:
             "budget_bytes": fit.budget_bytes, "limited_by": fit.limited_by,
             "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits},
             "probes": [{"batch_size": p.batch_size, "fits": p.fits, "peak_memory_bytes": p.peak_memory_bytes,
-                        "throughput": p.throughput, "oom": p.oom, "reason": p.reason} for p in fit.probes],
+                        "throughput": p.throughput, "oom": p.oom, "reason": p.reason,
+                        "first_step_seconds": p.first_step_seconds} for p in fit.probes],
             "model": None if fit.model is None else {"intercept_bytes": fit.model.intercept_bytes,
                                                      "bytes_per_sample": fit.model.bytes_per_sample},
             "granularity": fit.granularity, "memory_metric": fit.memory_metric}

@@ -21,8 +21,12 @@ sends through its channel to the last argument; None on failure."""
 
 def narrow_learning_rates(study: optuna.Study, space: SearchSpace, *, handle: Any, device: Any, batch_size: int,
                           seed: int, n_trials: int, trial_time: float | None, trial_steps: int | None,
-                          timeout: float | None, run: Run, phases: Phases, say: Say) -> None:
-    """Set ``space.lr_ranges`` from a range test (or from another process's, or a resumed study's)."""
+                          timeout: float | None, run: Run, phases: Phases, say: Say,
+                          first_step_seconds: float | None = None) -> None:
+    """Set ``space.lr_ranges`` from a range test (or from another process's, or a resumed study's).
+
+    ``first_step_seconds``: what a fresh process's first training step cost in the fit (`fresh_first_step`);
+    a share shorter than that would stop the test before any optimizer's sweep, so none is run."""
     from autotune.shared import release, wait_for_shared
 
     if not space.lr_ranges:  # another process on this study may be running it: use its ranges
@@ -30,7 +34,15 @@ def narrow_learning_rates(study: optuna.Study, space: SearchSpace, *, handle: An
         space.lr_ranges = {k: tuple(v) for k, v in shared.get("lr_ranges", {}).items()}
     seconds, steps = range_test_budget(n_trials=n_trials, trial_time=trial_time, trial_steps=trial_steps,
                                        timeout=timeout, optimizers=len(space.optimizers))
-    if not space.lr_ranges and steps >= RANGE_TEST_MIN_STEPS:
+    if not space.lr_ranges and steps >= RANGE_TEST_MIN_STEPS and seconds is not None and first_step_seconds \
+            and first_step_seconds > seconds:
+        reason = (f"a fresh process's first training step took {first_step_seconds:.3g} s in the fit (tracing or "
+                  f"compiling it), more than the range test's whole {seconds:.2g} s ({RANGE_TEST_SHARE:.0%} of the "
+                  "study)")
+        say({"event": "warning", "message": f"the learning-rate range test is skipped: {reason}; the learning "
+             "rates stay as the search space gives them (a longer --trial-time or --timeout gives it room)"})
+        _store_tests(study, space, {name: {"best_lr": None, "skipped": reason} for name in space.optimizers})
+    elif not space.lr_ranges and steps >= RANGE_TEST_MIN_STEPS:
         say({"event": "range_test", "optimizer": ", ".join(sorted(space.optimizers))})
         kwargs = dict(task=handle, optimizers=sorted(space.optimizers), batch_size=batch_size, device=device.id,
                       low=space.lr_low, high=space.lr_high, seed=seed, steps=steps, seconds=seconds)
@@ -52,14 +64,28 @@ def narrow_learning_rates(study: optuna.Study, space: SearchSpace, *, handle: An
         for optimizer, value in tests.items():
             if value is not None and value.get("best_lr"):
                 space.lr_ranges[optimizer] = narrowed(space, value)
-        stored = dict(study.user_attrs.get("search_space", {}))
-        stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
-        stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr"),
-                                     "skipped": v.get("skipped"), "rates": v.get("rates"),
-                                     "losses": v.get("losses")}
-                                 for k, v in tests.items() if v}
-        study.set_user_attr("search_space", stored)
+        _store_tests(study, space, tests)
     release(study, "range_test")
+
+
+def _store_tests(study: optuna.Study, space: SearchSpace, tests: Mapping[str, Any]) -> None:
+    """The narrowed ranges and each optimizer's test (or why it was skipped), for the report and for every
+    process that joins the study (`shared_lr_ranges` waits for ``range_tests``)."""
+    stored = dict(study.user_attrs.get("search_space", {}))
+    stored["lr_ranges"] = {k: list(v) for k, v in space.lr_ranges.items()}
+    stored["range_tests"] = {k: {"best_lr": v.get("best_lr"), "diverge_lr": v.get("diverge_lr"),
+                                 "skipped": v.get("skipped"), "rates": v.get("rates"), "losses": v.get("losses")}
+                             for k, v in tests.items() if v}
+    study.set_user_attr("search_space", stored)
+
+
+def fresh_first_step(records: list[Mapping[str, Any] | None]) -> float | None:
+    """The shortest first step of a fit's first probe among ``records`` (the study's ceiling records): what a
+    fresh process pays before its first step ends (tracing or compiling it); None when no record has it."""
+    firsts = [probes[0].get("first_step_seconds") for probes in
+              ((record or {}).get("probes") or [] for record in records) if probes]
+    measured = [float(value) for value in firsts if value]
+    return min(measured) if measured else None
 
 
 def shared_lr_ranges(attrs: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from autotune.failures import finished, shortfall
 from autotune.fitting.step_time import StepTimeLimit
 from autotune.guard import guarded
 from autotune.memory import DEFAULT_MARGIN
-from autotune.narrowing import narrow_learning_rates
+from autotune.narrowing import fresh_first_step, narrow_learning_rates
 from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
 from autotune.records import TrialRecord, read as read_record
@@ -37,7 +37,15 @@ from autotune.scoped import collector_skips_the_callers_heap, quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
 from autotune.storage import import_for as import_storage_for, open_storage, redact, retry_outlasts_grace
-from autotune.study_open import OBJECTIVES, REPORTS, check_objective, describe_new_study, open_study, resume_space
+from autotune.study_open import (
+    OBJECTIVES,
+    REPORTS,
+    ceiling_key,
+    check_objective,
+    describe_new_study,
+    open_study,
+    resume_space,
+)
 from autotune.task import Task, load_task, task_handle
 from autotune.trial import check_contract, run_trial
 from autotune.tuner import Tuner
@@ -350,7 +358,9 @@ def tune(
                                   trial_time=trial_time, trial_steps=trial_steps, timeout=timeout,
                                   run=lambda function, kwargs, limit, receive: _run(function, kwargs, worker,
                                                                                     limit, receive),
-                                  phases=phases, say=say)
+                                  phases=phases, say=say, first_step_seconds=fresh_first_step(
+                                      [study.user_attrs.get(ceiling_key(backend.name, target, precision, share=share))
+                                       for precision in space.precisions]))
         tuner = Tuner.attached(study, store=store, backend=backend, device=target, space=space, objective=objective,
                                ceiling=ceilings)
         plan = TrialPlan(objective=objective, seconds=trial_time, steps=trial_steps, pruning=pruning)

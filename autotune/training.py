@@ -101,6 +101,7 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
     return {
         "throughput": sampler.batch_size * len(step_seconds) / total if total > 0 else None,
         "step_seconds_p50": percentile(step_seconds, 50),
+        "first_step_seconds": first,  # tracing or compiling included: what a fresh session's first step costs
         "train_steps": train_steps,
         "loss": loss if math.isfinite(loss) else None,
     }
@@ -325,21 +326,26 @@ def lr_range_test(session: TrainingSession, sampler: BatchSampler, low: float, h
     """Smith's learning-rate range test: raise the rate exponentially from ``low`` to ``high`` over ``steps``
     steps and watch the smoothed training loss; the best rate is where it is lowest, the edge where it blows up.
 
-    With ``seconds``, the sweep is shortened to the steps that fit in it (timed on its first step); a budget
-    too short for `RANGE_TEST_MIN_STEPS` steps returns ``best_lr`` None with the reason in ``skipped``.
+    With ``seconds``, the sweep is shortened to the steps that fit in it, timed on its first step, or on its
+    second where the first traces or compiles (that one-off cost is spent either way: the rest of the budget is
+    what the sweep can use); a budget too short for `RANGE_TEST_MIN_STEPS` steps returns ``best_lr`` None with
+    the reason in ``skipped``.
     """
     rates, losses = [], []
     smoothed, best = None, math.inf
-    index, step_seconds = 0, None
+    index, step_seconds, swept_from = 0, None, time.perf_counter()
+    timed_at = 1 if session.first_step_compiles else 0
     while index < steps:
         rate = low * (high / low) ** (index / max(steps - 1, 1))
         session.set_learning_rate(rate)
         tick = time.perf_counter()
         session.train_step(sampler.next())
         loss = session.last_loss()
-        if index == 0:
-            step_seconds = time.perf_counter() - tick
-            fitting = int(seconds / max(step_seconds, 1e-9)) if seconds is not None else steps
+        if index == timed_at:
+            now = time.perf_counter()
+            step_seconds = now - tick
+            left = seconds - (now - swept_from) if seconds is not None else None
+            fitting = index + 1 + int(max(left, 0.0) / max(step_seconds, 1e-9)) if left is not None else steps
             if fitting < RANGE_TEST_MIN_STEPS:
                 return {"best_lr": None, "diverge_lr": None, "rates": [], "losses": [], "step_seconds": step_seconds,
                         "skipped": f"{seconds:.2g} s fit only {fitting} of the {RANGE_TEST_MIN_STEPS} steps needed"}

@@ -169,7 +169,8 @@ def judge(budget: Budget, probes: Sequence[Probe], batch_size: int, outcome: Wor
     return Probe(batch_size, fits=fits, peak_memory_bytes=peak, resident_peak_bytes=value.get("resident_peak"),
                  pool=value.get("pool"), free_bytes=None if free is None else int(free),
                  throughput=value.get("throughput"), train_steps=int(value.get("train_steps") or 0),
-                 seconds=elapsed, reason="" if fits else "over the budget less margin")
+                 first_step_seconds=value.get("first_step_seconds"), seconds=elapsed,
+                 reason="" if fits else "over the budget less margin")
 
 
 class ProbeExecutor:

@@ -29,6 +29,7 @@ class Probe:
     free_bytes: int | None = None  # the device's free memory when the probe started (None on the CPU)
     throughput: float | None = None
     train_steps: int = 0  # training steps the probe ran (an OOM'd probe: unknown, 0)
+    first_step_seconds: float | None = None  # its session's first step, tracing or compiling included
     seconds: float = 0.0
     reason: str = ""
 
