@@ -31,7 +31,6 @@ def test_a_worker_renews_its_session_and_each_trial_trains_as_in_a_fresh_one():
         # from a new build): the same run
         np.testing.assert_allclose(renewed["losses"], new["losses"], rtol=1e-5)
     assert [run["gradient_traces"] for run in kept] == [1] * 5  # traced once for every optimizer and seed
-    assert not any(run["grappler_off_after"] for run in kept + fresh)  # only while an update is first called
     assert kept[0]["compile_seconds"] > 0
     assert kept[1]["compile_seconds"] == 0  # only the learning rate changed: nothing traced again
     assert kept[2]["compile_seconds"] > 0 and kept[2]["apply_traces"] == 1  # another optimizer traces its update

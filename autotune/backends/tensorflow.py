@@ -784,8 +784,7 @@ class TensorFlowSession(TrainingSession):
             if name in self._traced:
                 return function(batch)
             tick = time.perf_counter()
-            with _without_graph_rewrites() if name == "apply" else contextlib.nullcontext():
-                result = self._first_call(function, batch)
+            result = self._first_call(function, batch)
             self.compile_seconds += time.perf_counter() - tick
             self._traced.add(name)
             return result
@@ -976,27 +975,6 @@ class TensorFlowSession(TrainingSession):
         signature = [tf.nest.map_structure(lambda a: _signature(a, None), self.train),
                      tf.TensorSpec((), tf.float32)]
         return tf.function(gradients_of, input_signature=signature)
-
-
-@contextlib.contextmanager
-def _without_graph_rewrites() -> Iterator[None]:
-    """Grappler off while a function is first called (instantiated) in a worker, its options restored after.
-
-    For the optimizer's update alone: element-wise updates of each variable that Grappler's rewrites do not
-    speed up (MobileNetV2's Adam: 26-42 ms a step with them, 25-31 ms without), while optimising the graph took
-    3.3 s of each new optimizer's first call (1.2 s without). Never in the caller's own process."""
-    from autotune.runner import in_worker
-
-    if not in_worker():
-        yield
-        return
-    before = tf.config.optimizer.get_experimental_options()
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    try:
-        yield
-    finally:
-        tf.config.optimizer.set_experimental_options(
-            {"disable_meta_optimizer": bool(before.get("disable_meta_optimizer", False))})
 
 
 # --------------------------------------------------------------------------------------------- backend

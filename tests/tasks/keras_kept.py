@@ -4,7 +4,7 @@ module-level, so a worker can import it by name."""
 from autotune import Task
 from autotune.backends import get_backend
 from autotune.training import BatchSampler
-from tests.tasks.tensorflow_tasks import _blobs, keras, tf
+from tests.tasks.tensorflow_tasks import _blobs, keras
 
 
 def regularised_model():
@@ -35,9 +35,7 @@ def sessions_in_turn(runs: list[tuple[dict, int]], steps: int = 6) -> list[dict]
         seen.append({"session": id(session), "losses": losses, "compile_seconds": session.compile_seconds,
                      "split": session._gradients_fn is not None,  # a session that may be kept
                      "gradient_traces": session._gradients_fn and session._gradients_fn.experimental_get_tracing_count(),
-                     "apply_traces": session._apply_fn.experimental_get_tracing_count(),
-                     # the update's first call runs without Grappler in a worker: TensorFlow's options restored
-                     "grappler_off_after": tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer")})
+                     "apply_traces": session._apply_fn.experimental_get_tracing_count()})
         session.close()
         backend.release_memory(cpu)
     return seen
