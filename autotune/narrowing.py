@@ -29,9 +29,12 @@ def narrow_learning_rates(study: optuna.Study, space: SearchSpace, *, handle: An
     a share shorter than that would stop the test before any optimizer's sweep, so none is run."""
     from autotune.shared import release, wait_for_shared
 
+    stored = None
     if not space.lr_ranges:  # another process on this study may be running it: use its ranges
-        shared = wait_for_shared(study, "range_test", shared_lr_ranges, say=say) or {}
-        space.lr_ranges = {k: tuple(v) for k, v in shared.get("lr_ranges", {}).items()}
+        stored = wait_for_shared(study, "range_test", shared_lr_ranges, say=say)
+        space.lr_ranges = {k: tuple(v) for k, v in (stored or {}).get("lr_ranges", {}).items()}
+    if stored is not None:  # decided by another process, even with no ranges (skipped): not decided again here
+        return
     seconds, steps = range_test_budget(n_trials=n_trials, trial_time=trial_time, trial_steps=trial_steps,
                                        timeout=timeout, optimizers=len(space.optimizers))
     if not space.lr_ranges and steps >= RANGE_TEST_MIN_STEPS and seconds is not None and first_step_seconds \

@@ -7,7 +7,6 @@ files) a RUNNING trial whose process is gone on this host is failed too.
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 import time
@@ -194,10 +193,11 @@ def owner() -> dict[str, Any]:
     return who
 
 
-def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseStorage) -> int:
-    """Fail RUNNING trials that can no longer finish (`abandoned`: their owner process on this host is gone, or
-    they never named one), with the reason in their ``failure`` attribute; then, on heartbeat storages, those
-    whose heartbeat stopped.
+def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseStorage,
+                         watch: UnownedWatch | None = None) -> int:
+    """Fail RUNNING trials that can no longer finish (`abandoned`: their owner process on this host is gone, or,
+    with ``watch``, they have had no owner for too long), with the reason in their ``failure`` attribute; then,
+    on heartbeat storages, those whose heartbeat stopped.
 
     ``storage`` is the one ``study`` was opened with (`open_storage`). Returns how many were failed.
     """
@@ -205,14 +205,17 @@ def fail_orphaned_trials(study: optuna.Study, *, storage: optuna.storages.BaseSt
     running = optuna.trial.TrialState.RUNNING
     host = socket.gethostname()
 
-    failed, unowned_after = 0, unowned_grace(storage)
+    failed = 0
     for trial in study.get_trials(deepcopy=False, states=(running,)):
-        reason = abandoned(trial, unowned_after=unowned_after, host=host)
+        reason = abandoned(trial, watch=watch, host=host)
         if reason is None:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        storage.set_trial_user_attr(trial_id, "failure", reason)
-        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        try:
+            storage.set_trial_user_attr(trial_id, "failure", reason)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first (or its owner finished it): nothing left to do
         failed += 1
     if isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval():
         # after the owner check, so that the trials it can explain carry their reason; Optuna's own check
@@ -233,31 +236,50 @@ def orphaned(who: Mapping[str, Any], host: str | None = None) -> bool:
     return who.get("host") == (host or socket.gethostname()) and isinstance(pid, int) and not _alive(pid)
 
 
-LOCAL_UNOWNED_SECONDS = 5.0
-"""Age past which a RUNNING trial with no ``owner`` record is dead, on a local file (SQLite, journal): autotune
-names the owner in the write after the trial's creation, so only a process cut between the two (a full disk, a
-kill) leaves one; a database server's writes may wait out an outage, so there the heartbeat's grace applies."""
+LOCAL_UNOWNED_SECONDS = 15.0
+"""How long a RUNNING trial with no ``owner`` record may stay so on a local file (SQLite, journal) before it is
+judged dead: autotune names the owner in the writes right after creating a trial, so only a process cut between
+them (a full disk, a kill) leaves one; three SQLite lock waits (5 s each) fit in it. A database server's writes
+may wait out an outage, so there the heartbeat's grace applies. A study autotune tunes is autotune's: a plain
+Optuna worker's trials on it have no owner record and would be failed too."""
 
 
 def unowned_grace(storage: Any) -> float:
-    """Seconds after its start that a trial with no owner record is judged dead on ``storage``."""
+    """Seconds a trial may be seen without an owner record on ``storage`` before it is judged dead."""
     local = isinstance(storage, optuna.storages.JournalStorage) or (
         isinstance(storage, optuna.storages.RDBStorage) and str(storage.url).startswith("sqlite"))
     return LOCAL_UNOWNED_SECONDS if local else float(GRACE_SECONDS)
 
 
-def abandoned(trial: optuna.trial.FrozenTrial, *, unowned_after: float, host: str | None = None) -> str | None:
-    """Why RUNNING ``trial`` can no longer finish, or None: its owner on this host is gone, or it never named an
-    owner and started over ``unowned_after`` seconds ago (its process was cut right after creating it)."""
+class UnownedWatch:
+    """How long this process has seen each RUNNING trial without an owner record, on its own monotonic clock
+    (a trial's stored start is another host's wall clock, in its time zone)."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._since: dict[int, float] = {}
+
+    def reason(self, trial: optuna.trial.FrozenTrial) -> str | None:
+        """Why ``trial`` is dead, once it has been seen without an owner for over the grace; else None."""
+        if trial.user_attrs.get("owner"):
+            self._since.pop(trial.number, None)
+            return None
+        first = self._since.setdefault(trial.number, time.monotonic())
+        if time.monotonic() - first <= self.grace:
+            return None
+        return ("interrupted: its process stopped right after creating it (no owner recorded in "
+                f"{self.grace:g} s, e.g. a full disk or a kill)")
+
+
+def abandoned(trial: optuna.trial.FrozenTrial, *, watch: UnownedWatch | None = None,
+              host: str | None = None) -> str | None:
+    """Why RUNNING ``trial`` can no longer finish, or None: its owner on this host is gone, or (with ``watch``)
+    it has had no owner for longer than the watch's grace."""
     who = trial.user_attrs.get("owner")
     if who:
         return (f"interrupted: its process {who.get('pid')} on {who.get('host')} ended without finishing"
                 if orphaned(who, host) else None)
-    start = trial.datetime_start
-    if start is not None and (datetime.datetime.now() - start).total_seconds() > unowned_after:
-        return ("interrupted: its process stopped right after creating it (no owner recorded in "
-                f"{unowned_after:g} s, e.g. a full disk or a kill)")
-    return None
+    return None if watch is None else watch.reason(trial)
 
 
 def _alive(pid: int) -> bool:

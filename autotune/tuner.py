@@ -37,7 +37,7 @@ from autotune.procmem import process_memory
 from autotune.records import store_config, store_measured
 from autotune.scoped import quiet_optuna
 from autotune.space import SearchSpace, load_space
-from autotune.storage import abandoned, fail_orphaned_trials, open_storage, owner, unowned_grace
+from autotune.storage import UnownedWatch, abandoned, fail_orphaned_trials, open_storage, owner, unowned_grace
 from autotune.study_open import ceiling_key, describe_new_study, open_study, resume_space
 from autotune.training import percentile
 
@@ -45,10 +45,10 @@ WAIT_SECONDS = 1.0
 """How often a process that found the study's ``--trials`` all finished or running looks again."""
 
 
-def _running(trials: list[optuna.trial.FrozenTrial], *, unowned_after: float) -> list[optuna.trial.FrozenTrial]:
+def _running(trials: list[optuna.trial.FrozenTrial], *, watch: UnownedWatch) -> list[optuna.trial.FrozenTrial]:
     """RUNNING trials that may still finish: all but the `abandoned` ones (about to be failed)."""
     running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    return [t for t in running if abandoned(t, unowned_after=unowned_after) is None]
+    return [t for t in running if abandoned(t, watch=watch) is None]
 
 
 def _fail_quietly(study: optuna.Study, trial: optuna.Trial) -> None:
@@ -279,6 +279,7 @@ class Tuner:
         self.study, self.store, self.backend, self.device = study, store, backend, device
         self.space, self.objective, self.ceiling = space, objective, ceiling
         self._study_id: int | None = None
+        self._unowned = UnownedWatch(unowned_grace(store))
 
     @staticmethod
     def _ceiling(ceiling: int | str | None, task: Any, memory_limit: int | None, backend: Any, device: Any,
@@ -319,18 +320,25 @@ class Tuner:
     def _asked(self, *, stale_possible: bool = True) -> tuple[optuna.Trial, Heartbeat]:
         if stale_possible:  # only a RUNNING trial can have a stopped heartbeat
             fail_stale(self.study)
-        with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = self.study.ask()
-        # beating at once: a trial that never beat is never found stale, so a kill from here on must find one
-        heartbeat = Heartbeat(self.store, self.study, trial.number, study_id=self.study_id())
-        try:
-            trial.set_user_attr("owner", owner())
-        except BaseException:
-            heartbeat.stop()
-            _fail_quietly(self.study, trial)  # else it holds a place until `abandoned` judges it dead
-            raise
-        return trial, heartbeat
+        for attempt in range(3):
+            with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                trial = self.study.ask()
+            # beating at once: a trial that never beat is never found stale, so a kill from here on must find one
+            heartbeat = Heartbeat(self.store, self.study, trial.number, study_id=self.study_id())
+            try:
+                trial.set_user_attr("owner", owner())
+            except optuna.exceptions.UpdateFinishedTrialError:
+                heartbeat.stop()  # another process judged it abandoned before its owner was written: ask again
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                heartbeat.stop()
+                _fail_quietly(self.study, trial)  # else it holds a place until `abandoned` judges it dead
+                raise
+            return trial, heartbeat
+        raise AssertionError("unreachable")
 
     def _configured(self, trial: optuna.Trial, heartbeat: Heartbeat) -> TunerTrial:
         try:
@@ -381,9 +389,9 @@ class Tuner:
             if done >= n or (stop is not None and stop()):
                 return None
             running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-            alive = _running(running, unowned_after=unowned_grace(self.store))
+            alive = _running(running, watch=self._unowned)
             if len(alive) < len(running):  # an abandoned trial is failed with its reason, not left RUNNING
-                fail_orphaned_trials(self.study, storage=self.store)
+                fail_orphaned_trials(self.study, storage=self.store, watch=self._unowned)
             if done + len(alive) < n:
                 return self.study.get_trials(deepcopy=False) if len(alive) < len(running) else trials
             fail_stale(self.study)  # a lost machine's trial must not hold its place (a dead local one holds none)
@@ -399,7 +407,7 @@ class Tuner:
         last_seen = max((t.number for t in seen), default=-1)
         ahead = seen if trial.number == last_seen + 1 else [
             t for t in self.study.get_trials(deepcopy=False) if t.number < trial.number]
-        if len(finished(ahead)) + len(_running(ahead, unowned_after=unowned_grace(self.store))) < n:
+        if len(finished(ahead)) + len(_running(ahead, watch=self._unowned)) < n:
             return self._configured(trial, heartbeat)
         heartbeat.stop()
         trial.set_user_attr("failure", f"{SURPLUS}: the study already had {n} trials finished or running when this "

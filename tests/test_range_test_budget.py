@@ -66,6 +66,9 @@ def test_a_share_shorter_than_a_fresh_first_step_runs_no_range_test_and_says_why
     tests = study.user_attrs["search_space"]["range_tests"]
     assert set(tests) == {"adam", "sgd"} and all("17 s" in test["skipped"] for test in tests.values())
     assert shared_lr_ranges(study.user_attrs) == {"lr_ranges": {}}  # a process joining the study does not wait
+    # nor decides again (its own first step, or its device's, might pass): every process searches the same rates
+    _narrow(study, space, 0.05, runs)
+    assert runs == [] and space.lr_ranges == {}
 
 
 def test_a_share_longer_than_the_first_step_runs_the_range_test():

@@ -212,8 +212,8 @@ def test_a_trial_whose_heartbeat_stops_is_failed_by_the_next_worker(tmp_path):
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_a_trial_cut_before_naming_its_owner_holds_its_place_only_until_the_unowned_grace(tmp_path, monkeypatch, kind):
     """A process cut between creating a trial and naming its owner (a full disk at that write) leaves a RUNNING
-    trial no owner check can judge; on a local file it is failed after `LOCAL_UNOWNED_SECONDS`, with its reason,
-    instead of holding the study's last place for ever."""
+    trial no owner check can judge; on a local file it is failed once this process has seen it so for
+    `LOCAL_UNOWNED_SECONDS`, with its reason, instead of holding the study's last place for ever."""
     import autotune.storage
     monkeypatch.setattr(autotune.storage, "LOCAL_UNOWNED_SECONDS", 1.5)
     url = f"journal:{tmp_path / 'j.log'}" if kind == "journal" else f"sqlite:///{tmp_path / 'p.db'}"
@@ -228,4 +228,4 @@ def test_a_trial_cut_before_naming_its_owner_holds_its_place_only_until_the_unow
     trials.close()
     (frozen,) = [t for t in tuner.study.get_trials(deepcopy=False) if t.number == cut.number]
     assert frozen.state == optuna.trial.TrialState.FAIL
-    assert "no owner recorded" in frozen.user_attrs["failure"]
+    assert "no owner recorded in 1.5 s" in frozen.user_attrs["failure"]
