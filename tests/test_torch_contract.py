@@ -39,6 +39,7 @@ def _session(name, batch_size=8, optimizer="adam"):
                            optimizer={"name": optimizer, "lr": 1e-3})
 
 
+@pytest.mark.timing  # the ceiling stops where a step outgrows a quarter of the trial: measured, so run alone
 def test_gpt2_trains_through_the_library_with_a_dataset_and_dict_batches(tmp_path):
     storage = f"sqlite:///{tmp_path / 'g.db'}"
     result = autotune.tune(f"{REAL}:gpt2", n_trials=3, trial_time=1.5, search_space=SPACE, storage=storage,
