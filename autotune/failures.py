@@ -97,6 +97,18 @@ def shortfall(study: optuna.Study, wanted: int, *, timed_out: bool, attempts: in
             + (f"; {failures}" if failures else "") + f"; `autotune report {study.study_name}` lists every trial")
 
 
+def none_completed(study: optuna.Study) -> str:
+    """Why ``study`` has no complete trial to pick (one line): how many were pruned or failed, and the last reason
+    of each, since a pruned trial's reason (a step too slow for its budget) is usually the fix."""
+    trials = study.get_trials(deepcopy=False)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED and not failed(t)]
+    parts = [f"{len(pruned)} pruned (last: {(reason(pruned[-1]) or 'by the pruner')[:160]})"] if pruned else []
+    failures = failure_summary(trials, study.user_attrs)
+    parts += [failures] if failures else []
+    return (f"no trial of study {study.study_name!r} completed" + (f": {'; '.join(parts)}" if parts else "")
+            + f"; `autotune report {study.study_name}` lists every trial")
+
+
 def _kind(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any] | None) -> str:
     kind = trial.user_attrs.get("failure_kind")
     if kind:

@@ -83,6 +83,11 @@ class SearchSpace:
             "source": self.source,
         }
 
+    @property
+    def smallest_batch(self) -> int:
+        """The smallest batch any trial may train at: the least choice, else ``batch_size.low``."""
+        return min(self.batch_choices) if self.batch_choices else self.batch_low
+
     def batch_sizes(self, ceiling: int) -> list[int]:
         """Candidate batch sizes up to ``ceiling``: the listed choices, or powers of two from low, plus the ceiling."""
         high = min(self.batch_high or ceiling, ceiling)
@@ -98,8 +103,8 @@ class SearchSpace:
                 sizes.append(high)
         if not sizes:
             raise SearchSpaceError(
-                f"search space {self.source}: batch_size: no candidate at or below the memory ceiling of {ceiling}; "
-                "lower batch_size.low"
+                f"search space {self.source}: batch_size: no candidate at or below the ceiling of {ceiling} (the "
+                "largest batch that fits memory and the data); lower batch_size.low"
             )
         return sizes
 

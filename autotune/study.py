@@ -24,7 +24,7 @@ from autotune.ceiling_cache import CeilingCache
 from autotune.checks import check_task_data, seconds
 from autotune.confirm import DEFAULT_CONFIRM, run_context, trial_runner
 from autotune.errors import AutotuneError, Interrupted, StorageError, TaskError, TrialError
-from autotune.failures import finished, shortfall
+from autotune.failures import finished, none_completed, shortfall
 from autotune.fitting.step_time import StepTimeLimit
 from autotune.guard import guarded
 from autotune.memory import DEFAULT_MARGIN
@@ -344,7 +344,8 @@ def tune(
                                    max_batch=space.batch_high, phases=phases, say=say, cache=cache, refit=refit,
                                    share=share,
                                    # a global batch's step is the same whatever its micro-batch: no step-time bound
-                                   step_time_limit=None if global_batch else StepTimeLimit.for_trials(trial_time))
+                                   step_time_limit=None if global_batch else StepTimeLimit.for_trials(
+                                       trial_time, floor=space.smallest_batch))
         ceiling = min(ceilings.values())  # what every precision fits: the range test and the default configuration
     except BaseException:
         if worker is not None:
@@ -403,7 +404,7 @@ def tune(
         say({"event": "phases", "seconds": phases.to_dict(), "summary": phases.describe()})
         chosen = best_trial(study, objective)
         if chosen is None:
-            raise AutotuneError(short or f"no trial of study {name!r} finished")
+            raise AutotuneError(short or none_completed(study))
         result = result_from_trial(study, chosen)
         busy = describe_busy(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         if busy:

@@ -19,6 +19,9 @@ TORCH_OPTIMIZERS = get_backend("torch").optimizer_names
 def test_default_space_loads_and_samples_conditionally():
     space = load_space("torch", TORCH_OPTIMIZERS)
     assert space.batch_sizes(1000) == [16, 32, 64, 128, 256, 512, 1000]
+    assert space.smallest_batch == 16
+    with pytest.raises(SearchSpaceError, match="no candidate at or below the ceiling of 8 .*lower batch_size.low"):
+        space.batch_sizes(8)  # a ceiling set by memory or the data (step time stops at the smallest batch)
     study = optuna.create_study()
     trial = study.ask()
     config = space.suggest(trial, ceiling=200)

@@ -40,6 +40,20 @@ def test_the_answer_never_reaches_the_slow_size_nor_falls_under_the_quick_one():
     assert limit.answer([timed(100, 0.5), timed(101, 1.0001)]).batch_size == 100  # never the slow 101
 
 
+def test_step_time_never_lowers_the_ceiling_below_the_spaces_smallest_batch():
+    """A ceiling under every choice would leave the study nothing to try: the smallest choice stays, since a
+    probe at or above it fitted memory, and the note says its trials run fewer steps."""
+    limit = StepTimeLimit(1.5, floor=8)  # GPT-2 under load: batch 8 stepped 0.70 s against 0.375 s
+    answer = limit.answer([timed(2, 0.2), timed(16, 1.4)])
+    assert answer.batch_size == 8 and answer.limited_by == "step time"
+    assert "the ceiling stays at 8, the search space's smallest batch" in answer.notes[0]
+    assert limit.answer([timed(8, 0.7)]).batch_size == 8  # the slow probe is the floor itself
+    assert StepTimeLimit(1.5).answer([timed(8, 0.7)]).batch_size == 4  # no floor: scaled down as before
+    # slow only below the floor: no answer yet, and the floor is the next size to learn
+    assert limit.answer([timed(4, 0.5)]) is None and limit.aim([timed(4, 0.5)]) == 8
+    assert limit.aim([timed(4, 0.5), Probe(8, fits=False, oom=True)]) is None  # memory decides below it
+
+
 class CurveExecutor:
     """Runs the planner's sizes on a synthetic memory curve and step-time line, as the worker executor would."""
 
@@ -89,6 +103,17 @@ def test_once_two_probes_time_the_step_the_next_aims_just_past_the_limit():
     assert answer.limited_by == "step time" and 190 <= answer.batch_size <= 198
 
 
+def test_a_fit_slow_below_the_floor_probes_the_floor_and_memory_still_rules():
+    answer, sizes = fit(lambda b: 0.1 * b, StepTimeLimit(1.2, floor=64))  # every size is slow; 64 fits memory
+    assert answer.batch_size == 64 and answer.limited_by == "step time" and 64 in sizes
+    assert max(sizes) <= 64  # the edge is never probed
+    budget = Budget("device_peak", 4 * GIB, 0.0)
+    executor = CurveExecutor(budget, lambda b: GIB + 2 * MIB * b, lambda b: 0.1 * b)
+    answer = run_plan(Planner(budget, ceiling=100_000, resident_slope=False), executor, [],
+                      StepTimeLimit(1.2, floor=4096))  # past the memory edge (1536): memory's answer stands
+    assert answer.limited_by == "memory" and answer.batch_size < 4096
+
+
 def test_a_stored_fit_is_read_under_each_limit_or_refitted():
     probes = [{"batch_size": b, "fits": True, "throughput": b / (0.001 * b)} for b in (8, 64, 512, 1500)]
     memory = {"batch_size": 1500, "limited_by": "memory", "probes": probes}
@@ -124,6 +149,26 @@ def test_tune_bounds_the_ceiling_by_the_trial_budget_and_the_cache_keeps_both(tm
     autotune.tune(COMPUTE_BOUND, study_name="again", trial_time=1.6, **common)
     again = optuna.load_study(study_name="again", storage=storage).user_attrs[ceiling_key("torch", _cpu())]
     assert again["cached"] and again["limited_by"] == "step time" and again["batch_size"] < 2000
+
+
+def test_a_space_whose_smallest_batch_steps_too_slowly_keeps_it_and_says_to_raise_the_trial_time(tmp_path):
+    """The compute-bound model's batch 1024 steps in about 0.3 s here, far over 1/4 of a 0.05 s trial: the
+    ceiling stays at the space's smallest batch instead of falling under every choice ("no candidate at or below
+    the memory ceiling ...; lower batch_size.low", the wrong limit and the wrong fix), and a trial too slow for its
+    budget ends the run with the fix in its reason."""
+    space = tmp_path / "space.yaml"
+    space.write_text("batch_size:\n  choices: [1024, 2048]\noptimizers:\n  sgd: {}\n")
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    try:
+        autotune.tune(COMPUTE_BOUND, study_name="floor", trial_time=0.05, search_space=str(space), n_trials=1,
+                      range_test=False, confirm=0, storage=storage)
+    except autotune.AutotuneError as error:  # a machine fast enough to step 1024 in 25 ms completes the trial
+        assert "no trial of study 'floor' completed: 1 pruned" in str(error) and "--trial-time" in str(error)
+    study = optuna.load_study(study_name="floor", storage=storage)
+    record = study.user_attrs[ceiling_key("torch", _cpu())]
+    assert record["batch_size"] == 1024 and record["limited_by"] == "step time", record
+    assert "the ceiling stays at 1024, the search space's smallest batch" in record["notes"][0]
+    assert [t.user_attrs["batch_size"] for t in study.trials] == [1024]
 
 
 def test_a_global_batch_study_fits_to_memory(tmp_path):

@@ -33,14 +33,18 @@ def step_seconds(probe: Probe) -> float | None:
 
 @dataclasses.dataclass(frozen=True)
 class StepTimeLimit:
-    """The longest step a trial of ``trial_seconds`` can use: a share of its budget."""
+    """The longest step a trial of ``trial_seconds`` can use: a share of its budget.
+
+    ``floor``: the search space's smallest batch. Step time never lowers the ceiling below it, since a ceiling
+    under every choice leaves the study nothing to try; its trials run fewer steps instead. Only memory may."""
 
     trial_seconds: float
+    floor: int = 1
 
     @classmethod
-    def for_trials(cls, trial_seconds: float | None) -> "StepTimeLimit | None":
+    def for_trials(cls, trial_seconds: float | None, *, floor: int = 1) -> "StepTimeLimit | None":
         """The limit for trials of ``trial_seconds`` (None: trials counted in steps have no time to protect)."""
-        return cls(float(trial_seconds)) if trial_seconds else None
+        return cls(float(trial_seconds), max(1, int(floor))) if trial_seconds else None
 
     @property
     def seconds(self) -> float:
@@ -50,9 +54,11 @@ class StepTimeLimit:
         """The ceiling once a probe that fits steps slower than the limit, else None (the fit goes on).
 
         The size whose step is predicted to take the limit, on the line through the step times of the slow probe
-        and the largest quicker one (or in proportion to the slow one's, when every probe was slow)."""
+        and the largest quicker one (or in proportion to the slow one's, when every probe was slow), raised to
+        ``floor``, which fits memory since the slow probe at or above it did. Slow probes below ``floor`` wait
+        for one at or above it (`aim` asks for it)."""
         timed = [(p, t) for p in probes if (t := step_seconds(p)) is not None]
-        slow = [(p, t) for p, t in timed if t > self.seconds]
+        slow = [(p, t) for p, t in timed if t > self.seconds and p.batch_size >= self.floor]
         if not slow:
             return None
         high, high_time = min(slow, key=lambda pair: pair[0].batch_size)
@@ -61,11 +67,13 @@ class StepTimeLimit:
             low, low_time = max(quick, key=lambda pair: pair[0].batch_size)
             share = (self.seconds - low_time) / (high_time - low_time) if high_time > low_time else 0.0
             size = low.batch_size + (high.batch_size - low.batch_size) * share
-            floor = low.batch_size
+            lowest = low.batch_size
         else:
-            size, floor = high.batch_size * self.seconds / high_time, 1
+            size, lowest = high.batch_size * self.seconds / high_time, 1
         granule = _granule(size)
-        batch = max(floor, min(high.batch_size - 1, int(size) // granule * granule), 1)
+        batch = max(lowest, min(high.batch_size - 1, int(size) // granule * granule), 1)
+        if batch < self.floor:
+            return Answer(self.floor, 1, (self.floor_note(high, high_time),), limited_by="step time")
         return Answer(batch, granule, (self.note(batch, high, high_time),), limited_by="step time")
 
     def aim(self, probes: Sequence[Probe]) -> int | None:
@@ -73,7 +81,11 @@ class StepTimeLimit:
         two largest timed probes (step time grows about linearly with the batch); None with fewer than two, or
         when the step time did not grow between them."""
         timed = sorted((p.batch_size, t) for p in probes if (t := step_seconds(p)) is not None)
-        if len(timed) < 2 or any(t > self.seconds for _, t in timed):
+        if any(t > self.seconds for _, t in timed):
+            # slow only below the space's smallest batch: that batch is the one size left to learn (does it fit?)
+            ran = {p.batch_size for p in probes}
+            return self.floor if self.floor not in ran and max(ran) < self.floor else None
+        if len(timed) < 2:
             return None
         (small, small_time), (large, large_time) = timed[-2], timed[-1]
         if large_time <= small_time or large <= small:
@@ -85,6 +97,12 @@ class StepTimeLimit:
         return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s: the ceiling stops "
                 f"at {batch}, whose step is predicted at {self.seconds:.2g} s (1/{STEPS_PER_TRIAL} of the "
                 f"{self.trial_seconds:g} s trial budget)")
+
+    def floor_note(self, slow: Probe, slow_seconds: float) -> str:
+        return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s, over "
+                f"1/{STEPS_PER_TRIAL} of the {self.trial_seconds:g} s trial budget: the ceiling stays at {self.floor}, "
+                "the search space's smallest batch, and its trials run fewer steps (raise --trial-time to measure "
+                "them better)")
 
 
 def capped_record(record: Mapping[str, Any], limit: StepTimeLimit | None) -> dict[str, Any] | None:
