@@ -51,6 +51,11 @@ def _running(trials: list[optuna.trial.FrozenTrial], *, watch: UnownedWatch) -> 
     return [t for t in running if abandoned(t, watch=watch) is None]
 
 
+OWNER_WRITE_TRIES = 3
+"""New trials asked for while other processes keep failing each one before its owner is written (each saw it
+owner-less past the grace): a bounded retry, since a loop of such races means clocks or storage are wrong."""
+
+
 def _fail_quietly(study: optuna.Study, trial: optuna.Trial) -> None:
     """Fail ``trial`` if the storage still takes writes; a storage that failed leaves it to `abandoned`."""
     try:
@@ -320,7 +325,9 @@ class Tuner:
     def _asked(self, *, stale_possible: bool = True) -> tuple[optuna.Trial, Heartbeat]:
         if stale_possible:  # only a RUNNING trial can have a stopped heartbeat
             fail_stale(self.study)
-        for attempt in range(3):
+        tries = 0
+        while True:
+            tries += 1
             with warnings.catch_warnings(), quiet_optuna():  # the heartbeat is ours (`autotune.heartbeat`)
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = self.study.ask()
@@ -328,17 +335,15 @@ class Tuner:
             heartbeat = Heartbeat(self.store, self.study, trial.number, study_id=self.study_id())
             try:
                 trial.set_user_attr("owner", owner())
+                return trial, heartbeat
             except optuna.exceptions.UpdateFinishedTrialError:
                 heartbeat.stop()  # another process judged it abandoned before its owner was written: ask again
-                if attempt == 2:
+                if tries >= OWNER_WRITE_TRIES:
                     raise
-                continue
             except BaseException:
                 heartbeat.stop()
                 _fail_quietly(self.study, trial)  # else it holds a place until `abandoned` judges it dead
                 raise
-            return trial, heartbeat
-        raise AssertionError("unreachable")
 
     def _configured(self, trial: optuna.Trial, heartbeat: Heartbeat) -> TunerTrial:
         try:

@@ -13,6 +13,7 @@ import optuna
 import pytest
 
 from autotune import records
+from autotune.backends import get_backend
 from autotune.budget import Phases
 from autotune.ceiling import ensure_ceiling
 from autotune.errors import AutotuneError, Interrupted, StorageError
@@ -26,7 +27,6 @@ from autotune.stopping import Deadline, Interrupts
 from autotune.storage import open_storage, owner
 from autotune.study_open import describe_new_study, open_study
 from autotune.tuner import Tuner
-from autotune.backends import get_backend
 
 SPACE = {"batch_size": {"choices": [16, 32]}, "optimizers": {"adam": {}}}
 
@@ -207,6 +207,58 @@ def test_a_trial_whose_heartbeat_stops_is_failed_by_the_next_worker(tmp_path):
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
     reason = records.read(study.trials[0], study.user_attrs).failure
     assert reason == f"interrupted: no heartbeat for over 2 s from process {os.getpid()} on {socket.gethostname()}"
+
+
+class RacedJournal(optuna.storages.JournalStorage):
+    """A real journal storage where, at each of a trial's owner writes listed in ``races``, another process's
+    verdict lands first: ``"failed"`` (the trial is failed as abandoned, as a second worker past the owner-less
+    grace would) or ``"disk full"`` (the write itself raises). It reproduces the two interleavings of
+    `Tuner._asked` deterministically, on the real storage path."""
+
+    def __init__(self, path, races):
+        super().__init__(optuna.storages.journal.JournalFileBackend(str(path)))
+        self.races = list(races)
+
+    def set_trial_user_attr(self, trial_id, key, value):
+        if key == "owner" and self.races:
+            race = self.races.pop(0)
+            if race == "failed":
+                self.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            elif race == "disk full":
+                raise OSError(28, "No space left on device")
+        super().set_trial_user_attr(trial_id, key, value)
+
+
+def _raced_tuner(tmp_path, races):
+    store = RacedJournal(tmp_path if tmp_path.suffix == ".log" else tmp_path / "raced.log", races)
+    study, _ = open_study("raced", store=store, objective="convergence")
+    backend = get_backend("torch")
+    space = load_space("torch", backend.optimizer_names, overrides=SPACE)
+    return Tuner.attached(study, store=store, backend=backend, device=backend.resolve_device("cpu"), space=space,
+                          objective="convergence", ceiling=32)
+
+
+def test_a_trial_failed_by_another_process_before_its_owner_is_written_is_asked_again(tmp_path):
+    tuner = _raced_tuner(tmp_path, ["failed", "failed"])
+    handle = tuner.ask()  # two trials lost to the race, the third named and configured
+    trials = tuner.study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL] * 2 + [optuna.trial.TrialState.RUNNING]
+    assert trials[2].user_attrs["owner"] == owner() and handle.config["batch_size"] in (16, 32)
+    handle.fail("test", "ended by the test")
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # a race lost every time is not looped on
+        _raced_tuner(tmp_path / "raced-again.log", ["failed"] * 3).ask()
+
+
+def test_an_owner_write_that_fails_fails_its_trial_at_once(tmp_path):
+    """The trial would otherwise hold a place in the study until the owner-less grace: the next run would wait."""
+    tuner = _raced_tuner(tmp_path, ["disk full"])
+    with pytest.raises(OSError, match="No space left"):
+        tuner.ask()
+    (trial,) = tuner.study.get_trials(deepcopy=False)
+    assert trial.state == optuna.trial.TrialState.FAIL and "owner" not in trial.user_attrs
+    handle = tuner.ask()  # the storage takes writes again: the study goes on
+    assert handle.number == 1
+    handle.fail("test", "ended by the test")
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
