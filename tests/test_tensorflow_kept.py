@@ -39,6 +39,33 @@ def test_a_worker_renews_its_session_and_each_trial_trains_as_in_a_fresh_one():
     assert fresh[3]["losses"] != fresh[4]["losses"]  # which do differ from seed 0's
 
 
+# each optimizer twice in a row with other values of the parameters TPE draws: betas, rho, decoupled decay
+HELD_RUNS = [({"name": "adam", "lr": 1e-2, "beta1": 0.9}, 0),
+             ({"name": "adam", "lr": 1e-2, "beta1": 0.8, "beta2": 0.99}, 0),
+             ({"name": "rmsprop", "lr": 1e-3, "rho": 0.9}, 0), ({"name": "rmsprop", "lr": 1e-3, "rho": 0.95}, 0),
+             ({"name": "nadam", "lr": 1e-2, "beta1": 0.93}, 0), ({"name": "nadam", "lr": 1e-2, "beta1": 0.82}, 1),
+             ({"name": "adamw", "lr": 1e-2, "weight_decay": 1e-4}, 0),
+             ({"name": "adamw", "lr": 1e-2, "beta1": 0.85, "weight_decay": 0.05}, 0),
+             ({"name": "lion", "lr": 1e-3, "beta1": 0.9}, 0), ({"name": "lion", "lr": 1e-3, "beta1": 0.86}, 0),
+             ({"name": "rmsprop", "lr": 1e-3, "rho": 0.9, "momentum": 0.9}, 0)]
+
+
+def test_an_optimizers_drawn_parameters_are_assigned_in_a_kept_session_not_traced_again():
+    """TPE draws new betas (or rho, or decay) for almost every trial: held in variables, they change what the
+    traced update computes without a new trace, and each trial still trains exactly as a fresh session would."""
+    with Worker(preload=("tensorflow",)) as worker:
+        outcome = worker.run(sessions_in_turn, {"runs": HELD_RUNS})
+    assert outcome.ok, outcome
+    kept, fresh = outcome.value, sessions_in_turn(HELD_RUNS)
+    for renewed, new, (spec, _) in zip(kept, fresh, HELD_RUNS):
+        np.testing.assert_allclose(renewed["losses"], new["losses"], rtol=1e-5, err_msg=str(spec))
+    for first, second in zip(fresh[0:10:2], fresh[1:10:2]):
+        assert first["losses"] != second["losses"]  # the other values do train differently
+    # the last, rmsprop with momentum, builds a momentum state: another structure, so a new update
+    assert [run["compile_seconds"] > 0 for run in kept] == [True, False] * 5 + [True]
+    assert {run["apply_traces"] for run in kept} == {1}
+
+
 def test_outside_a_worker_a_closed_session_is_dropped():
     backend = get_backend("tensorflow")
     session = backend.session(regularised, regularised.load_data(), backend.resolve_device("cpu"), batch_size=32,

@@ -119,6 +119,17 @@ def _adam_like(cls: type, **fixed: Any) -> Callable[[Mapping[str, Any]], keras.o
     return build
 
 
+_BETAS = {"beta1": "beta_1", "beta2": "beta_2"}
+_HELD_IN_VARIABLES: dict[str, dict[str, str]] = {
+    "adam": _BETAS, "amsgrad": _BETAS, "adamax": _BETAS, "nadam": _BETAS, "lion": _BETAS,
+    "adamw": {**_BETAS, "weight_decay": "weight_decay"}, "rmsprop": {"rho": "rho"},
+}
+"""Per optimizer, the neutral parameters whose Keras attribute its update reads only in arithmetic, never in a
+Python ``if`` (Keras 3.15's update steps): a variable holds each, so that a kept session's next trial of the same
+optimizer assigns the values TPE drew instead of tracing a new update (MobileNetV2: about 7 s each). SGD's
+momentum is not among them: ``if self.momentum != 0`` needs a number."""
+
+
 def _root_eps(s: Mapping[str, Any]) -> float:
     # Keras's RMSprop and Adagrad add epsilon under the square root (lr·g/√(v+ε)); torch adds it after
     # (lr·g/(√v+ε)). ε² under the root gives the same floor on the denominator, so the neutral eps keeps its
@@ -643,6 +654,7 @@ class TensorFlowSession(TrainingSession):
         self._accumulation: Any = None
         self._initial_slots: Any = None
         self._optimizer_key: Any = None
+        self._held: dict[str, Any] = {}
         self._use_optimizer(optimizer)
 
     def _wrapped_optimizer(self, optimizer: Any) -> Any:
@@ -707,18 +719,27 @@ class TensorFlowSession(TrainingSession):
 
     def _use_optimizer(self, spec: Mapping[str, Any]) -> None:
         """Train with the optimizer ``spec`` asks for: the one this session has, its state back to its first
-        values, when only the learning rate differs; else a new one with its own traced update."""
-        key = tuple(sorted((name, value) for name, value in spec.items() if name != "lr"))
+        values, when only the learning rate and the parameters held in variables (`_HELD_IN_VARIABLES`)
+        differ; else a new one with its own traced update."""
+        held = self._held_parameters(spec["name"])
+        key = tuple(sorted((name, value) for name, value in spec.items() if name != "lr" and name not in held))
         if key == self._optimizer_key:
             self._initial_slots.restore()
             self.set_learning_rate(float(spec["lr"]))
+            for name, variable in self._held.items():
+                variable.assign(float(spec[name]))
         else:
             if self.optimizer is not None:  # the old optimizer's state and traced update are freed first
                 self.optimizer = self._apply_fn = self._train_fn = self._accumulation = None
                 self._traced -= {"apply", "train"}
                 gc.collect()
             with self._scope():
-                self.optimizer = self._wrapped_optimizer(_OPTIMIZERS[spec["name"]](spec))
+                inner = _OPTIMIZERS[spec["name"]](spec)
+                self._held = {}
+                for name, attribute in held.items():  # before the first trace, so that the update reads them
+                    self._held[name] = tf.Variable(float(spec[name]), trainable=False, dtype=tf.float32)
+                    setattr(inner, attribute, self._held[name])
+                self.optimizer = self._wrapped_optimizer(inner)
                 self.optimizer.build(self.model.trainable_variables)
             self._optimizer_key = key
             if self._initial_weights is not None:  # read only when a kept session renews
@@ -732,6 +753,14 @@ class TensorFlowSession(TrainingSession):
                 # replicated step under a TPU strategy
                 self._train_fn = tf.function(self._replicated(lambda batch: apply(self._gradient_step(batch))[0]),
                                              input_signature=self._train_sig, jit_compile=self._jit)
+
+    def _held_parameters(self, name: str) -> dict[str, str]:
+        """`_HELD_IN_VARIABLES` for optimizer ``name`` where the weights are all float32 (a float32 variable in
+        a float16 weight's update would change its dtype), else none. Every such session holds them, kept or
+        not, so that both round ``1 - beta`` alike (float32 from a variable, not from a Python float)."""
+        if any(v.dtype != "float32" for v in self.model.trainable_variables):
+            return {}
+        return _HELD_IN_VARIABLES.get(name, {})
 
     def _gradient_step(self, batch: Any) -> Any:
         """The batch's loss and the gradients of its total (regularisation included, scaled for float16)."""
@@ -896,6 +925,7 @@ class TensorFlowSession(TrainingSession):
         for name in ("model", "optimizer", "_gradients_fn", "_apply_fn", "_train_fn", "_eval_fn", "_accumulation",
                      "train", "val", "_last", "_initial_weights", "_initial_slots"):
             setattr(self, name, None)
+        self._held = {}
 
     def renew(self, task: Task, data: HostData, device: Device, *, batch_size: int, optimizer: Mapping[str, Any],
               seed: int) -> bool:
