@@ -10,7 +10,12 @@ from autotune.backends import get_backend  # noqa: E402
 from autotune.backends import tensorflow_kept as keeping  # noqa: E402
 from autotune.backends.tensorflow import keras, tf  # noqa: E402
 from autotune.runner import Worker  # noqa: E402
-from tests.tasks.keras_kept import held_before_and_after_a_bench_session, regularised, sessions_in_turn  # noqa: E402
+from tests.tasks.keras_kept import (  # noqa: E402
+    held_before_and_after_a_bench_session,
+    regularised,
+    sessions_in_turn,
+    sessions_under_a_byte_budget,
+)
 
 ADAM = {"name": "adam", "lr": 1e-2}
 RUNS = [(ADAM, 0), ({"name": "adam", "lr": 3e-3}, 0), ({"name": "rmsprop", "lr": 1e-3}, 0), (ADAM, 0), (ADAM, 1)]
@@ -34,7 +39,7 @@ def test_a_worker_renews_its_session_and_each_trial_trains_as_in_a_fresh_one():
     assert kept[0]["compile_seconds"] > 0
     assert kept[1]["compile_seconds"] == 0  # only the learning rate changed: nothing traced again
     assert kept[2]["compile_seconds"] > 0 and kept[2]["apply_traces"] == 1  # another optimizer traces its update
-    assert kept[3]["compile_seconds"] > 0  # back to adam: a new optimizer again (one is kept)
+    assert kept[3]["compile_seconds"] == 0  # back to adam: its update was set aside, not traced again
     assert kept[4]["compile_seconds"] == 0  # another seed: a new build's values, the same traced steps
     assert fresh[3]["losses"] != fresh[4]["losses"]  # which do differ from seed 0's
 
@@ -64,6 +69,18 @@ def test_an_optimizers_drawn_parameters_are_assigned_in_a_kept_session_not_trace
     # the last, rmsprop with momentum, builds a momentum state: another structure, so a new update
     assert [run["compile_seconds"] > 0 for run in kept] == [True, False] * 5 + [True]
     assert {run["apply_traces"] for run in kept} == {1}
+
+
+def test_optimizers_set_aside_stay_within_the_kept_share():
+    """The model's first values (3.2 kB) and RMSprop's state (3.0 kB) fit a 4 kB budget, Adam's (5.9 kB) does not:
+    RMSprop comes back without a trace, Adam is traced again."""
+    runs = [({"name": "rmsprop", "lr": 1e-3}, 0), ({"name": "adam", "lr": 1e-2}, 0),
+            ({"name": "rmsprop", "lr": 1e-3}, 0), ({"name": "adam", "lr": 1e-2}, 0)]
+    with Worker(preload=("tensorflow",)) as worker:
+        outcome = worker.run(sessions_under_a_byte_budget, {"runs": runs, "budget": 4096})
+    assert outcome.ok, outcome
+    assert len({run["session"] for run in outcome.value}) == 1  # kept throughout
+    assert [run["compile_seconds"] > 0 for run in outcome.value] == [True, True, False, True]
 
 
 def test_outside_a_worker_a_closed_session_is_dropped():

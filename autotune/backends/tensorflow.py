@@ -130,6 +130,11 @@ optimizer assigns the values TPE drew instead of tracing a new update (MobileNet
 momentum is not among them: ``if self.momentum != 0`` needs a number."""
 
 
+def _variable_bytes(variables: Any) -> int:
+    """What ``variables`` hold, from their shapes and dtypes (nothing is copied to the host)."""
+    return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables)
+
+
 def _root_eps(s: Mapping[str, Any]) -> float:
     # Keras's RMSprop and Adagrad add epsilon under the square root (lr·g/√(v+ε)); torch adds it after
     # (lr·g/(√v+ε)). ε² under the root gives the same floor on the denominator, so the neutral eps keeps its
@@ -655,6 +660,7 @@ class TensorFlowSession(TrainingSession):
         self._initial_slots: Any = None
         self._optimizer_key: Any = None
         self._held: dict[str, Any] = {}
+        self._shelf: dict[Any, tuple[Any, Any, dict[str, Any], Any]] = {}  # `_shelve_optimizer`, oldest first
         self._use_optimizer(optimizer)
 
     def _wrapped_optimizer(self, optimizer: Any) -> Any:
@@ -713,7 +719,7 @@ class TensorFlowSession(TrainingSession):
         if not in_worker():
             return None  # a caller's own process keeps nothing after the call
         # bounded from the shapes first: a model too large to keep is not copied to the host at all
-        if not worth_keeping(sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in self.model.variables)):
+        if not worth_keeping(_variable_bytes(self.model.variables)):
             return None
         return InitialValues(self.model.variables)
 
@@ -723,16 +729,20 @@ class TensorFlowSession(TrainingSession):
         differ; else a new one with its own traced update."""
         held = self._held_parameters(spec["name"])
         key = tuple(sorted((name, value) for name, value in spec.items() if name != "lr" and name not in held))
+        if key != self._optimizer_key:
+            wanted = self._shelf.pop(key, None)  # taken first: the set-aside ones may have to make room
+            if self.optimizer is not None:
+                self._shelve_optimizer()
+            if wanted is not None:
+                self._optimizer_key = key
+                self.optimizer, self._apply_fn, self._held, self._initial_slots = wanted
+                self._traced.add("apply")
         if key == self._optimizer_key:
             self._initial_slots.restore()
             self.set_learning_rate(float(spec["lr"]))
             for name, variable in self._held.items():
                 variable.assign(float(spec[name]))
         else:
-            if self.optimizer is not None:  # the old optimizer's state and traced update are freed first
-                self.optimizer = self._apply_fn = self._train_fn = self._accumulation = None
-                self._traced -= {"apply", "train"}
-                gc.collect()
             with self._scope():
                 inner = _OPTIMIZERS[spec["name"]](spec)
                 self._held = {}
@@ -753,6 +763,20 @@ class TensorFlowSession(TrainingSession):
                 # replicated step under a TPU strategy
                 self._train_fn = tf.function(self._replicated(lambda batch: apply(self._gradient_step(batch))[0]),
                                              input_signature=self._train_sig, jit_compile=self._jit)
+
+    def _shelve_optimizer(self) -> None:
+        """Set the current optimizer aside: kept with its traced update where the session may be kept and every
+        set-aside optimizer's state together stays within `KEPT_SHARE` of memory (oldest dropped first), since
+        TPE comes back to an optimizer (Adam's update: about 8 s to trace on MobileNetV2); else freed."""
+        if self._gradients_fn is not None and "apply" in self._traced:
+            self._shelf[self._optimizer_key] = (self.optimizer, self._apply_fn, self._held, self._initial_slots)
+        while self._shelf and not worth_keeping(sum(_variable_bytes(entry[0].variables)
+                                                    for entry in self._shelf.values())):
+            self._shelf.pop(next(iter(self._shelf)))
+        self.optimizer = self._apply_fn = self._train_fn = self._accumulation = None
+        self._optimizer_key, self._held, self._initial_slots = None, {}, None
+        self._traced -= {"apply", "train"}
+        gc.collect()  # a freed optimizer's state goes before the next one's is built
 
     def _held_parameters(self, name: str) -> dict[str, str]:
         """`_HELD_IN_VARIABLES` for optimizer ``name`` where the weights are all float32 (a float32 variable in
@@ -925,7 +949,7 @@ class TensorFlowSession(TrainingSession):
         for name in ("model", "optimizer", "_gradients_fn", "_apply_fn", "_train_fn", "_eval_fn", "_accumulation",
                      "train", "val", "_last", "_initial_weights", "_initial_slots"):
             setattr(self, name, None)
-        self._held = {}
+        self._held, self._shelf = {}, {}
 
     def renew(self, task: Task, data: HostData, device: Device, *, batch_size: int, optimizer: Mapping[str, Any],
               seed: int) -> bool:

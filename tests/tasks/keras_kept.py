@@ -56,3 +56,12 @@ def held_before_and_after_a_bench_session() -> list[bool]:
     after = keeping.holding()
     bench.close()
     return [held, after]
+
+
+def sessions_under_a_byte_budget(runs: list[tuple[dict, int]], budget: int) -> list[dict]:
+    """`sessions_in_turn` where what a worker may keep is at most ``budget`` bytes (instead of a share of its
+    memory): an optimizer whose state exceeds it is not set aside."""
+    from autotune.backends import tensorflow as backend_module
+
+    backend_module.worth_keeping = lambda nbytes: nbytes <= budget
+    return sessions_in_turn(runs)
