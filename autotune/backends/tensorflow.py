@@ -27,7 +27,7 @@ import numpy as np
 
 from autotune.backends import tensorflow_kept as keeping
 from autotune.backends.base import PRECISIONS, Backend, TrainingSession
-from autotune.backends.tensorflow_kept import InitialValues, worth_keeping
+from autotune.backends.tensorflow_kept import SHELF_SHARE, InitialValues, worth_keeping
 from autotune.checks import check_labels
 from autotune.devices import Device, cpu_device, nvidia_gpus
 from autotune.errors import DeviceError, TaskError
@@ -766,12 +766,12 @@ class TensorFlowSession(TrainingSession):
 
     def _shelve_optimizer(self) -> None:
         """Set the current optimizer aside: kept with its traced update where the session may be kept and every
-        set-aside optimizer's state together stays within `KEPT_SHARE` of memory (oldest dropped first), since
+        set-aside optimizer's state together stays within `SHELF_SHARE` of memory (oldest dropped first), since
         TPE comes back to an optimizer (Adam's update: about 8 s to trace on MobileNetV2); else freed."""
         if self._gradients_fn is not None and "apply" in self._traced:
             self._shelf[self._optimizer_key] = (self.optimizer, self._apply_fn, self._held, self._initial_slots)
         while self._shelf and not worth_keeping(sum(_variable_bytes(entry[0].variables)
-                                                    for entry in self._shelf.values())):
+                                                    for entry in self._shelf.values()), share=SHELF_SHARE):
             self._shelf.pop(next(iter(self._shelf)))
         self.optimizer = self._apply_fn = self._train_fn = self._accumulation = None
         self._optimizer_key, self._held, self._initial_slots = None, {}, None

@@ -18,6 +18,10 @@ import psutil
 KEPT_SHARE = 0.01
 """A session is kept only where its variables' first values take at most this share of the worker's memory
 (its address-space cap, else the machine's memory): fit-batch's margin (5 % by default) absorbs that copy."""
+SHELF_SHARE = 0.02
+"""The most the optimizers a kept session sets aside may hold together (their state, beside the one in use):
+with `KEPT_SHARE`, 3 % of fit-batch's 5 % margin. Under a 3 GiB cap, MobileNetV2's Adam, RMSprop with momentum
+and Adagrad (43 MiB) fit; at 1 % RMSprop was dropped and traced again three trials later."""
 
 _IDLE: list[Any] = []
 """The worker's last closed session, at most one, waiting for the next trial."""
@@ -51,11 +55,11 @@ class InitialValues:
                 variable.assign(np.full(shape, fill, dtype=dtype))
 
 
-def worth_keeping(nbytes: int) -> bool:
-    """Whether a copy of ``nbytes`` fits in `KEPT_SHARE` of the worker's memory."""
+def worth_keeping(nbytes: int, *, share: float = KEPT_SHARE) -> bool:
+    """Whether ``nbytes`` fit in ``share`` of the worker's memory."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
     memory = soft if soft != resource.RLIM_INFINITY else psutil.virtual_memory().total
-    return nbytes <= KEPT_SHARE * memory
+    return nbytes <= share * memory
 
 
 def keep(session: Any) -> None:

@@ -63,5 +63,5 @@ def sessions_under_a_byte_budget(runs: list[tuple[dict, int]], budget: int) -> l
     memory): an optimizer whose state exceeds it is not set aside."""
     from autotune.backends import tensorflow as backend_module
 
-    backend_module.worth_keeping = lambda nbytes: nbytes <= budget
+    backend_module.worth_keeping = lambda nbytes, share=None: nbytes <= budget
     return sessions_in_turn(runs)
