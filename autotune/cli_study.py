@@ -73,7 +73,7 @@ class ProgressDisplay:
         if event["state"] == "COMPLETE":
             outcome = f"value {number(event['value'])}"
         elif event.get("failure"):
-            outcome = f"{outcome} ({event['failure'][:80]})"
+            outcome = f"{outcome} ({event['failure'][:160]})"
         left = ""
         if event.get("time_left") is not None:
             left = f", {event['time_left']:.0f} s left"

@@ -393,7 +393,9 @@ def tune(
                               attempts=attempts)
             if short and best_trial(study, objective) is not None:
                 say({"event": "shortfall", "message": short})
-        if confirm:  # the pick in context: the default configuration and re-runs with other seeds (autotune.confirm)
+        # the pick in context: the default configuration and re-runs with other seeds (autotune.confirm); with no
+        # complete trial there is no pick to put in context
+        if confirm and best_trial(study, objective) is not None:
             say({"event": "confirm", "count": confirm})
             with phases.timed("confirm"):
                 run_context(study, trial_runner(worker=worker, timeout=limit, trial_kwargs=dict(

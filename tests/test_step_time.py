@@ -10,7 +10,7 @@ from autotune.fitting import Budget, Planner, Probe
 from autotune.fitting.result import run_plan
 from autotune.fitting.step_time import STEPS_PER_TRIAL, StepTimeLimit, capped_record
 from autotune.study_open import ceiling_key
-from tests.conftest import TASKS
+from tests.conftest import TASKS, assert_one_line_error, run_cli
 
 MIB, GIB = 1024**2, 1024**3
 COMPUTE_BOUND = f"{TASKS / 'torch_tasks.py'}:compute_bound"
@@ -154,16 +154,18 @@ def test_tune_bounds_the_ceiling_by_the_trial_budget_and_the_cache_keeps_both(tm
 def test_a_space_whose_smallest_batch_steps_too_slowly_keeps_it_and_says_to_raise_the_trial_time(tmp_path):
     """The compute-bound model's batch 1024 steps in about 0.3 s here, far over 1/4 of a 0.05 s trial: the
     ceiling stays at the space's smallest batch instead of falling under every choice ("no candidate at or below
-    the memory ceiling ...; lower batch_size.low", the wrong limit and the wrong fix), and a trial too slow for its
-    budget ends the run with the fix in its reason."""
+    the memory ceiling ...; lower batch_size.low", the wrong limit and the wrong fix), and trials too slow for
+    their budget end the command with the fix in their reason, in one line, with no pick to put in context."""
     space = tmp_path / "space.yaml"
     space.write_text("batch_size:\n  choices: [1024, 2048]\noptimizers:\n  sgd: {}\n")
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    try:
-        autotune.tune(COMPUTE_BOUND, study_name="floor", trial_time=0.05, search_space=str(space), n_trials=1,
-                      range_test=False, confirm=0, storage=storage)
-    except autotune.AutotuneError as error:  # a machine fast enough to step 1024 in 25 ms completes the trial
-        assert "no trial of study 'floor' completed: 1 pruned" in str(error) and "--trial-time" in str(error)
+    result = run_cli("tune", COMPUTE_BOUND, "--study", "floor", "--trial-time", "0.05", "--search-space", str(space),
+                     "--trials", "1", "--no-range-test", "--storage", storage)
+    if result.returncode:  # a machine fast enough to step 1024 in 25 ms completes the trial
+        assert_one_line_error(result, "no trial of study 'floor' completed: 1 pruned", "give --trial-time at least")
+        trial_line = next(line for line in result.stderr.splitlines() if line.startswith("trial 0:"))
+        assert "give --trial-time at least" in trial_line  # the trial's own line carries the fix
+        assert "context:" not in result.stderr  # no pick, so no re-runs of it
     study = optuna.load_study(study_name="floor", storage=storage)
     record = study.user_attrs[ceiling_key("torch", _cpu())]
     assert record["batch_size"] == 1024 and record["limited_by"] == "step time", record
