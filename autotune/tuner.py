@@ -53,7 +53,8 @@ def _running(trials: list[optuna.trial.FrozenTrial], *, watch: UnownedWatch) -> 
 
 OWNER_WRITE_TRIES = 3
 """New trials asked for while other processes keep failing each one before its owner is written (each saw it
-owner-less past the grace): a bounded retry, since a loop of such races means clocks or storage are wrong."""
+owner-less past the grace): a bounded retry, since losing that race three times means the storage is too slow
+to write an owner within the grace, which asking again cannot mend."""
 
 
 def _fail_quietly(study: optuna.Study, trial: optuna.Trial) -> None:
