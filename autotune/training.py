@@ -215,7 +215,8 @@ def train_for_budget(
 
     Throughput is steady-state: the warm-up steps (which compile or allocate) train the model but are not timed.
     Returns throughput with its spread (steps timed, step-time percentiles), final validation loss, samples,
-    compile time, energy per sample where ``energy()`` reads joules, and CPU contention by other processes.
+    compile time, energy per sample where ``energy()`` reads joules, CPU contention by other processes, and the
+    whole validation pass's seconds beside the training budget it left (`autotune.verdict` tells the user).
     """
     if (seconds is None) == (steps is None):
         raise ValueError("give exactly one of seconds or steps")
@@ -255,6 +256,7 @@ def train_for_budget(
     history: list[tuple[int, float, float]] = []
     train_seconds = warmup_seconds
     eval_seconds = 0.0
+    whole_pass_seconds = None  # the last report's pass over the whole validation set, as it ran
     next_report = 1
     joules_start = energy() if energy else None
     contention = CpuContention()
@@ -281,6 +283,8 @@ def train_for_budget(
             evaluation_started = time.perf_counter()
             val_loss = session.evaluate(max_batches=None if next_report == reports else subset)
             eval_seconds += time.perf_counter() - evaluation_started
+            if next_report == reports:
+                whole_pass_seconds = time.perf_counter() - evaluation_started
             if not math.isfinite(val_loss):
                 raise Diverged(f"validation loss is {val_loss} after {done} steps")
             history.append((next_report, val_loss, train_seconds))
@@ -310,6 +314,9 @@ def train_for_budget(
         "warmup_seconds": warmup_seconds,
         "eval_seconds": eval_seconds,
         "report_subset_batches": subset,
+        "validation_pass_seconds": whole_pass_seconds,
+        "validation_samples": n_val,
+        "training_budget_seconds": training_budget,
         "compile_seconds": session.compile_seconds or None,
         "energy_per_sample_joules": (joules / samples) if joules is not None and samples else None,
         **contention.finish(),

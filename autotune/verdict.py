@@ -7,6 +7,7 @@ from typing import Any
 import optuna
 
 from autotune.records import read
+from autotune.training import EVALUATION_SHARE
 
 IMPROVEMENT = 0.01
 """A trial learns when some later validation report is this fraction below its first one."""
@@ -78,3 +79,19 @@ def describe_busy(trials: list[Any]) -> str | None:
     worst = max((record.measured.get("other_cpu_cores") or 0.0) for record in busy)
     return (f"{len(busy)} of {len(trials)} trials were measured on a busy machine (other processes used up to "
             f"{worst:.1f} CPU cores): their throughput is flagged; rerun on a quiet machine to trust it")
+
+
+def describe_long_validation(record: Any, *, trial_time: float | None) -> str | None:
+    """One line when a trial's whole validation pass outgrew its share of the trial (`EVALUATION_SHARE`):
+    the trial then trained less than ``trial_time`` and lasted longer, which the user should hear once, with
+    the two ways out, rather than find in the trials' wall times."""
+    measured = record.measured
+    whole_pass, budget = measured.get("validation_pass_seconds"), measured.get("training_budget_seconds")
+    if not trial_time or whole_pass is None or budget is None or budget >= trial_time:
+        return None
+    samples = measured.get("validation_samples")
+    lasted = f" and lasted {record.seconds:.1f} s" if record.seconds else ""
+    return (f"one pass over the whole validation set ({samples} samples) takes {whole_pass:.1f} s, more than "
+            f"{EVALUATION_SHARE:.0%} of a {trial_time:g} s trial: trial {record.number} trained {budget:.1f} s"
+            f"{lasted}; give a smaller validation set, or --trial-time {whole_pass / EVALUATION_SHARE:.0f} to keep "
+            "evaluation within its share")

@@ -95,3 +95,20 @@ class StallsLater(torch.nn.Module):
 
 
 stalls_later = autotune.Task(backend="torch", model=StallsLater, data=_blobs, loss="cross_entropy")
+
+
+class SlowToValidate(torch.nn.Module):
+    """The small classifier, except that its forward passes outside training sleep 4 ms a sample: one pass over
+    the 120 validation samples takes about half a second, whatever the batch (a costly validation set)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        if not self.training:
+            time.sleep(0.004 * len(x))
+        return self.layer(x)
+
+
+slow_to_validate = autotune.Task(backend="torch", model=SlowToValidate, data=_blobs, loss="cross_entropy")

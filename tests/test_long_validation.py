@@ -1,0 +1,36 @@
+"""A validation set whose whole pass outgrows its share of a trial: the trial trains less than its budget (the
+final figure still uses the whole set), its record says by how much, and `tune` says so once, with the fix."""
+
+from pathlib import Path
+
+import optuna
+
+import autotune
+from autotune.training import EVALUATION_SHARE
+
+TASK = f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:slow_to_validate"
+
+
+def test_a_validation_pass_longer_than_its_share_is_recorded_and_said_once(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    events: list[dict] = []
+    autotune.tune(TASK, n_trials=2, trial_time=1.0, range_test=False, confirm=0, storage=storage,
+                  study_name="slow", pruning=False, progress=events.append)
+    warnings = [e["message"] for e in events if e["event"] == "warning" and "validation set" in e["message"]]
+    assert len(warnings) == 1, events
+    assert "(120 samples)" in warnings[0] and "--trial-time" in warnings[0], warnings
+
+    for trial in optuna.load_study(study_name="slow", storage=storage).get_trials(deepcopy=False):
+        measured = trial.user_attrs["measured"]
+        # 120 samples at 4 ms: about 0.5 s against the tenth of a 1 s trial that evaluation may take
+        assert measured["validation_pass_seconds"] >= 0.48 > EVALUATION_SHARE * 1.0, measured
+        assert measured["validation_samples"] == 120
+        assert 0.5 <= measured["training_budget_seconds"] < 1.0, measured
+        assert measured["train_seconds"] < 0.9 * 1.0 + 0.3, measured  # the budget given up, not only recorded
+
+
+def test_a_validation_pass_within_its_share_is_not_mentioned(tmp_path):
+    events: list[dict] = []
+    autotune.tune(f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:small", n_trials=1, trial_time=1.0,
+                  range_test=False, confirm=0, storage=f"sqlite:///{tmp_path / 's.db'}", progress=events.append)
+    assert not [e for e in events if e["event"] == "warning" and "validation set" in e["message"]], events
