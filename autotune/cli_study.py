@@ -266,9 +266,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from autotune.study import load_result
+    from autotune.study import ModelDoesNotLearn, load_result
 
-    _print_result(load_result(args.study, args.storage), args.json)
+    try:
+        result = load_result(args.study, args.storage)
+    except ModelDoesNotLearn as exc:  # as `tune` ends such a study: no configuration to hand to training
+        print(f"autotune: {exc}", file=sys.stderr)
+        print(f"no configuration is reported; the best-valued trial is in autotune report {args.study}",
+              file=sys.stderr)
+        return 1
+    _print_result(result, args.json)
     return 0
 
 

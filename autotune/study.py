@@ -183,13 +183,21 @@ def _worker_of(who: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def load_result(study_name: str, storage: str | None = None) -> TuneResult:
-    """The chosen configuration of a stored study (``autotune best``)."""
+    """The chosen configuration of a stored study (``autotune best``).
+
+    Raises `ModelDoesNotLearn` where no trial learnt (`autotune.verdict.not_learning`), as `tune` does: a
+    training script must not silently train with a configuration that was never shown to learn; the
+    exception's ``result`` is the best-valued trial, for a caller who wants to look at it anyway."""
     study = load_study(study_name, storage)
     objective = study.user_attrs.get("objective", "convergence")
     trial = best_trial(study, objective)
     if trial is None:
         raise StorageError(f"study {study_name!r} has no finished trial yet: run autotune tune --study {study_name}")
-    return result_from_trial(study, trial)
+    result = result_from_trial(study, trial)
+    reason = not_learning(study)
+    if reason:
+        raise ModelDoesNotLearn(f"study {study_name!r} has no winner: {reason}", result)
+    return result
 
 
 load_best = load_result

@@ -193,11 +193,34 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
         except Exception as exc:
             if backend.is_oom(exc):
                 raise
-            raise TaskError(f"the model fails on {CONTRACT_BATCH} training samples ({backend.error_gist(exc)}): "
+            gist = backend.error_gist(exc)
+            if _about_types(gist):
+                raise TaskError(f"the model or its loss refuses the data's types on {CONTRACT_BATCH} training "
+                                f"samples ({gist}){_dtypes(data)}: cast the data to the types they take (class "
+                                "indices as int64), or change the loss") from None
+            raise TaskError(f"the model fails on {CONTRACT_BATCH} training samples ({gist}): "
                             f"the model and the data do not fit together{_shapes(data)}; fix the model's input or "
                             "output layer, or the data") from None
     labels_against(data, classes, task.loss)
     return classes
+
+
+_TYPE_WORDS = ("dtype", "scalar type", "expected to be a", "type of")
+"""What frameworks' messages about a tensor of the wrong element type say (torch: "expected target dtype to be
+Long", "expected scalar type Long but found Int"; TensorFlow: "was expected to be a float tensor but is a int32
+tensor"): the fix is a cast, not another layer."""
+
+
+def _about_types(gist: str) -> bool:
+    return any(word in gist.lower() for word in _TYPE_WORDS)
+
+
+def _dtypes(data: Any) -> str:
+    from autotune.task import ArrayData
+
+    if not isinstance(data, ArrayData) or not hasattr(data.x_train, "dtype") or not hasattr(data.y_train, "dtype"):
+        return ""
+    return f" (training inputs {data.x_train.dtype}, targets {data.y_train.dtype})"
 
 
 def _shapes(data: Any) -> str:

@@ -257,9 +257,11 @@ class Tuner:
         target = chosen.resolve_device(device)
         space = load_space(chosen.name, chosen.optimizer_names, search_space, space_overrides)
         store = open_storage(storage)
+        # the ceiling (checked, or fitted) before the study exists: bad input leaves no empty study behind
+        cap = self._ceiling(ceiling, task, memory_limit, chosen, target, space)
         opened, _ = open_study(study, store=store, objective=objective, seed=seed)
         self._attach(opened, store=store, backend=chosen, device=target, space=space, objective=objective,
-                     ceiling=self._ceiling(ceiling, task, memory_limit, chosen, target, space))
+                     ceiling=cap)
         ceilings = self.ceiling if isinstance(self.ceiling, dict) else {"fp32": self.ceiling}
         new = describe_new_study(self.study, {
             "objective": objective, "task": "own training loop", "backend": chosen.name, "device": target.id,

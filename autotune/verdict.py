@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import optuna
@@ -82,16 +83,15 @@ def describe_busy(trials: list[Any]) -> str | None:
 
 
 def describe_long_validation(record: Any, *, trial_time: float | None) -> str | None:
-    """One line when a trial's whole validation pass outgrew its share of the trial (`EVALUATION_SHARE`):
-    the trial then trained less than ``trial_time`` and lasted longer, which the user should hear once, with
-    the two ways out, rather than find in the trials' wall times."""
+    """One line when a trial's whole validation pass outgrew its share of the trial (`EVALUATION_SHARE`) by
+    enough to cost a tenth of its training or more: the trial then trained less than ``trial_time``, which the
+    user should hear once, with the two ways out, rather than find in the trials' wall times."""
     measured = record.measured
     whole_pass, budget = measured.get("validation_pass_seconds"), measured.get("training_budget_seconds")
-    if not trial_time or whole_pass is None or budget is None or budget >= trial_time:
+    if not trial_time or whole_pass is None or budget is None or budget > (1 - EVALUATION_SHARE) * trial_time:
         return None
     samples = measured.get("validation_samples")
-    lasted = f" and lasted {record.seconds:.1f} s" if record.seconds else ""
-    return (f"one pass over the whole validation set ({samples} samples) takes {whole_pass:.1f} s, more than "
-            f"{EVALUATION_SHARE:.0%} of a {trial_time:g} s trial: trial {record.number} trained {budget:.1f} s"
-            f"{lasted}; give a smaller validation set, or --trial-time {whole_pass / EVALUATION_SHARE:.0f} to keep "
-            "evaluation within its share")
+    return (f"one pass over the whole validation set ({samples} samples) takes {whole_pass:.2g} s, more than the "
+            f"{EVALUATION_SHARE:.0%} of a {trial_time:g} s trial that evaluation may take: trial {record.number} "
+            f"trained {budget:.2g} s of its {trial_time:g} s and ran longer; give a smaller validation set, or "
+            f"--trial-time {math.ceil(whole_pass / EVALUATION_SHARE)} or more to keep evaluation within its share")

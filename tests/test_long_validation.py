@@ -2,11 +2,13 @@
 final figure still uses the whole set), its record says by how much, and `tune` says so once, with the fix."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 
 import autotune
 from autotune.training import EVALUATION_SHARE
+from autotune.verdict import describe_long_validation
 
 TASK = f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:slow_to_validate"
 
@@ -34,3 +36,14 @@ def test_a_validation_pass_within_its_share_is_not_mentioned(tmp_path):
     autotune.tune(f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:small", n_trials=1, trial_time=1.0,
                   range_test=False, confirm=0, storage=f"sqlite:///{tmp_path / 's.db'}", progress=events.append)
     assert not [e for e in events if e["event"] == "warning" and "validation set" in e["message"]], events
+
+
+def test_the_line_asks_for_a_trial_time_rounded_up_and_only_for_a_material_cut():
+    def record(whole_pass, budget):
+        return SimpleNamespace(number=0, measured={"validation_pass_seconds": whole_pass, "validation_samples": 96,
+                                                   "training_budget_seconds": budget})
+
+    assert describe_long_validation(record(0.31, 2.99), trial_time=3) is None  # a hundredth of the training
+    line = describe_long_validation(record(0.61, 2.69), trial_time=3)
+    assert line is not None and "--trial-time 7 or more" in line and "(96 samples)" in line, line
+    assert describe_long_validation(record(0.61, 2.69), trial_time=None) is None  # a study counted in steps

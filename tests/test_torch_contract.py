@@ -17,6 +17,7 @@ from autotune.backends import get_backend
 from autotune.budget import range_test_budget
 from autotune.errors import TaskError
 from autotune.memory import fit_batch_size
+from autotune.study import ModelDoesNotLearn
 from autotune.training import CpuContention, LargestSampler
 from autotune.trial import run_range_tests, run_trial
 from autotune.verdict import not_learning
@@ -129,6 +130,13 @@ def test_a_broken_contract_is_one_line(name, fragment):
         session.train_step(np.arange(8))
 
 
+def test_labels_of_a_type_the_loss_refuses_are_one_line_that_says_to_cast_them(tmp_path):
+    result = run_cli("tune", f"{REAL}:int32_labels", "--trials", "1", "--trial-steps", "2", "--no-range-test",
+                     "--storage", f"sqlite:///{tmp_path / 's.db'}")
+    assert_one_line_error(result, "refuses the data's types", "targets int32", "cast the data")
+    assert "input or output layer" not in result.stderr  # not the advice for a model that does not fit its data
+
+
 def test_a_model_that_does_not_learn_gets_no_winner(tmp_path):
     storage = f"sqlite:///{tmp_path / 'f.db'}"
     result = run_cli("tune", "--confirm", "0", f"{REAL}:flat", "--trials", "3", "--trial-steps", "20", "--search-space", SPACE,
@@ -139,6 +147,14 @@ def test_a_model_that_does_not_learn_gets_no_winner(tmp_path):
     study = optuna.load_study(study_name="flat", storage=storage)
     assert not_learning(study) is not None
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 3  # the trials are kept
+
+    # nor does `best` or `load_best` hand one to a training script afterwards
+    best = run_cli("best", "flat", "--storage", storage, "--json")
+    assert best.returncode == 1 and not best.stdout.strip(), best.stdout
+    assert "has no winner: the model does not learn" in best.stderr and "Traceback" not in best.stderr
+    with pytest.raises(ModelDoesNotLearn, match="no winner") as raised:
+        autotune.load_best("flat", storage)
+    assert raised.value.result.batch_size is not None  # the best-valued trial, for a caller who looks anyway
 
 
 def test_the_learning_verdict_reads_every_trials_reports():

@@ -91,8 +91,11 @@ def test_the_tuner_resumes_a_stored_study_and_needs_a_ceiling(tmp_path):
     assert len(tuner.study.trials) == 3  # the second run added one trial to the two stored ones
     with pytest.raises(AutotuneError, match="ceiling"):
         autotune.Tuner(study="none", backend="torch", storage=storage)
-    with pytest.raises(AutotuneError, match="positive"):
-        autotune.Tuner(study="bad", backend="torch", storage=storage, ceiling=0)
+    for bad in (0, -5, "fitt"):
+        with pytest.raises(AutotuneError, match="positive"):
+            autotune.Tuner(study="bad", backend="torch", storage=storage, ceiling=bad)
+    # bad input leaves no empty study behind
+    assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == {"resume"}
 
 
 def test_trials_count_the_whole_study_a_surplus_trial_never_runs_and_a_failed_one_frees_its_place(

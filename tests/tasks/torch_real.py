@@ -112,6 +112,16 @@ def mlp():
 integer_labels = autotune.Task(backend="torch", model=mlp, data=_blob_arrays, loss=integer_only_loss)
 
 
+def _int32_labels():
+    (x, y), (xv, yv) = _blob_arrays()
+    return (x, y.astype(np.int32)), (xv, yv.astype(np.int32))
+
+
+# torch's own cross entropy refuses int32 class indices ("expected target dtype to be Long or Byte, but got Int")
+int32_labels = autotune.Task(backend="torch", model=mlp, data=_int32_labels,
+                             loss=torch.nn.functional.cross_entropy)
+
+
 def softmax_mlp():
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4), torch.nn.Softmax(-1))
 
