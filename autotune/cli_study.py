@@ -73,7 +73,9 @@ class ProgressDisplay:
         if event["state"] == "COMPLETE":
             outcome = f"value {number(event['value'])}"
         elif event.get("failure"):
-            outcome = f"{outcome} ({event['failure'][:160]})"
+            # a reason that already starts with the state ("pruned: pruned after report 2 …") is said once
+            reason = event["failure"].removeprefix(f"{outcome}: ")[:160]
+            outcome = reason if reason.startswith(outcome) else f"{outcome} ({reason})"
         left = ""
         if event.get("time_left") is not None:
             left = f", {event['time_left']:.0f} s left"
@@ -123,7 +125,9 @@ def register(sub: Any) -> None:
     tune.add_argument("--no-pruning", action="store_true", help="run every trial to the end")
     tune.add_argument("--trial-timeout", type=_seconds,
                       help="kill a trial after this many seconds (default 3×trial time + 120)")
-    tune.add_argument("--heartbeat", type=_positive_int, help=argparse.SUPPRESS)
+    tune.add_argument("--heartbeat", type=_positive_int, metavar="SECONDS",
+                      help="beat every SECONDS while a trial runs (SQL storages): another process fails a trial "
+                           "whose beat stopped for twice that (default: a beat every 10 s, a grace of 30 s)")
     tune.add_argument("--refit", action="store_true", help="fit the batch-size ceiling again instead of reusing "
                       "the one stored for this task, device and versions")
     tune.add_argument("--devices", help="one worker per device, all on one study: all, cuda:0,cuda:1 or cpu*N "

@@ -24,6 +24,7 @@ from autotune.fitting.step_time import StepTimeLimit
 from autotune.runner import warm_up_for, warm_up_server
 from autotune.scoped import collector_skips_the_callers_heap
 from autotune.task import Task, load_task, task_handle
+from autotune.units import format_size
 
 __all__ = ["DEFAULT_MARGIN", "MAX_PROBES", "BatchFit", "MemoryModel", "Probe", "fit_batch_size", "run_plan",
            "_probe_run", "_probe_series"]
@@ -77,6 +78,7 @@ def fit_batch_size(
     if isolation not in ("process", "none"):
         raise FitError(f"isolation must be 'process' or 'none', got {isolation!r}")
     check_precision(backend, target, precision)
+    check_memory_limit(memory_limit, target)
     in_worker = isolation == "process"
     preload = backend.worker_preload(task)
     if in_worker:
@@ -120,6 +122,15 @@ def fit_batch_size(
     if not in_worker:
         fit.notes.append("probed in-process: allocator caches make the figures less exact than worker probes")
     return fit
+
+
+def check_memory_limit(memory_limit: int | None, device: Any) -> None:
+    """`FitError` (one line) for a limit larger than the device's whole memory: a fit would then probe past
+    what exists (on the CPU, into swap or the kernel's OOM killer) instead of stopping at the budget."""
+    total = getattr(device, "memory_total", None)
+    if memory_limit and total and memory_limit > total:
+        raise FitError(f"--memory-limit {format_size(memory_limit)} is more than the {format_size(total)} of memory "
+                       f"{device.id} has: give at most that, or leave it out to use the memory available")
 
 
 def check_precision(backend: Any, device: Any, precision: str, fix: str = "") -> None:

@@ -10,9 +10,7 @@ region is bad), a crash, hang or error fails it with its reason.
 from __future__ import annotations
 
 import dataclasses
-import platform
 import time
-from importlib import metadata
 from typing import Any, Callable, Mapping
 
 import optuna
@@ -45,6 +43,8 @@ from autotune.study_open import (
     describe_new_study,
     open_study,
     resume_space,
+    study_hardware,
+    study_versions,
 )
 from autotune.task import Task, load_task, task_handle
 from autotune.trial import check_contract, run_trial
@@ -108,31 +108,6 @@ class TuneResult:
         return get_backend(self.backend).make_optimizer(parameters, spec)
 
 
-def _versions(backend: str) -> dict[str, str]:
-    from autotune.backends import framework_module
-
-    names = {"autotune": "autotune", "optuna": "optuna", "numpy": "numpy",
-             backend: framework_module(backend)}
-    found = {}
-    for label, dist in names.items():
-        for candidate in (dist, f"{dist}-cpu"):
-            try:
-                found[label] = metadata.version(candidate)
-                break
-            except metadata.PackageNotFoundError:
-                continue
-    found["python"] = platform.python_version()
-    found.setdefault(backend, framework_module(backend))
-    return found
-
-
-def _hardware(device: Any) -> dict[str, Any]:
-    from autotune.devices import cpu_info, nvidia_gpus
-
-    gpus, note = nvidia_gpus()
-    return {"host": platform.node(), "cpu": cpu_info(), "nvidia": gpus or note, "device": device.to_dict()}
-
-
 def _study_name(task: Task) -> str:
     base = (task.reference or task.name or "task").rsplit("/", 1)[-1]
     return base.replace(".py:task", "").replace(".py", "").replace(":", "-")
@@ -167,7 +142,7 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
         val_loss=measured.get("val_loss"), peak_memory_bytes=measured.get("peak_memory_bytes"),
         device=measured.get("device") or info.get("device", "?"), backend=info.get("backend", "?"),
         lr_scaling=f"{_lr_rule(config.get('optimizer'))} in batch size from lr {config.get('lr_reference'):.4g} "
-                   f"at batch {info.get('reference_batch')}",
+                   f"at batch {info.get('reference_batch')}{_clipped(float(config.get('lr')), info)}",
         lr_reference=float(config.get("lr_reference")), reference_batch=int(info.get("reference_batch", 0)),
         step_seconds_p50=measured.get("step_seconds_p50"), step_seconds_p95=measured.get("step_seconds_p95"),
         energy_per_sample_joules=measured.get("energy_per_sample_joules"), trial=trial.number,
@@ -180,6 +155,13 @@ def result_from_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> T
 
 def _worker_of(who: Mapping[str, Any]) -> dict[str, Any] | None:
     return {k: who[k] for k in ("worker", "cpus", "threads") if k in who} if who.get("worker") else None
+
+
+def _clipped(lr: float, info: Mapping[str, Any]) -> str:
+    """``, clipped at lr.high …`` where the batch-scaled rate was held at the space's top (else the rule's
+    arithmetic on the line would not give the rate shown)."""
+    high = ((info.get("search_space") or {}).get("lr") or {}).get("high")
+    return f", clipped at lr.high {high:.4g}" if high is not None and lr >= high * (1 - 1e-9) else ""
 
 
 def load_result(study_name: str, storage: str | None = None) -> TuneResult:
@@ -301,13 +283,15 @@ def tune(
     from autotune.bench import auto_device, trial_budget_seconds, with_global_batch  # issue 14's hooks
 
     with_global_batch(space, global_batch, backend, task)
+    from autotune.memory import check_memory_limit, check_precision
+
+    check_memory_limit(memory_limit, target)  # all the workers' budget together: the device's whole memory at most
     device_choice = auto_device(task, device, isolation=isolation, say=say, space=space,
                                 budget=trial_budget_seconds(trial_time, trial_steps, timeout, n_trials))
     if device_choice:  # the trials run in the measured winner's mode: device, precision and compilation
         target = backend.resolve_device(device_choice["device"])
         space.precisions, space.compile_modes = [device_choice["precision"]], [device_choice["compile"]]
-    from autotune.memory import check_precision
-
+    check_memory_limit(memory_limit, target)  # the measured winner's memory, as the task's device's was below
     for precision in space.precisions:  # one line before a study exists, for a precision the device lacks
         check_precision(backend, target, precision, ": drop it from precision.choices in the search space")
     share = memory_share if target.kind == "cpu" else 1  # accelerators each have their own memory
@@ -332,7 +316,7 @@ def tune(
                                     pruning=pruning)
         resumed = not describe_new_study(study, {
             "objective": objective, "task": task.reference or task.name, "backend": backend.name,
-            "device": target.id, "versions": _versions(backend.name), "hardware": _hardware(target),
+            "device": target.id, "versions": study_versions(backend.name), "hardware": study_hardware(target),
             "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
             "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}}, store=store)
         if resumed:
@@ -344,7 +328,7 @@ def tune(
 
         phases = Phases()
         cache = lambda precision: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling
-            store, handle, device=target, versions=_versions(backend.name), memory_limit=given_limit,
+            store, handle, device=target, versions=study_versions(backend.name), memory_limit=given_limit,
             margin=margin, max_batch=space.batch_high, share=share, preload=backend.worker_preload(task),
             isolation=isolation, precision=precision)
         ceilings = ensure_ceilings(study, task, precisions=space.precisions, backend=backend, device=target,

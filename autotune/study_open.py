@@ -3,6 +3,8 @@ attributes that say where its numbers come from, and the checks that keep a resu
 
 from __future__ import annotations
 
+import platform
+from importlib import metadata
 from typing import Any, Mapping
 
 import optuna
@@ -90,3 +92,31 @@ def ceiling_key(backend: str, device: Any, precision: str = "fp32", *, share: in
     key = f"ceiling:{backend}:{device.id}:{device.name}"
     key = key if share == 1 else f"{key}:1/{share}"
     return key if precision == "fp32" else f"{key}|{precision}"
+
+
+def study_versions(backend: str) -> dict[str, str]:
+    """The versions a study records (autotune, Optuna, NumPy, the framework, Python): a figure is read
+    against the software that measured it, whichever door made the study."""
+    from autotune.backends import framework_module
+
+    names = {"autotune": "autotune", "optuna": "optuna", "numpy": "numpy",
+             backend: framework_module(backend)}
+    found = {}
+    for label, dist in names.items():
+        for candidate in (dist, f"{dist}-cpu"):
+            try:
+                found[label] = metadata.version(candidate)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    found["python"] = platform.python_version()
+    found.setdefault(backend, framework_module(backend))
+    return found
+
+
+def study_hardware(device: Any) -> dict[str, Any]:
+    """The host, CPU, NVIDIA GPUs and the device a study ran on, as its report shows them."""
+    from autotune.devices import cpu_info, nvidia_gpus
+
+    gpus, note = nvidia_gpus()
+    return {"host": platform.node(), "cpu": cpu_info(), "nvidia": gpus or note, "device": device.to_dict()}

@@ -38,7 +38,14 @@ from autotune.records import store_config, store_measured
 from autotune.scoped import quiet_optuna
 from autotune.space import SearchSpace, load_space
 from autotune.storage import UnownedWatch, abandoned, fail_orphaned_trials, open_storage, owner, unowned_grace
-from autotune.study_open import ceiling_key, describe_new_study, open_study, resume_space
+from autotune.study_open import (
+    ceiling_key,
+    describe_new_study,
+    open_study,
+    resume_space,
+    study_hardware,
+    study_versions,
+)
 from autotune.training import percentile
 
 WAIT_SECONDS = 1.0
@@ -266,6 +273,7 @@ class Tuner:
         new = describe_new_study(self.study, {
             "objective": objective, "task": "own training loop", "backend": chosen.name, "device": target.id,
             "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed, "door": "loop",
+            "versions": study_versions(chosen.name), "hardware": study_hardware(target),
             **{ceiling_key(chosen.name, target, precision): {
                 "batch_size": size, "precision": precision,
                 "limited_by": "given" if ceiling != "fit" else "memory"} for precision, size in ceilings.items()}},

@@ -32,6 +32,13 @@ def parse_size(text: str | int | float) -> int:
     return value
 
 
+def format_memory_line(intercept_bytes: float, bytes_per_sample: float) -> str:
+    """A memory model's line in words: ``313.83 MiB + 2.10 KiB × batch`` (``−`` where memory falls with the
+    batch, as a noisy fit's slope can)."""
+    sign = "−" if bytes_per_sample < 0 else "+"
+    return f"{format_size(intercept_bytes)} {sign} {format_size(abs(bytes_per_sample))} × batch"
+
+
 def format_size(num_bytes: float | int | None) -> str:
     """``1536 * 2**20`` → ``'1.50 GiB'``; None → ``'-'``."""
     if num_bytes is None:

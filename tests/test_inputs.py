@@ -7,6 +7,7 @@ import sys
 import time
 
 import optuna
+import psutil
 import pytest
 
 import autotune
@@ -32,6 +33,14 @@ def test_bad_options_are_one_line_before_anything_runs(tmp_path, option, value, 
     result = run_cli("tune", "--confirm", "0", SMALL_TASK, option, value, cwd=tmp_path)
     assert_one_line_error(result, message)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["tune", "fit-batch"])
+def test_a_memory_limit_beyond_the_machine_is_one_line_before_anything_runs(tmp_path, command):
+    total = autotune.format_size(psutil.virtual_memory().total)
+    result = run_cli(command, SMALL_TASK, "--memory-limit", "999TiB", cwd=tmp_path)
+    assert_one_line_error(result, "--memory-limit 999.00 TiB is more than the", f"{total} of memory cpu has")
+    assert "fit:" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_the_library_refuses_non_finite_times_too(tmp_path):

@@ -1,10 +1,11 @@
-"""A validation set whose whole pass outgrows its share of a trial: the trial trains less than its budget (the
+"""What a user is told of a trial that did not get what it asked for. A validation set whose whole pass outgrows its share of a trial: the trial trains less than its budget (the
 final figure still uses the whole set), its record says by how much, and `tune` says so once, with the fix."""
 
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
+import pytest
 
 import autotune
 from autotune.training import EVALUATION_SHARE
@@ -47,3 +48,14 @@ def test_the_line_asks_for_a_trial_time_rounded_up_and_only_for_a_material_cut()
     line = describe_long_validation(record(0.61, 2.69), trial_time=3)
     assert line is not None and "--trial-time 7 or more" in line and "(96 samples)" in line, line
     assert describe_long_validation(record(0.61, 2.69), trial_time=None) is None  # a study counted in steps
+
+
+def test_a_learning_rate_held_at_the_top_of_its_range_says_so_in_the_result(tmp_path):
+    space = tmp_path / "space.yaml"  # batch 256 scales adam's rate by sqrt(8) = 2.8: over lr.high at any draw
+    space.write_text("batch_size: {choices: [256]}\nlr: {low: 1.0e-3, high: 1.1e-3, reference_batch: 32}\n"
+                     "optimizers:\n  adam: {}\n")
+    result = autotune.tune(f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:small", n_trials=1, trial_steps=3,
+                           search_space=str(space), range_test=False, confirm=0,
+                           storage=f"sqlite:///{tmp_path / 's.db'}")
+    assert result.lr == pytest.approx(1.1e-3) and result.lr_scaling.endswith(", clipped at lr.high 0.0011"), \
+        result.lr_scaling

@@ -28,6 +28,12 @@ def test_the_own_loop_example_stores_trials_that_best_reads(tmp_path):
     shown = json.loads(run_cli("best", "own-loop-digits", "--storage", storage, "--json").stdout)
     assert shown["batch_size"] == best.batch_size and shown["optimizer"] == best.optimizer
     assert run_cli("report", "own-loop-digits", "--storage", storage, "-o", str(tmp_path / "report")).returncode == 0
+    # the loop's study records what tune's does of the machine and the software, and its report says so
+    assert study.user_attrs["versions"]["torch"] and study.user_attrs["hardware"]["cpu"]
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert written["hardware"]["cpu"] and written["versions"]["optuna"] == optuna.__version__
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "--no-range-test" not in markdown and "own loop (autotune.Tuner) run none" in markdown
     loaded = autotune.load_best("own-loop-digits", storage)
     optimizer = loaded.make_optimizer(torch.nn.Linear(64, 10).parameters())
     assert optimizer.param_groups[0]["lr"] == pytest.approx(best.lr)

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from autotune.units import format_size
+from autotune.units import format_memory_line
 
 
 @dataclasses.dataclass
@@ -95,7 +95,7 @@ class MemoryModel:
         return (budget_bytes - self.intercept_bytes) / self.bytes_per_sample
 
     def describe(self) -> str:
-        return f"{format_size(self.intercept_bytes)} + {format_size(self.bytes_per_sample)} × batch"
+        return format_memory_line(self.intercept_bytes, self.bytes_per_sample)
 
 
 def pool_capacity(pool: Mapping[str, int], peak: int, budget: float, block: int, margin: float) -> float:

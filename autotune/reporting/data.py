@@ -203,6 +203,7 @@ def report_data(study: optuna.Study) -> dict[str, Any]:
     return {
         "study": study.study_name, "objective": objective, "task": shown_task(info.get("task")),
         "backend": info.get("backend"), "device": info.get("device"), "seed": info.get("seed"),
+        "door": info.get("door", "tune"),
         "trial_budget": info.get("trial_budget"), "reference_batch": info.get("reference_batch"),
         "chosen": chosen, "why": _why(objective, chosen, rows, front), "flags": bound_flags(chosen, space, fits),
         "context": context_summary(info, rows, chosen, objective),

@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from autotune.units import format_size
+from autotune.units import format_memory_line
 
 BEST_CURVES = 5
 """Loss curves are drawn for this many best trials: more make the plot unreadable."""
@@ -55,7 +55,7 @@ def _layout(figure: Any, title: str, x: str, y: str, *, log_x: bool = False) -> 
 
 def memory_formula(model: dict[str, Any]) -> str:
     """The fit's memory line in words: ``313.83 MiB + 2.10 KiB × batch``."""
-    return f"{format_size(model['intercept_bytes'])} + {format_size(model['bytes_per_sample'])} × batch"
+    return format_memory_line(model["intercept_bytes"], model["bytes_per_sample"])
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -192,8 +192,10 @@ def range_test_plot(data: dict[str, Any]) -> Plot:
     tests = data["range_tests"]
     curves = {name: t for name, t in sorted(tests.items()) if t.get("rates")}
     if not curves:
-        plot.note = ("no range-test curve in this study: " + ("every test was cut short (the table says why)"
-                                                              if tests else "it was not run (--no-range-test)"))
+        why = ("every test was cut short (the table says why)" if tests
+               else "trials of the user's own loop (autotune.Tuner) run none" if data.get("door") == "loop"
+               else "it was not run (--no-range-test)")
+        plot.note = f"no range-test curve in this study: {why}"
         return plot
     figure = go.Figure()
     for name, test in curves.items():
