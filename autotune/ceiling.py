@@ -89,7 +89,8 @@ def ceiling_record(fit: Any) -> dict[str, Any]:
             "throughput_by_batch": {str(p.batch_size): p.throughput for p in fit.probes if p.fits},
             "probes": [{"batch_size": p.batch_size, "fits": p.fits, "peak_memory_bytes": p.peak_memory_bytes,
                         "throughput": p.throughput, "oom": p.oom, "reason": p.reason,
-                        "first_step_seconds": p.first_step_seconds} for p in fit.probes],
+                        "first_step_seconds": p.first_step_seconds, "busy": p.busy,
+                        "other_cpu_cores": p.other_cpu_cores} for p in fit.probes],
             "model": None if fit.model is None else {"intercept_bytes": fit.model.intercept_bytes,
                                                      "bytes_per_sample": fit.model.bytes_per_sample},
             "granularity": fit.granularity, "memory_metric": fit.memory_metric}

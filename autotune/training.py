@@ -80,6 +80,7 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
     time (shorter ones run a second step, as before).
     """
     session.allocate_optimizer_state()
+    contention = CpuContention()  # a step timed while other processes took the CPU is slower than the task's
     tick = time.perf_counter()
     session.train_step(sampler.next())
     session.synchronize()
@@ -104,6 +105,7 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
         "first_step_seconds": first,  # tracing or compiling included: what a fresh session's first step costs
         "train_steps": train_steps,
         "loss": loss if math.isfinite(loss) else None,
+        **contention.finish(),
     }
 
 

@@ -2,14 +2,21 @@
 probes (milliseconds), stored fits read under a limit, and the whole path through `tune` on a real torch model
 whose step time grows with the batch."""
 
+import dataclasses
+import subprocess
+import sys
+import time
+
 import optuna
 import pytest
 
 import autotune
+from autotune.backends import get_backend
 from autotune.fitting import Budget, Planner, Probe
 from autotune.fitting.result import run_plan
 from autotune.fitting.step_time import STEPS_PER_TRIAL, StepTimeLimit, capped_record
 from autotune.study_open import ceiling_key
+from autotune.training import BatchSampler, configured_session, measure_probe
 from tests.conftest import TASKS, assert_one_line_error, run_cli
 
 MIB, GIB = 1024**2, 1024**3
@@ -187,3 +194,37 @@ def _cpu():
 
     return get_backend("torch").resolve_device("cpu")
 
+
+
+def test_a_ceiling_set_by_a_step_timed_on_a_busy_machine_says_so_and_a_reuse_says_it_again():
+    """One step timed while another process took the CPU is slower than the task's own: the ceiling it sets is
+    low and the cache hands it to later runs, so the note names the load and the fix (--refit on a quiet one)."""
+    limit = StepTimeLimit(4.0)  # a step may take 1 s
+    quiet = limit.answer([timed(8, 0.1), timed(64, 1.53)])
+    busy = dataclasses.replace(timed(64, 1.53), busy=True, other_cpu_cores=1.04)
+    loaded = limit.answer([timed(8, 0.1), busy])
+    assert quiet is not None and loaded is not None and loaded.batch_size == quiet.batch_size
+    assert "other processes" not in quiet.notes[0]
+    assert "timed while other processes used 1.0 CPU cores" in loaded.notes[0] and "--refit" in loaded.notes[0]
+    record = {"batch_size": loaded.batch_size, "limited_by": "step time",
+              "probes": [{"batch_size": 8, "fits": True, "throughput": 80.0},
+                         {"batch_size": 64, "fits": True, "throughput": 64 / 1.53, "busy": True,
+                          "other_cpu_cores": 1.04}]}
+    assert "--refit on a quiet machine" in capped_record(record, limit)["notes"][0]  # as a cached fit is reused
+
+
+def test_a_probe_records_other_processes_cpu_use():
+    """The figure the note reads, from a real torch step beside a process that takes a core."""
+    task = autotune.load_task(COMPUTE_BOUND)
+    backend = get_backend("torch")
+    data = task.load_data()
+    session = configured_session(backend, task, data, backend.resolve_device("cpu"), {"batch_size": 64},
+                                 optimizer={"name": "sgd", "lr": 0.01}, seed=0)
+    burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.3)
+        figures = measure_probe(session, BatchSampler(2000, 64, 0), steps=8)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert figures["other_cpu_cores"] is not None and figures["other_cpu_cores"] > 0.5 and figures["busy"], figures

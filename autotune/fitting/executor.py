@@ -170,6 +170,7 @@ def judge(budget: Budget, probes: Sequence[Probe], batch_size: int, outcome: Wor
                  pool=value.get("pool"), free_bytes=None if free is None else int(free),
                  throughput=value.get("throughput"), train_steps=int(value.get("train_steps") or 0),
                  first_step_seconds=value.get("first_step_seconds"), seconds=elapsed,
+                 other_cpu_cores=value.get("other_cpu_cores"), busy=bool(value.get("busy")),
                  reason="" if fits else "over the budget less margin")
 
 

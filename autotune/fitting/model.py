@@ -30,6 +30,8 @@ class Probe:
     throughput: float | None = None
     train_steps: int = 0  # training steps the probe ran (an OOM'd probe: unknown, 0)
     first_step_seconds: float | None = None  # its session's first step, tracing or compiling included
+    other_cpu_cores: float | None = None  # other processes' CPU use while it ran (`autotune.training.CpuContention`)
+    busy: bool = False  # that use was enough to slow its steps: its throughput is not the task's own
     seconds: float = 0.0
     reason: str = ""
 

@@ -94,22 +94,32 @@ class StepTimeLimit:
         return int(size) if size >= large + 1 else None
 
     def note(self, batch: int, slow: Probe, slow_seconds: float) -> str:
-        return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s: the ceiling stops "
-                f"at {batch}, whose step is predicted at {self.seconds:.2g} s (1/{STEPS_PER_TRIAL} of the "
-                f"{self.trial_seconds:g} s trial budget)")
+        return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s{_busy(slow)}: the "
+                f"ceiling stops at {batch}, whose step is predicted at {self.seconds:.2g} s (1/{STEPS_PER_TRIAL} of "
+                f"the {self.trial_seconds:g} s trial budget)")
 
     def floor_note(self, slow: Probe, slow_seconds: float) -> str:
-        return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s, over "
+        return (f"batch {slow.batch_size} fits in memory but one step takes {slow_seconds:.2f} s{_busy(slow)}, over "
                 f"1/{STEPS_PER_TRIAL} of the {self.trial_seconds:g} s trial budget: the ceiling stays at {self.floor}, "
                 "the search space's smallest batch, and its trials run fewer steps (raise --trial-time to measure "
                 "them better)")
+
+
+def _busy(probe: Probe) -> str:
+    """What a step timed on a busy machine is worth: a ceiling it sets is lower than the task's own, and a later
+    run reuses it (the fit is cached), so the user hears which run to redo."""
+    if not probe.busy:
+        return ""
+    return (f" (timed while other processes used {probe.other_cpu_cores or 0:.1f} CPU cores, so the ceiling may be "
+            "low: --refit on a quiet machine)")
 
 
 def capped_record(record: Mapping[str, Any], limit: StepTimeLimit | None) -> dict[str, Any] | None:
     """A stored ceiling record (`autotune.ceiling.ceiling_record`) under ``limit``: as it is when no probe of it
     steps slower, moved to the step-time answer when one does; None when it cannot serve (it was cut short by
     another step-time limit and its probes do not reach this one, or no limit is asked for)."""
-    probes = [Probe(int(p["batch_size"]), fits=bool(p.get("fits")), throughput=p.get("throughput"))
+    probes = [Probe(int(p["batch_size"]), fits=bool(p.get("fits")), throughput=p.get("throughput"),
+                    busy=bool(p.get("busy")), other_cpu_cores=p.get("other_cpu_cores"))
               for p in record.get("probes") or []]
     answer = None if limit is None else limit.answer(probes)
     by_time = record.get("limited_by") == "step time"
