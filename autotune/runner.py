@@ -25,6 +25,7 @@ import traceback
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
+from autotune.backends.native_noise import quiet_framework_imports
 from autotune.errors import AutotuneError, TrialError
 from autotune.forkserver import server_for
 from autotune.procmem import process_memory, return_freed_memory_at_once, single_malloc_arena
@@ -135,11 +136,7 @@ def _prepare_worker(memory_limit: int | None, preload: Sequence[str], exact_memo
     # terminal once per worker; what matters reaches the user as a trial's reason or autotune's own line.
     warnings.simplefilter("ignore")
     logging.disable(logging.WARNING)
-    for module in preload:  # already there when the fork server preloaded them; else imported before the cap
-        try:
-            importlib.import_module(module)
-        except ImportError:  # a task's sibling module, importable only once the task is loaded
-            pass
+    _import_preload(preload)
     # Everything imported so far lives as long as the worker: keep it out of the cycle collector, whose full
     # passes (a session's release runs one) would otherwise walk all of the framework's objects every trial.
     gc.freeze()
@@ -152,6 +149,18 @@ def _prepare_worker(memory_limit: int | None, preload: Sequence[str], exact_memo
                                     f"space, more than the cap of {format_size(memory_limit)}")
         single_malloc_arena()
         _limit_address_space(memory_limit)
+
+
+def _import_preload(preload: Sequence[str]) -> None:
+    """Import a worker's modules: already there when the fork server preloaded them; else (a spawned worker, a
+    module the server could not import) imported here, before the cap, without a framework's start-up noise,
+    which would otherwise reach the terminal once per worker."""
+    with quiet_framework_imports():
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # a task's sibling module, importable only once the task is loaded
+                pass
 
 
 def _execute(conn: Any, function: Callable[..., Any], kwargs: dict[str, Any], with_channel: bool,

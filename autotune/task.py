@@ -18,6 +18,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from autotune.backends.native_noise import quiet_framework_imports
 from autotune.errors import AutotuneError, TaskError
 
 LOSS_NAMES = ("cross_entropy", "mse", "mae", "binary_cross_entropy", "huber")
@@ -311,7 +312,10 @@ def _import_file(path: str) -> Any:
         sys.path.insert(0, folder)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        # the file may import a framework itself (`import tensorflow as tf`): its start-up noise is dropped there,
+        # as in the backend's own import, and what the file itself writes to standard error still comes through
+        with quiet_framework_imports():
+            spec.loader.exec_module(module)
     except SyntaxError as exc:
         del sys.modules[module_name]
         raise TaskError(f"syntax error in {path} line {exc.lineno}: {exc.msg}; fix the file and run again") from None
@@ -333,7 +337,8 @@ def _import_file(path: str) -> Any:
 
 def _import_module(name: str) -> Any:
     try:
-        return importlib.import_module(name)
+        with quiet_framework_imports():  # as for a task file (`_import_file`): the module may load a framework
+            return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
             raise TaskError(

@@ -17,8 +17,6 @@ import inspect
 import os
 import random
 import re
-import sys
-import tempfile
 import time
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -27,58 +25,18 @@ import numpy as np
 
 from autotune.backends import tensorflow_kept as keeping
 from autotune.backends.base import PRECISIONS, Backend, TrainingSession
+from autotune.backends.native_noise import (
+    TENSORFLOW_LOG_LEVEL,
+    TENSORFLOW_NO_ACCELERATOR_NOISE as _NO_ACCELERATOR_NOISE,
+    TENSORFLOW_PRE_INIT_NOISE as _PRE_INIT_NOISE,
+    quiet_native_noise as _quiet_native_noise,
+)
 from autotune.backends.tensorflow_kept import SHELF_SHARE, InitialValues, worth_keeping
 from autotune.checks import check_labels
 from autotune.devices import Device, cpu_device, nvidia_gpus
 from autotune.errors import DeviceError, TaskError
 from autotune.scoped import environment_defaults
 from autotune.task import ArrayData, Task
-
-_PRE_INIT_NOISE = re.compile(
-    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    r"|I\d{4} [0-9:.]+ +\d+ [\w.]+:\d+\] .*)$"
-)
-
-
-_NO_ACCELERATOR_NOISE = re.compile(
-    r"^[IWE]\d{4} [0-9:.]+ +\d+ [\w.]+:\d+\] (failed call to cuInit|Could not find cuda drivers"
-    r"|Cannot dlopen some GPU libraries|Unable to register cu\w+ factory).*$"
-)
-"""What a TensorFlow build with GPU support logs when it finds no GPU (here on the CPU with the full
-``tensorflow`` package: ``E ... cuda_platform.cc:52] failed call to cuInit: ... UNKNOWN ERROR (303)``, at the
-first device listing, at ERROR level so that TF_CPP_MIN_LOG_LEVEL=2 keeps it). The device list says it."""
-
-
-@contextlib.contextmanager
-def _quiet_native_noise(noise: re.Pattern[str]) -> Iterator[None]:
-    """Drop the lines matching ``noise`` that TensorFlow's C++ side writes to standard error in the body.
-
-    Standard error (file descriptor 2) is captured meanwhile and every other line, warnings and errors
-    included, is written back unchanged when the body ends.
-    """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        capture = tempfile.TemporaryFile()
-        os.dup2(capture.fileno(), 2)
-    except (OSError, ValueError, AttributeError):  # no real file descriptor 2: nothing to filter
-        yield
-        return
-    try:
-        yield
-    finally:
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(saved, 2)
-        os.close(saved)
-        capture.seek(0)
-        kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
-                if not noise.match(line.rstrip("\n"))]
-        capture.close()
-        if kept:
-            os.write(2, "".join(kept).encode())
 
 
 def _quiet_import_noise() -> contextlib.AbstractContextManager[None]:
@@ -92,7 +50,7 @@ def _quiet_import_noise() -> contextlib.AbstractContextManager[None]:
 
 # TensorFlow reads its C++ log level once, while it loads: INFO and WARNING lines off, errors still shown; the
 # variables are set for the import only, so the caller's environment (and its children's) stays as it was.
-with _quiet_import_noise(), environment_defaults(TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND="tensorflow"):
+with _quiet_import_noise(), environment_defaults(**TENSORFLOW_LOG_LEVEL, KERAS_BACKEND="tensorflow"):
     import keras
     import tensorflow as tf
 
