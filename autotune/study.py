@@ -49,7 +49,7 @@ from autotune.study_open import (
 from autotune.task import Task, load_task, task_handle
 from autotune.trial import check_contract, run_trial
 from autotune.tuner import Tuner
-from autotune.verdict import describe_busy, describe_long_validation, not_learning
+from autotune.verdict import describe_busy, describe_long_validation, describe_set_up, not_learning
 
 __all__ = ["OBJECTIVES", "ModelDoesNotLearn", "TuneResult", "best_trial", "load_best", "load_result", "load_study",
            "result_from_trial", "tune"]
@@ -366,7 +366,7 @@ def tune(
                 return run_here(run_trial, kwargs, on_message=on_report)
 
         started, attempts, short = time.monotonic(), Tuner.attempts(max(1, n_trials - _finished(study))), None
-        told_long_validation: str | None = None  # said once, after the first trial it concerns
+        told: set[str] = set()  # what a trial did beyond its budget, each said once, after the first it concerns
         if _finished(study) < n_trials:
             # trial outcomes and their reasons are reported through `progress` and stored; Optuna's own lines
             # would only repeat them
@@ -380,9 +380,10 @@ def tune(
                                     full_budget=not record.reduced_budget)
                     _say_trial(say, study, objective, record, trials, n_trials=n_trials, started=started,
                                deadline=deadline)
-                    if not told_long_validation and (told_long_validation := describe_long_validation(
-                            record, trial_time=trial_time)):
-                        say({"event": "warning", "message": told_long_validation})
+                    for kind, describe in (("validation", describe_long_validation), ("set-up", describe_set_up)):
+                        if kind not in told and (line := describe(record, trial_time=trial_time)):
+                            told.add(kind)
+                            say({"event": "warning", "message": line})
             if interrupts.requested:
                 raise Interrupted(interrupts.signum)
             short = shortfall(study, n_trials, timed_out=deadline.at is not None and deadline.started < attempts,

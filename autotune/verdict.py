@@ -95,3 +95,13 @@ def describe_long_validation(record: Any, *, trial_time: float | None) -> str | 
             f"{EVALUATION_SHARE:.0%} of a {trial_time:g} s trial that evaluation may take: trial {record.number} "
             f"trained {budget:.2g} s of its {trial_time:g} s and ran longer; give a smaller validation set, or "
             f"--trial-time {math.ceil(whole_pass / EVALUATION_SHARE)} or more to keep evaluation within its share")
+
+
+def describe_set_up(record: Any, *, trial_time: float | None) -> str | None:
+    """One line when a trial's step took longer to trace or compile than the trial trained: off the clock, as
+    it must be for the throughput, yet the trial lasted that much longer, which the user should hear once."""
+    compiling = record.measured.get("compile_seconds")
+    if not trial_time or not compiling or compiling <= trial_time:
+        return None
+    return (f"trial {record.number} spent {compiling:.1f} s tracing or compiling its step, more than its "
+            f"{trial_time:g} s of training: its figures leave it out, the study's time does not")

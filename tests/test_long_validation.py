@@ -9,7 +9,7 @@ import pytest
 
 import autotune
 from autotune.training import EVALUATION_SHARE
-from autotune.verdict import describe_long_validation
+from autotune.verdict import describe_long_validation, describe_set_up
 
 TASK = f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:slow_to_validate"
 
@@ -59,3 +59,12 @@ def test_a_learning_rate_held_at_the_top_of_its_range_says_so_in_the_result(tmp_
                            storage=f"sqlite:///{tmp_path / 's.db'}")
     assert result.lr == pytest.approx(1.1e-3) and result.lr_scaling.endswith(", clipped at lr.high 0.0011"), \
         result.lr_scaling
+
+
+def test_a_set_up_longer_than_the_trial_is_said_and_a_short_one_is_not():
+    def record(compiling):
+        return SimpleNamespace(number=2, measured={"compile_seconds": compiling})
+
+    line = describe_set_up(record(26.1), trial_time=3)
+    assert line is not None and "trial 2 spent 26.1 s tracing or compiling" in line and "3 s of training" in line
+    assert describe_set_up(record(0.4), trial_time=3) is None and describe_set_up(record(None), trial_time=3) is None
