@@ -261,11 +261,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 128 + getattr(exc, "signum", signal.SIGINT)
     if not args.json:
         print()
-    _print_result(result, args.json)
-    if not args.no_report:
-        from autotune.reporting.next_steps import report_after_tune
+    written = None
+    if not args.no_report:  # written first, so that the result printed carries the report's seconds too
+        from autotune.reporting.next_steps import say_next_steps, write_after_tune
 
-        report_after_tune(result.study, args.storage)
+        written = write_after_tune(result.study)
+        if written is not None:
+            result.phases["report"] = round(written["seconds"], 3)
+    _print_result(result, args.json)
+    if written is not None:
+        say_next_steps(result.study, args.storage, written)
     return 0
 
 

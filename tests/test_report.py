@@ -47,7 +47,10 @@ def test_tune_writes_the_page_and_the_data_and_says_what_to_run_next(tuned):
     folder = tuned["folder"] / "studies" / "digits"
     assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.json"]
     said = tuned["tune"].stderr
-    assert "report: studies/digits/report.html" in said
+    assert "report: studies/digits/report.html" in said and "written in" in said
+    # the report is a phase of the call like the others: its seconds are kept with them
+    phases = optuna.load_study(study_name="digits", storage=tuned["storage"]).user_attrs["phases"][-1]
+    assert {"fit", "trials", "report"} <= set(phases) and phases["report"] > 0, phases
     for command in ("autotune best digits --storage", "autotune report digits --storage",
                     f"optuna-dashboard {tuned['storage']}"):
         assert command in said, said
