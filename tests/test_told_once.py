@@ -1,5 +1,6 @@
-"""What a user is told of a trial that did not get what it asked for. A validation set whose whole pass outgrows its share of a trial: the trial trains less than its budget (the
-final figure still uses the whole set), its record says by how much, and `tune` says so once, with the fix."""
+"""What a user is told when a trial did not get what it asked for, once: a whole validation pass that outgrows its
+share of the trial (the trial trains less; the final figure still uses the whole set; its record says by how
+much), a step that took longer to trace than the trial trained, a batch-scaled rate held at lr.high."""
 
 from pathlib import Path
 from types import SimpleNamespace
