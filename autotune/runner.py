@@ -25,7 +25,7 @@ import traceback
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
-from autotune.backends.native_noise import quiet_framework_imports
+from autotune.backends.native_noise import quiet_if_loading
 from autotune.errors import AutotuneError, TrialError
 from autotune.forkserver import server_for
 from autotune.procmem import process_memory, return_freed_memory_at_once, single_malloc_arena
@@ -155,7 +155,7 @@ def _import_preload(preload: Sequence[str]) -> None:
     """Import a worker's modules: already there when the fork server preloaded them; else (a spawned worker, a
     module the server could not import) imported here, before the cap, without a framework's start-up noise,
     which would otherwise reach the terminal once per worker."""
-    with quiet_framework_imports():
+    with quiet_if_loading(preload):
         for module in preload:
             try:
                 importlib.import_module(module)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
-from autotune.backends.native_noise import quiet_framework_imports
+from autotune.backends.native_noise import quiet_if_loading
 from autotune.errors import AutotuneError, TaskError
 
 LOSS_NAMES = ("cross_entropy", "mse", "mae", "binary_cross_entropy", "huber")
@@ -314,7 +314,7 @@ def _import_file(path: str) -> Any:
     try:
         # the file may import a framework itself (`import tensorflow as tf`): its start-up noise is dropped there,
         # as in the backend's own import, and what the file itself writes to standard error still comes through
-        with quiet_framework_imports():
+        with quiet_if_loading(module for module, _name in file_imports(str(resolved))):
             spec.loader.exec_module(module)
     except SyntaxError as exc:
         del sys.modules[module_name]
@@ -335,9 +335,19 @@ def _import_file(path: str) -> Any:
     return module
 
 
+def _module_imports(name: str) -> list[str]:
+    """The top-level imports of module ``name``'s source file, read without running it (none where not found)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return []
+    origin = getattr(spec, "origin", None)
+    return [module for module, _name in file_imports(origin)] if origin and origin.endswith(".py") else []
+
+
 def _import_module(name: str) -> Any:
     try:
-        with quiet_framework_imports():  # as for a task file (`_import_file`): the module may load a framework
+        with quiet_if_loading(_module_imports(name)):  # as for a task file (`_import_file`)
             return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):

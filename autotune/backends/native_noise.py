@@ -17,7 +17,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import IO, Iterator, Mapping
+from typing import IO, Iterable, Iterator, Mapping
 
 from autotune.scoped import environment_defaults
 
@@ -97,3 +97,18 @@ def quiet_framework_imports() -> Iterator[None]:
     body, so that the caller's environment, and its children's, stays as it was."""
     with quiet_native_noise(_IMPORT_NOISE), environment_defaults(**_IMPORT_ENVIRONMENT):
         yield
+
+
+NOISY_AT_IMPORT = ("tensorflow", "keras")
+"""Top-level modules whose first import writes native start-up noise (Keras loads TensorFlow as its backend)."""
+
+
+def quiet_if_loading(modules: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+    """`quiet_framework_imports` where ``modules`` (what an import is about to import) would load a noisy framework
+    for the first time in this process; else nothing. The capture holds back everything else the body writes to
+    standard error until it ends (a crash in it would lose those lines), so it is kept to the imports that need it."""
+    if "tensorflow" in sys.modules:  # loaded already: its start-up lines were written (or dropped) then
+        return contextlib.nullcontext()
+    if any(module.split(".")[0] in NOISY_AT_IMPORT for module in modules):
+        return quiet_framework_imports()
+    return contextlib.nullcontext()
