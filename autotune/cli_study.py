@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import time
@@ -265,7 +266,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not args.no_report:  # written first, so that the result printed carries the report's seconds too
         from autotune.reporting.next_steps import say_next_steps, write_after_tune
 
-        written = write_after_tune(result.study)
+        try:
+            written = write_after_tune(result.study)
+        except BaseException:  # Ctrl-C while it is written: the tuned result is printed all the same
+            _print_result(result, args.json)
+            raise
         if written is not None:
             result.phases["report"] = round(written["seconds"], 3)
     _print_result(result, args.json)
@@ -281,8 +286,11 @@ def cmd_best(args: argparse.Namespace) -> int:
         result = load_result(args.study, args.storage)
     except ModelDoesNotLearn as exc:  # as `tune` ends such a study: no configuration to hand to training
         print(f"autotune: {exc}", file=sys.stderr)
-        print(f"no configuration is reported; the best-valued trial is in autotune report {args.study}",
-              file=sys.stderr)
+        from autotune.storage import redact
+
+        where = f" --storage {shlex.quote(redact(args.storage, args.storage))}" if args.storage else ""
+        print(f"no configuration is reported; the best-valued trial is in autotune report "
+              f"{shlex.quote(args.study)}{where}", file=sys.stderr)
         return 1
     _print_result(result, args.json)
     return 0

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 from autotune.errors import AutotuneError, DeviceError
 from autotune.storage import WORKER_ENV
+from autotune.verdict import not_learning
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 """Thread-pool sizes the frameworks read at start: set to a CPU worker's share of the cores."""
@@ -93,7 +94,8 @@ def _split(cores: list[int], parts: int) -> list[list[int]]:
 
 def child_arguments(argv: Sequence[str], slot: Slot) -> list[str]:
     """``argv`` (this command's arguments after the program name) for one worker: ``--devices`` replaced by
-    the slot's ``--device``, and ``--json`` left to the coordinator, which prints the one result."""
+    the slot's ``--device``, and ``--json`` and the report left to the coordinator, which prints the one result
+    and writes the one report once every worker has ended (workers writing it would race on its files)."""
     out, skip = [], False
     for arg in argv:
         if skip:
@@ -102,10 +104,10 @@ def child_arguments(argv: Sequence[str], slot: Slot) -> list[str]:
         if arg in ("--devices", "--device"):
             skip = True
             continue
-        if arg.startswith(("--devices=", "--device=")) or arg == "--json":
+        if arg.startswith(("--devices=", "--device=")) or arg in ("--json", "--no-report"):
             continue
         out.append(arg)
-    return [*out, "--device", slot.device]
+    return [*out, "--device", slot.device, "--no-report"]
 
 
 def _environment(slot: Slot) -> dict[str, str]:
@@ -228,9 +230,13 @@ def _conclude(args: argparse.Namespace, slots: list[Slot], codes: dict[str, int]
     orphans = fail_orphaned_trials(study, storage=store)  # a killed worker's running trial: failed now, not later
     rows = worker_rows(study, slots, codes)
     trial = best_trial(study, study.user_attrs.get("objective", "convergence"))
+    no_winner = not_learning(study) if trial is not None else None  # as a one-process tune says it: no pick
+    if no_winner:
+        trial = None
     if args.json:
         result = result_from_trial(study, trial).to_dict() if trial is not None else None
-        print(json.dumps({"workers": rows, "orphans_failed": orphans, "result": result}, indent=2))
+        print(json.dumps({"workers": rows, "orphans_failed": orphans, "result": result, "no_winner": no_winner},
+                         indent=2))
     else:
         from autotune.cli_study import _print_result
         from autotune.console import number, table
@@ -251,6 +257,14 @@ def _conclude(args: argparse.Namespace, slots: list[Slot], codes: dict[str, int]
         if trial is not None:
             print()
             _print_result(result_from_trial(study, trial), False)
+    if not getattr(args, "no_report", False):
+        from autotune.reporting.next_steps import report_after_tune
+
+        report_after_tune(study, args.storage)
+    if no_winner:
+        print(f"autotune: {no_winner}\nno configuration is reported; the trials are stored in the study",
+              file=sys.stderr)
+        return 1
     if trial is None:
         return max(codes.values()) or 1
     return 0 if 0 in codes.values() else min(codes.values())

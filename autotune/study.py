@@ -171,14 +171,20 @@ def load_result(study_name: str, storage: str | None = None) -> TuneResult:
     training script must not silently train with a configuration that was never shown to learn; the
     exception's ``result`` is the best-valued trial, for a caller who wants to look at it anyway."""
     study = load_study(study_name, storage)
-    objective = study.user_attrs.get("objective", "convergence")
+    return chosen_result(study, study.user_attrs.get("objective", "convergence"),
+                         fix=f": run autotune tune --study {study_name}")
+
+
+def chosen_result(study: optuna.Study, objective: str, *, fix: str = "") -> TuneResult:
+    """The study's pick, as every door hands it out (`load_result`, `Tuner.best`): `StorageError` where no trial
+    finished (``fix`` says what to run), `ModelDoesNotLearn` where no trial learnt (`autotune.verdict`)."""
     trial = best_trial(study, objective)
     if trial is None:
-        raise StorageError(f"study {study_name!r} has no finished trial yet: run autotune tune --study {study_name}")
+        raise StorageError(f"study {study.study_name!r} has no finished trial yet{fix}")
     result = result_from_trial(study, trial)
     reason = not_learning(study)
     if reason:
-        raise ModelDoesNotLearn(f"study {study_name!r} has no winner: {reason}", result)
+        raise ModelDoesNotLearn(f"study {study.study_name!r} has no winner: {reason}", result)
     return result
 
 

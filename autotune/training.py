@@ -90,6 +90,8 @@ def measure_probe(session: TrainingSession, sampler: BatchSampler, steps: int = 
     # so its first step is never its timing; later sessions' first steps are, from RETIME_BELOW up.
     trusted = not session.first_step_compiles and first >= RETIME_BELOW and not first_in_process
     step_seconds = [first] if trusted else []
+    if not trusted:  # only the timed steps are judged: a compile's helper processes are no other job's load
+        contention = CpuContention()
     train_steps = 1
     while len(step_seconds) < steps:
         tick = time.perf_counter()

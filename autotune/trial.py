@@ -196,8 +196,9 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
             gist = backend.error_gist(exc)
             if _about_types(gist):
                 raise TaskError(f"the model or its loss refuses the data's types on {CONTRACT_BATCH} training "
-                                f"samples ({gist}){_dtypes(data)}: cast the data to the types they take (class "
-                                "indices as int64), or change the loss") from None
+                                f"samples ({gist}){_dtypes(data)}: cast the data to the types they take (int64 "
+                                "class indices for a classification loss, float32 targets for a regression one), or "
+                                "change the loss") from None
             raise TaskError(f"the model fails on {CONTRACT_BATCH} training samples ({gist}): "
                             f"the model and the data do not fit together{_shapes(data)}; fix the model's input or "
                             "output layer, or the data") from None
@@ -205,10 +206,11 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
     return classes
 
 
-_TYPE_WORDS = ("dtype", "scalar type", "expected to be a", "type of")
+_TYPE_WORDS = ("dtype", "datatype", "scalar type", "expected to be a", "the type of '")
 """What frameworks' messages about a tensor of the wrong element type say (torch: "expected target dtype to be
 Long", "expected scalar type Long but found Int"; TensorFlow: "was expected to be a float tensor but is a int32
-tensor"): the fix is a cast, not another layer."""
+tensor", "has DataType int32 not in list of allowed values"; MindSpore: "the type of 'target' should be"): the fix
+is a cast, not another layer."""
 
 
 def _about_types(gist: str) -> bool:

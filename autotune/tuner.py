@@ -440,10 +440,8 @@ class Tuner:
 
     @property
     def best(self) -> Any:
-        """The chosen configuration, the same `TuneResult` as `autotune.tune()` returns."""
-        from autotune.study import best_trial, result_from_trial
+        """The chosen configuration, the same `TuneResult` as `autotune.tune()` returns; `ModelDoesNotLearn`
+        (its ``result`` the best-valued trial) where no trial learnt, as `tune` and `load_best` say it."""
+        from autotune.study import chosen_result
 
-        trial = best_trial(self.study, self.objective)
-        if trial is None:
-            raise StorageError(f"study {self.study.study_name!r} has no finished trial yet")
-        return result_from_trial(self.study, trial)
+        return chosen_result(self.study, self.objective)

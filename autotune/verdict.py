@@ -88,7 +88,9 @@ def describe_long_validation(record: Any, *, trial_time: float | None) -> str | 
     user should hear once, with the two ways out, rather than find in the trials' wall times."""
     measured = record.measured
     whole_pass, budget = measured.get("validation_pass_seconds"), measured.get("training_budget_seconds")
-    if not trial_time or whole_pass is None or budget is None or budget > (1 - EVALUATION_SHARE) * trial_time:
+    if not trial_time or getattr(record, "reduced_budget", False):  # a re-run given a share of the budget
+        return None
+    if whole_pass is None or budget is None or budget > (1 - EVALUATION_SHARE) * trial_time:
         return None
     samples = measured.get("validation_samples")
     return (f"one pass over the whole validation set ({samples} samples) takes {whole_pass:.2g} s, more than the "
@@ -101,7 +103,7 @@ def describe_set_up(record: Any, *, trial_time: float | None) -> str | None:
     """One line when a trial's step took longer to trace or compile than the trial trained: off the clock, as
     it must be for the throughput, yet the trial lasted that much longer, which the user should hear once."""
     compiling = record.measured.get("compile_seconds")
-    if not trial_time or not compiling or compiling <= trial_time:
+    if not trial_time or getattr(record, "reduced_budget", False) or not compiling or compiling <= trial_time:
         return None
     return (f"trial {record.number} spent {compiling:.1f} s tracing or compiling its step, more than its "
             f"{trial_time:g} s of training: its figures leave it out, the study's time does not")

@@ -34,7 +34,7 @@ def test_cpu_workers_split_the_cores_and_bad_specs_are_one_line():
         with pytest.raises(DeviceError, match=words):
             plan_slots(spec, TORCH, cpus=range(8))
     argv = ["tune", "t.py", "--devices", "cpu*2", "--json", "--trials", "4"]
-    assert child_arguments(argv, slots[1]) == ["tune", "t.py", "--trials", "4", "--device", "cpu"]
+    assert child_arguments(argv, slots[1]) == ["tune", "t.py", "--trials", "4", "--device", "cpu", "--no-report"]
 
 
 def test_cpu_workers_split_one_reading_of_the_available_ram(tmp_path):
@@ -59,12 +59,15 @@ def test_cpu_workers_split_one_reading_of_the_available_ram(tmp_path):
 def test_cpu_workers_without_a_memory_limit_accept_the_whole_they_are_given_and_take_equal_budgets(tmp_path):
     # the workers' own parser must take --memory-whole (else each stops on it, exit 2)
     result = run_cli("tune", TASK, "--devices", "cpu*2", "--trials", "2", "--trial-steps", "2", "--confirm", "0",
-                     "--no-report", "--no-range-test", "--search-space", SPACE, "--storage",
-                     f"sqlite:///{tmp_path / 's.db'}", "--json")
+                     "--no-range-test", "--search-space", SPACE, "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                     "--study", "pair", "--json", cwd=tmp_path)
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: two steps may not beat the untrained model
     workers = json.loads(result.stdout)["workers"]
     budgets = {row["budget_bytes"] for row in workers}
     assert len(workers) == 2 and len(budgets) == 1 and None not in budgets, workers
+    # one report, written by the coordinator once both workers ended (workers writing it would race)
+    assert result.stderr.count("report: studies/pair/report.html") == 1, result.stderr[-3000:]
+    assert (tmp_path / "studies" / "pair" / "report.json").exists()
 
 
 def test_a_bad_devices_option_stops_before_any_study(tmp_path):

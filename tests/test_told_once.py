@@ -33,9 +33,10 @@ def test_a_validation_pass_longer_than_its_share_is_recorded_and_said_once(tmp_p
         assert measured["train_seconds"] < 0.9 * 1.0 + 0.3, measured  # the budget given up, not only recorded
 
 
+@pytest.mark.timing  # the pass is projected from one batch's time: a preempted batch would inflate it
 def test_a_validation_pass_within_its_share_is_not_mentioned(tmp_path):
     events: list[dict] = []
-    autotune.tune(f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:small", n_trials=1, trial_time=1.0,
+    autotune.tune(f"{Path(__file__).parent / 'tasks' / 'torch_tasks.py'}:small", n_trials=1, trial_time=3.0,
                   range_test=False, confirm=0, storage=f"sqlite:///{tmp_path / 's.db'}", progress=events.append)
     assert not [e for e in events if e["event"] == "warning" and "validation set" in e["message"]], events
 
@@ -49,6 +50,9 @@ def test_the_line_asks_for_a_trial_time_rounded_up_and_only_for_a_material_cut()
     line = describe_long_validation(record(0.61, 2.69), trial_time=3)
     assert line is not None and "--trial-time 7 or more" in line and "(96 samples)" in line, line
     assert describe_long_validation(record(0.61, 2.69), trial_time=None) is None  # a study counted in steps
+    shortened = record(0.3, 0.75)  # a re-run given a quarter of the budget: its own budget, not the user's
+    shortened.reduced_budget = True
+    assert describe_long_validation(shortened, trial_time=3) is None
 
 
 def test_a_learning_rate_held_at_the_top_of_its_range_says_so_in_the_result(tmp_path):
@@ -69,3 +73,6 @@ def test_a_set_up_longer_than_the_trial_is_said_and_a_short_one_is_not():
     line = describe_set_up(record(26.1), trial_time=3)
     assert line is not None and "trial 2 spent 26.1 s tracing or compiling" in line and "3 s of training" in line
     assert describe_set_up(record(0.4), trial_time=3) is None and describe_set_up(record(None), trial_time=3) is None
+    shortened = record(26.1)
+    shortened.reduced_budget = True
+    assert describe_set_up(shortened, trial_time=3) is None

@@ -155,6 +155,8 @@ def test_a_model_that_does_not_learn_gets_no_winner(tmp_path):
     with pytest.raises(ModelDoesNotLearn, match="no winner") as raised:
         autotune.load_best("flat", storage)
     assert raised.value.result.batch_size is not None  # the best-valued trial, for a caller who looks anyway
+    with pytest.raises(ModelDoesNotLearn, match="no winner"):  # the own-loop door's pick, the same rule
+        autotune.Tuner(study="flat", backend="torch", storage=storage, search_space=SPACE, ceiling=16).best()
 
 
 def test_the_learning_verdict_reads_every_trials_reports():

@@ -31,8 +31,9 @@ def write_after_tune(study: Any) -> dict[str, Any] | None:
     tick = time.perf_counter()
     try:
         written = write_report(study, formats=AFTER_TUNE)
-    except (AutotuneError, OSError) as exc:
-        status(f"autotune: warning: the report was not written ({exc}); the trials are stored: run "
+    except Exception as exc:  # noqa: BLE001 - whatever broke the report, the tuned result must still be printed
+        why = str(exc) if isinstance(exc, (AutotuneError, OSError)) else f"{type(exc).__name__}: {exc}"
+        status(f"autotune: warning: the report was not written ({why}); the trials are stored: run "
                f"autotune report {shlex.quote(study.study_name)} later")
         return None
     seconds = time.perf_counter() - tick
