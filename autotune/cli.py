@@ -11,6 +11,7 @@ import gc
 import json
 import math
 import re
+import signal
 import sys
 from typing import Any, Callable, Sequence
 
@@ -248,19 +249,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from autotune.closed_output import stopped_when_output_closes
     from autotune.redact import redact, url_secrets  # no optuna: probe and fit-batch do not import it
     from autotune.scoped import quiet_optuna
 
     secrets = url_secrets(getattr(args, "storage", None))
     try:
-        with quiet_optuna():  # the commands report trials themselves: Optuna's INFO lines would repeat them
+        # the commands report trials themselves: Optuna's INFO lines would repeat them
+        with quiet_optuna(), stopped_when_output_closes():
             return handler(args)
     except AutotuneError as exc:
         print(redact(f"autotune: error: {exc}", secrets), file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("autotune: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print(f"autotune: interrupted ({getattr(exc, 'reason', 'Ctrl-C')})", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     except Exception:  # a bug: its traceback is for a report, but even a traceback must not show a password
         import traceback
 

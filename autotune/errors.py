@@ -40,7 +40,8 @@ class FitError(AutotuneError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM: the run stops as on Ctrl-C; ``signum`` gives the exit code (128 + signum)."""
+    """Ctrl-C, SIGTERM or a closed output pipe (SIGPIPE): the run stops as on Ctrl-C; ``signum`` gives the exit
+    code (128 + signum)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -50,6 +51,8 @@ class Interrupted(KeyboardInterrupt):
     def reason(self) -> str:
         import signal
 
+        if self.signum == signal.SIGPIPE:
+            return "the output was closed"
         return "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
 
 

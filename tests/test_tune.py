@@ -147,6 +147,30 @@ def test_ctrl_c_stops_cleanly(tmp_path):
             assert trial.user_attrs.get("failure", "").startswith("interrupted")
 
 
+@pytest.mark.parametrize("close_after", ["new study", "trial 0:"])
+def test_a_closed_output_pipe_stops_like_ctrl_c(tmp_path, close_after):
+    """`autotune tune … 2>&1 | head`: the reader goes away; the run stops through the interrupt path, exit
+    141 (128 + SIGPIPE), keeping what finished and removing a new study that holds nothing yet."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = [sys.executable, "-m", "autotune", "tune", "--confirm", "0", SMALL_TASK, "--trials", "40", "--trial-time",
+            "1", "--search-space", SMALL_SPACE, "--storage", storage, "--study", "piped", "--no-range-test"]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(close_after):
+            break
+    process.stdout.close()  # as `head` exits
+    assert process.wait(timeout=120) == 128 + signal.SIGPIPE, seen
+    if close_after == "new study":  # closed during the fit: nothing was stored, so nothing is left
+        assert "piped" not in optuna.get_all_study_names(storage)
+        return
+    study = load_study("piped", storage)
+    assert optuna.trial.TrialState.RUNNING not in _states(study)
+    assert 1 <= _finished(storage, "piped") < 40
+
+
 @pytest.mark.parametrize("attr, reason", [("segfault", "SIGSEGV"), ("hang", "timeout")])
 def test_crashing_and_hanging_workers_fail_their_trial_and_the_study_goes_on(tmp_path, attr, reason):
     result = autotune.tune(f"{TASKS / 'torch_faulty.py'}:{attr}", n_trials=3, trial_time=0.5,
