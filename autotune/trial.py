@@ -194,7 +194,7 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
             if backend.is_oom(exc):
                 raise
             gist = backend.error_gist(exc)
-            if _about_types(gist):
+            if backend.is_type_error(gist):
                 raise TaskError(f"the model or its loss refuses the data's types on {CONTRACT_BATCH} training "
                                 f"samples ({gist}){_dtypes(data)}: cast the data to the types they take (int64 "
                                 "class indices for a classification loss, float32 targets for a regression one), or "
@@ -204,17 +204,6 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
                             "output layer, or the data") from None
     labels_against(data, classes, task.loss)
     return classes
-
-
-_TYPE_WORDS = ("dtype", "datatype", "scalar type", "expected to be a", "the type of '")
-"""What frameworks' messages about a tensor of the wrong element type say (torch: "expected target dtype to be
-Long", "expected scalar type Long but found Int"; TensorFlow: "was expected to be a float tensor but is a int32
-tensor", "has DataType int32 not in list of allowed values"; MindSpore: "the type of 'target' should be"): the fix
-is a cast, not another layer."""
-
-
-def _about_types(gist: str) -> bool:
-    return any(word in gist.lower() for word in _TYPE_WORDS)
 
 
 def _dtypes(data: Any) -> str:

@@ -246,6 +246,14 @@ class Backend(abc.ABC):
         a backend whose framework wraps its errors in more text overrides it."""
         return f"{type(exc).__name__}: {exc}".strip().splitlines()[0][:300]
 
+    type_error_words: tuple[str, ...] = ("dtype",)
+    """What this framework's messages about a tensor of the wrong element type say (lower case)."""
+
+    def is_type_error(self, gist: str) -> bool:
+        """Whether an error's gist (`error_gist`) says a tensor has the wrong element type: its fix is a cast of
+        the data or another loss, not another layer (the model check's message)."""
+        return any(word in gist.lower() for word in self.type_error_words)
+
     def bench_session(self, task: Task, data: Any, device: Device, *, batch_size: int,
                       optimizer: Mapping[str, Any], precision: str = "fp32", compile: bool = False,
                       seed: int = 0) -> TrainingSession:

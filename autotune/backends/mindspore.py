@@ -834,6 +834,8 @@ class MindSporeBackend(Backend):
         self._materialised = (data, arrays)
         return arrays
 
+    type_error_words = ("dtype", "the type of '")  # "the type of 'target' should be Int32"
+
     def is_oom(self, exc: BaseException) -> bool:
         if isinstance(exc, MemoryError):
             return True

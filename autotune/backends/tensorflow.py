@@ -1157,6 +1157,9 @@ class TensorFlowBackend(Backend):
         on CPUs whose build runs a float16 matmul. `precision_notes` says why one is missing."""
         return tuple(p for p in PRECISIONS if p not in self.precision_notes(device))
 
+    # "was expected to be a float tensor but is a int32 tensor", "has DataType int32 not in list of allowed values"
+    type_error_words = ("dtype", "datatype", "expected to be a")
+
     def error_gist(self, exc: BaseException) -> str:
         """The part Keras prints in bold, if any; else the first line, unless it only introduces a traceback
         (TensorFlow's "in user code:"), then the last ``...Error:`` line."""

@@ -331,6 +331,9 @@ class TorchBackend(Backend):
         train, _ = torch_data.sources(task, data, pin=False)
         return train.sample_sizes()
 
+    # "expected target dtype to be Long", "expected scalar type Long but found Int"
+    type_error_words = ("dtype", "scalar type")
+
     def is_oom(self, exc: BaseException) -> bool:
         if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
             return True
