@@ -80,7 +80,19 @@ def failure_summary(trials: Iterable[optuna.trial.FrozenTrial],
     return f"{len(bad)} failed ({', '.join(f'{k} {n}' for k, n in kinds.most_common())}; last: {last})"
 
 
-def shortfall(study: optuna.Study, wanted: int, *, timed_out: bool, attempts: int | None) -> str | None:
+def report_command(study_name: str, storage: str | None) -> str:
+    """The `autotune report` command line for a study, with its storage unless it is the default (a password in
+    the URL is masked: the line reaches the terminal)."""
+    import shlex
+
+    from autotune.redact import redact, url_secrets
+
+    where = f" --storage {shlex.quote(redact(storage, url_secrets(storage)))}" if storage else ""
+    return f"`autotune report {shlex.quote(study_name)}{where}`"
+
+
+def shortfall(study: optuna.Study, wanted: int, *, timed_out: bool, attempts: int | None,
+              storage: str | None = None) -> str | None:
     """Why ``study`` ends with fewer than ``wanted`` finished trials (one line), or None if it has enough."""
     trials = study.get_trials(deepcopy=False)
     done = len(finished(trials))
@@ -94,10 +106,11 @@ def shortfall(study: optuna.Study, wanted: int, *, timed_out: bool, attempts: in
         why = "the run was stopped"
     failures = failure_summary(trials, study.user_attrs)
     return (f"study {study.study_name!r} has {done} of {wanted} finished trials: {why}"
-            + (f"; {failures}" if failures else "") + f"; `autotune report {study.study_name}` lists every trial")
+            + (f"; {failures}" if failures else "")
+            + f"; {report_command(study.study_name, storage)} lists every trial")
 
 
-def none_completed(study: optuna.Study) -> str:
+def none_completed(study: optuna.Study, *, storage: str | None = None) -> str:
     """Why ``study`` has no complete trial to pick (one line): how many were pruned or failed, and the last reason
     of each, since a pruned trial's reason (a step too slow for its budget) is usually the fix."""
     trials = study.get_trials(deepcopy=False)
@@ -106,7 +119,7 @@ def none_completed(study: optuna.Study) -> str:
     failures = failure_summary(trials, study.user_attrs)
     parts += [failures] if failures else []
     return (f"no trial of study {study.study_name!r} completed" + (f": {'; '.join(parts)}" if parts else "")
-            + f"; `autotune report {study.study_name}` lists every trial")
+            + f"; {report_command(study.study_name, storage)} lists every trial")
 
 
 def _kind(trial: optuna.trial.FrozenTrial, study_attrs: Mapping[str, Any] | None) -> str:

@@ -10,6 +10,7 @@ region is bad), a crash, hang or error fails it with its reason.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from typing import Any, Callable, Mapping
 
@@ -22,7 +23,7 @@ from autotune.ceiling_cache import CeilingCache
 from autotune.checks import check_task_data, seconds
 from autotune.confirm import DEFAULT_CONFIRM, run_context, trial_runner
 from autotune.errors import AutotuneError, Interrupted, StorageError, TaskError, TrialError
-from autotune.failures import finished, none_completed, shortfall
+from autotune.failures import failure_summary, finished, none_completed, shortfall
 from autotune.fitting.step_time import StepTimeLimit
 from autotune.guard import guarded
 from autotune.memory import DEFAULT_MARGIN
@@ -30,6 +31,7 @@ from autotune.narrowing import fresh_first_step, narrow_learning_rates
 from autotune.objective import TrialPlan, run_and_record
 from autotune.optimizers import SGD_FAMILY
 from autotune.records import TrialRecord, read as read_record
+from autotune.resume import check_same_setup
 from autotune.runner import Worker, run_here, warm_up_for
 from autotune.scoped import collector_skips_the_callers_heap, quiet_optuna
 from autotune.space import load_space
@@ -37,6 +39,7 @@ from autotune.stopping import Deadline, Interrupts
 from autotune.storage import import_for as import_storage_for, open_storage, redact, retry_outlasts_grace
 from autotune.study_open import (
     OBJECTIVES,
+    OWN_LOOP,
     REPORTS,
     ceiling_key,
     check_objective,
@@ -171,16 +174,20 @@ def load_result(study_name: str, storage: str | None = None) -> TuneResult:
     training script must not silently train with a configuration that was never shown to learn; the
     exception's ``result`` is the best-valued trial, for a caller who wants to look at it anyway."""
     study = load_study(study_name, storage)
-    return chosen_result(study, study.user_attrs.get("objective", "convergence"),
-                         fix=f": run autotune tune --study {study_name}")
+    where = f" --storage {shlex.quote(redact(storage, storage))}" if storage else ""
+    rerun = ("run the training loop with its autotune.Tuner again" if study.user_attrs.get("task") == OWN_LOOP
+             else f"run autotune tune TASK --study {shlex.quote(study_name)}{where}")
+    return chosen_result(study, study.user_attrs.get("objective", "convergence"), fix=f": {rerun}")
 
 
 def chosen_result(study: optuna.Study, objective: str, *, fix: str = "") -> TuneResult:
     """The study's pick, as every door hands it out (`load_result`, `Tuner.best`): `StorageError` where no trial
     finished (``fix`` says what to run), `ModelDoesNotLearn` where no trial learnt (`autotune.verdict`)."""
     trial = best_trial(study, objective)
-    if trial is None:
-        raise StorageError(f"study {study.study_name!r} has no finished trial yet{fix}")
+    if trial is None:  # what went wrong in the trials there were is the first thing to fix
+        failures = failure_summary(study.get_trials(deepcopy=False), study.user_attrs)
+        raise StorageError(f"study {study.study_name!r} has no finished trial yet"
+                           + (f" ({failures})" if failures else "") + fix)
     result = result_from_trial(study, trial)
     reason = not_learning(study)
     if reason:
@@ -326,6 +333,8 @@ def tune(
             "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed,
             "trial_budget": {"seconds": trial_time, "steps": trial_steps, "reports": REPORTS}}, store=store)
         if resumed:
+            check_same_setup(study, task=task.reference or task.name,
+                             trial_budget={"seconds": trial_time, "steps": trial_steps})
             resume_space(study, space)
         if device_choice:
             study.set_user_attr("device_choice", device_choice)
@@ -393,7 +402,7 @@ def tune(
             if interrupts.requested:
                 raise Interrupted(interrupts.signum)
             short = shortfall(study, n_trials, timed_out=deadline.at is not None and deadline.started < attempts,
-                              attempts=attempts)
+                              attempts=attempts, storage=storage)
             if short and best_trial(study, objective) is not None:
                 say({"event": "shortfall", "message": short})
         # the pick in context: the default configuration and re-runs with other seeds (autotune.confirm); with no
@@ -409,7 +418,7 @@ def tune(
         say({"event": "phases", "seconds": phases.to_dict(), "summary": phases.describe()})
         chosen = best_trial(study, objective)
         if chosen is None:
-            raise AutotuneError(short or none_completed(study))
+            raise AutotuneError(short or none_completed(study, storage=storage))
         result = result_from_trial(study, chosen)
         busy = describe_busy(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         if busy:

@@ -11,12 +11,14 @@ import optuna
 
 from autotune.errors import AutotuneError, StorageError
 from autotune.guard import note_new_study
-from autotune.resume import check_resumable
+from autotune.resume import check_resumable, check_same_lr
 from autotune.sampler import TrialSeededTPESampler
 from autotune.space import SearchSpace
 from autotune.storage import fail_orphaned_trials
 
 OBJECTIVES = ("convergence", "throughput", "pareto")
+OWN_LOOP = "own training loop"
+"""The ``task`` attribute of a study that the in-loop door (`autotune.Tuner`) created."""
 REPORTS = 8
 """Validation reports per CLI trial; Hyperband's largest resource."""
 
@@ -83,6 +85,7 @@ def resume_space(study: optuna.Study, space: SearchSpace) -> None:
     stored = study.user_attrs.get("search_space", {})
     space.lr_ranges = {k: tuple(v) for k, v in stored.get("lr_ranges", {}).items()}
     check_resumable(study, space)
+    check_same_lr(study, space)
 
 
 def ceiling_key(backend: str, device: Any, precision: str = "fp32", *, share: int = 1) -> str:

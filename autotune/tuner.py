@@ -30,7 +30,7 @@ import optuna
 
 from autotune.backends import get_backend
 from autotune.errors import AutotuneError, StorageError
-from autotune.failures import SURPLUS, finished, mark_infeasible
+from autotune.failures import SURPLUS, finished, mark_infeasible, shortfall
 from autotune.guard import storage_fault
 from autotune.heartbeat import Heartbeat, fail_stale
 from autotune.procmem import process_memory
@@ -39,6 +39,7 @@ from autotune.scoped import quiet_optuna
 from autotune.space import SearchSpace, load_space
 from autotune.storage import UnownedWatch, abandoned, fail_orphaned_trials, open_storage, owner, unowned_grace
 from autotune.study_open import (
+    OWN_LOOP,
     ceiling_key,
     describe_new_study,
     open_study,
@@ -222,7 +223,10 @@ class TunerTrial:
         if kind == "oom":
             self._tuner.backend.release_memory(self._tuner.device)
         self.infeasible(kind, message)
-        return True  # this trial only: the loop goes on
+        # the loop goes on, so the exception is not raised: said here, else a loop that always raises is silent
+        warnings.warn(f"autotune: trial {self.number} failed ({'out of memory: ' if kind == 'oom' else ''}{message}); "
+                      "recorded, and the loop goes on with the next trial", RuntimeWarning, stacklevel=2)
+        return True
 
     def _measured(self, value: float) -> dict[str, Any]:
         median = percentile(self._steps, 50)
@@ -269,9 +273,10 @@ class Tuner:
         opened, _ = open_study(study, store=store, objective=objective, seed=seed)
         self._attach(opened, store=store, backend=chosen, device=target, space=space, objective=objective,
                      ceiling=cap)
+        self._storage_url = storage
         ceilings = self.ceiling if isinstance(self.ceiling, dict) else {"fp32": self.ceiling}
         new = describe_new_study(self.study, {
-            "objective": objective, "task": "own training loop", "backend": chosen.name, "device": target.id,
+            "objective": objective, "task": OWN_LOOP, "backend": chosen.name, "device": target.id,
             "search_space": space.to_dict(), "reference_batch": space.reference_batch, "seed": seed, "door": "loop",
             "versions": study_versions(chosen.name), "hardware": study_hardware(target),
             **{ceiling_key(chosen.name, target, precision): {
@@ -288,6 +293,7 @@ class Tuner:
         tuner = cls.__new__(cls)
         tuner._attach(study, store=store, backend=backend, device=device, space=space, objective=objective,
                       ceiling=ceiling)
+        tuner._says_shortfall = False  # that loop says its own, with its --timeout
         return tuner
 
     def _attach(self, study: optuna.Study, *, store: Any, backend: Any, device: Any, space: SearchSpace,
@@ -295,6 +301,8 @@ class Tuner:
         self.study, self.store, self.backend, self.device = study, store, backend, device
         self.space, self.objective, self.ceiling = space, objective, ceiling
         self._study_id: int | None = None
+        self._storage_url = None  # for the commands a message names (`autotune report … --storage`)
+        self._says_shortfall = True  # the own loop's attempts ran out: a warning, as nothing else says it
         self._unowned = UnownedWatch(unowned_grace(store))
 
     @staticmethod
@@ -374,8 +382,14 @@ class Tuner:
         again (`WAIT_SECONDS`), so that the study ends with exactly ``n`` finished whenever it can."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise AutotuneError(f"trials(n) needs a positive number of trials, got {n!r}")
-        attempts = self.attempts(max(1, n - self.finished()))
-        while attempts > 0:
+        attempts = allowed = self.attempts(max(1, n - self.finished()))
+        while True:
+            if attempts <= 0:
+                short = self._says_shortfall and shortfall(self.study, n, timed_out=False, attempts=allowed,
+                                                           storage=self._storage_url)
+                if short:
+                    warnings.warn(f"autotune: {short}", RuntimeWarning, stacklevel=2)
+                return
             seen = self._room(n, stop)
             if seen is None:
                 return

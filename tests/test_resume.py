@@ -109,3 +109,32 @@ def test_cli_resumes_a_narrowed_space_and_refuses_a_changed_optimizer_list(tmp_p
     refused = run_cli("tune", "--confirm", "0", SMALL_TASK, "--trials", "6", "--search-space", str(other), *common)
     assert_one_line_error(refused, "sampled optimizer from choices [adam, sgd]", "--study NEW_NAME")
     assert len(optuna.load_study(study_name="moving", storage=storage).trials) == 4
+
+
+def test_a_resumed_study_refuses_another_task_budget_or_learning_rate_range(tmp_path):
+    """Trials of another task, another budget per trial or another lr range would be ranked against the study's
+    own as if they compared: each is one line, exit 2, before any work; a moved task file still resumes."""
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    common = ("--confirm", "0", "--storage", storage, "--study", "kept", "--no-range-test", "--search-space",
+              str(SMALL_SPACE))
+    first = run_cli("tune", SMALL_TASK, "--trials", "1", "--trial-time", "0.3", *common)
+    assert first.returncode == 0, first.stderr
+    other_task = run_cli("tune", f"{TASKS / 'torch_tasks.py'}:regression", "--trials", "2", "--trial-time", "0.3",
+                         *common)
+    assert_one_line_error(other_task, "tunes the task torch_tasks.py:small, not torch_tasks.py:regression",
+                          "--study NEW_NAME")
+    other_budget = run_cli("tune", SMALL_TASK, "--trials", "2", "--trial-time", "0.5", *common)
+    assert_one_line_error(other_budget, "gives each trial --trial-time 0.3, this run --trial-time 0.5",
+                          "resume it with that")
+    other_lr = tmp_path / "lr.yaml"
+    other_lr.write_text(SMALL_SPACE.read_text().replace("high: 3.0e-1", "high: 1.0e-2"))
+    changed_lr = run_cli("tune", SMALL_TASK, "--trials", "2", "--trial-time", "0.3", *common[:-1], str(other_lr))
+    assert_one_line_error(changed_lr, "searched lr 0.0001..0.3", "gives 0.0001..0.01")
+    assert len(optuna.load_study(study_name="kept", storage=storage).trials) == 1
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("torch_tasks.py", "blobs.py"):
+        (moved / name).write_text((TASKS / name).read_text())
+    again = run_cli("tune", f"{moved / 'torch_tasks.py'}:small", "--trials", "2", "--trial-time", "0.3", *common)
+    assert again.returncode == 0, again.stderr
+    assert len(optuna.load_study(study_name="kept", storage=storage).trials) == 2

@@ -43,26 +43,45 @@ def test_a_raising_trial_fails_alone_and_the_loop_goes_on(tmp_path):
     tuner = autotune.Tuner(study="raising", backend="torch", storage=f"sqlite:///{tmp_path / 'r.db'}",
                            space_overrides=SPACE)
     seen = []
-    for trial in tuner.trials(3):
-        with trial:
-            seen.append(trial.number)
-            if len(seen) == 1:
-                raise ValueError("the user's loop broke")
-            model = torch.nn.Linear(4, 2)
-            optimizer = trial.optimizer(model.parameters())
-            assert isinstance(optimizer, torch.optim.Optimizer)
-            assert optimizer.param_groups[0]["lr"] == pytest.approx(trial.lr)
-            with trial.step(samples=trial.batch_size):
-                loss = model(torch.randn(trial.batch_size, 4)).pow(2).mean()
-                loss.backward()
-                optimizer.step()
-            trial.report(1.0 / len(seen), 1)
+    with pytest.warns(RuntimeWarning, match=r"trial 0 failed \(ValueError: the user's loop broke\); recorded") as said:
+        for trial in tuner.trials(3):
+            with trial:
+                seen.append(trial.number)
+                if len(seen) == 1:
+                    raise ValueError("the user's loop broke")
+                model = torch.nn.Linear(4, 2)
+                optimizer = trial.optimizer(model.parameters())
+                assert isinstance(optimizer, torch.optim.Optimizer)
+                assert optimizer.param_groups[0]["lr"] == pytest.approx(trial.lr)
+                with trial.step(samples=trial.batch_size):
+                    loss = model(torch.randn(trial.batch_size, 4)).pow(2).mean()
+                    loss.backward()
+                    optimizer.step()
+                trial.report(1.0 / len(seen), 1)
+    assert len([w for w in said if "failed" in str(w.message)]) == 1  # said once, for the one trial that raised
     states = [t.state for t in tuner.study.trials]
     assert failed(tuner.study.trials[0])  # stored pruned with a violated constraint: the sampler sees it
     assert tuner.study.trials[0].constraints == {"runs": 1.0}
     assert "ValueError: the user's loop broke" in tuner.study.trials[0].user_attrs["failure"]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # the block's end: the last report stands
     assert tuner.best.val_loss == pytest.approx(1 / 4)
+
+
+def test_a_loop_that_always_raises_says_why_and_ends(tmp_path):
+    """The exception never reaches the caller (the loop goes on), so each failure is said as a warning, the end
+    of the attempts too, and `best` names the failures instead of only "no finished trial"."""
+    storage = f"sqlite:///{tmp_path / 'b.db'}"
+    tuner = autotune.Tuner(study="boom", backend="torch", storage=storage, space_overrides=SPACE)
+    with pytest.warns(RuntimeWarning) as said:
+        for trial in tuner.trials(2):
+            with trial:
+                raise RuntimeError("boom")
+    messages = [str(w.message) for w in said]
+    assert sum("failed (RuntimeError: boom)" in m for m in messages) == 8  # 3 n + 2 attempts
+    assert any("has 0 of 2 finished trials: the run stops after 8 attempts" in m and "--storage" in m
+               for m in messages), messages
+    with pytest.raises(AutotuneError, match=r"has no finished trial yet \(8 failed .*last: error: RuntimeError: boom\)\)$"):
+        tuner.best
 
 
 def test_a_pruned_trial_is_recorded_as_pruned(tmp_path):
