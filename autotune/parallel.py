@@ -130,14 +130,27 @@ def _start(slot: Slot, argv: Sequence[str]) -> subprocess.Popen:
 
 
 def _relay(slot: Slot, lines: list[str], quiet: bool) -> None:
-    """Copy the child's progress and errors to stderr with its label (its result is the coordinator's to print:
-    every worker's is the study's one best); keep its lines for the summary."""
+    """Copy the child's progress to stderr with its label (its result is the coordinator's to print: every
+    worker's is the study's one best); keep its lines for the summary, and its error line for `_conclude` (the
+    same bad input stops every worker: said once, not once per worker)."""
     assert slot.process is not None and slot.process.stderr is not None
     for line in slot.process.stderr:
         lines.append(line.rstrip("\n"))
-        if not quiet:
+        if not quiet and not line.startswith(ERROR_PREFIX):
             sys.stderr.write(f"[{slot.label}] {line}")
             sys.stderr.flush()
+
+
+ERROR_PREFIX = "autotune: error:"
+
+
+def _errors(slots: Sequence[Slot], outputs: dict[str, list[str]], *, all_refused: bool) -> list[str]:
+    """The workers' error lines, each with its worker's label; where every worker stopped on bad input (the
+    same in each, up to a figure measured in each), the first worker's line alone."""
+    found = [(slot.label, line) for slot in slots for line in outputs[slot.label] if line.startswith(ERROR_PREFIX)]
+    if all_refused:
+        return [found[0][1]] if found else [f"{ERROR_PREFIX} every worker stopped on bad input"]
+    return [f"[{label}] {line}" for label, line in found]
 
 
 def _started(slot: Any) -> subprocess.Popen:
@@ -217,9 +230,10 @@ def _conclude(args: argparse.Namespace, slots: list[Slot], codes: dict[str, int]
     from autotune.storage import fail_orphaned_trials, open_storage
     from autotune.study import best_trial, load_study, result_from_trial
 
-    if all(code == 2 for code in codes.values()):  # the same bad input in every worker: its line, once
-        last = [line for line in outputs[slots[0].label] if line.strip()]
-        print(last[-1] if last else "autotune: error: every worker stopped on bad input", file=sys.stderr)
+    all_refused = all(code == 2 for code in codes.values())
+    for line in _errors(slots, outputs, all_refused=all_refused):
+        print(line, file=sys.stderr)
+    if all_refused:
         return 2
     try:
         study = load_study(args.study, args.storage)

@@ -52,6 +52,7 @@ from autotune.study_open import (
 from autotune.task import Task, load_task, task_handle
 from autotune.trial import check_contract, run_trial
 from autotune.tuner import Tuner
+from autotune.units import format_size
 from autotune.verdict import describe_busy, describe_long_validation, describe_set_up, not_learning
 
 __all__ = ["OBJECTIVES", "ModelDoesNotLearn", "TuneResult", "best_trial", "load_best", "load_result", "load_study",
@@ -315,7 +316,7 @@ def tune(
     worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None
     try:  # a failure before the trials' own try below must not leave the worker running
         import_storage_for(storage)  # while the worker's server may still be loading the framework
-        _check_contract(handle, target, worker, seed)
+        _check_contract(handle, target, worker, seed, share=share)
         if worker is not None and target.kind != "cpu":
             worker.close()  # started again for the range test; it must hold no device memory during the fit
         beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
@@ -432,9 +433,10 @@ def tune(
             worker.close()
 
 
-def _check_contract(handle: Any, target: Any, worker: Worker | None, seed: int) -> None:
+def _check_contract(handle: Any, target: Any, worker: Worker | None, seed: int, *, share: int = 1) -> None:
     """The model run with its loss on two samples and the labels checked against its outputs
-    (`autotune.trial.check_contract`), in ``worker`` or here: a mismatch is one line before any study or fit."""
+    (`autotune.trial.check_contract`), in ``worker`` or here: a mismatch is one line before any study or fit;
+    so is a worker that the memory cap (its ``share`` of ``--memory-limit``) leaves no room to run in."""
     kwargs = {"task": handle, "device": target.id, "seed": seed}
     outcome = worker.run(check_contract, kwargs, timeout=CONTRACT_TIMEOUT) if worker is not None \
         else run_here(check_contract, kwargs)
@@ -442,6 +444,11 @@ def _check_contract(handle: Any, target: Any, worker: Worker | None, seed: int) 
         return
     if outcome.kind == "fatal":
         raise TaskError(outcome.message)
+    if outcome.kind == "oom" and worker is not None and worker.memory_limit:
+        split = f" (each of the {share} workers gets 1/{share} of it)" if share > 1 else ""
+        why = outcome.message.strip().splitlines()[-1][:300]
+        raise TaskError(f"the model cannot run on two training samples within the memory cap of "
+                        f"{format_size(worker.memory_limit)}{split}: {why}; raise --memory-limit")
     raise TaskError(f"the model could not be run on two training samples ({outcome.kind}: "
                     f"{outcome.message.strip().splitlines()[-1][:300]}): check the task's model and data")
 

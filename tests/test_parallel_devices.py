@@ -77,6 +77,20 @@ def test_a_bad_devices_option_stops_before_any_study(tmp_path):
     assert not storage.exists()
 
 
+@pytest.mark.parametrize("devices", [None, "cpu*2"])
+def test_a_cap_the_framework_alone_outgrows_says_to_raise_it_once(tmp_path, devices):
+    """A worker whose framework alone maps more than its cap: the fix is the cap, not the task; with N workers
+    the line says each got 1/N of it, and the same line from every worker is said once."""
+    storage = tmp_path / "s.db"
+    limit = "512MiB" if devices is None else "1GiB"
+    extra = ("--devices", devices) if devices else ()
+    result = run_cli("tune", "--confirm", "0", TASK, "--memory-limit", limit, *extra, "--storage",
+                     f"sqlite:///{storage}")
+    assert_one_line_error(result, "within the memory cap of 512.00 MiB", "raise --memory-limit",
+                          *(["each of the 2 workers gets 1/2 of it"] if devices else []))
+    assert not storage.exists() or not optuna.get_all_study_names(f"sqlite:///{storage}")
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two CPU workers need two cores")
 def test_two_pinned_cpu_workers_share_a_study_and_one_killed_loses_only_its_trial(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
