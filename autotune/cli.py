@@ -99,6 +99,13 @@ def _count(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _non_empty(text: str) -> str:
+    """A value that must say something (``--devices ''`` would otherwise read as not given)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give a value, or leave the option out")
+    return text.strip()
+
+
 def _json_out(data: Any) -> None:
     print(json.dumps(data, indent=2, default=_jsonable))
 

@@ -18,12 +18,12 @@ def _batch(text: str) -> int | str:
 
 def register(sub: Any) -> None:
     """Add ``bench`` to the CLI's subparsers."""
-    from autotune.cli import _seconds
+    from autotune.cli import _non_empty, _seconds
 
     bench = sub.add_parser("bench", help="measure the task on every device, precision and compile mode")
     bench.add_argument("task", help="path/file.py[:attr] or package.module:attr")
-    bench.add_argument("--devices", default="all", help="all (default) or a comma list of device ids from "
-                       "`autotune probe`")
+    bench.add_argument("--devices", default="all", type=_non_empty,
+                       help="all (default) or a comma list of device ids from `autotune probe`")
     bench.add_argument("--precision", help="comma list of fp32, bf16, fp16 (default: all the device supports)")
     bench.add_argument("--compile", help="comma list of off, on (default: both)")
     bench.add_argument("--batch", type=_batch, help="batch size, or 'ceiling' to fit it per device and precision first "

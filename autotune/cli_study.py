@@ -94,7 +94,7 @@ def _add_storage(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     """Add the search commands to the CLI's subparsers."""
-    from autotune.cli import _count, _positive_int, _seconds, _seconds_or_zero, _size
+    from autotune.cli import _count, _non_empty, _positive_int, _seconds, _seconds_or_zero, _size
     from autotune.confirm import CONFIRM_SEEDS, DEFAULT_CONFIRM
     from autotune.reconnect import STORAGE_RETRY_SECONDS
 
@@ -131,9 +131,10 @@ def register(sub: Any) -> None:
                            "whose beat stopped for twice that (default: a beat every 10 s, a grace of 30 s)")
     tune.add_argument("--refit", action="store_true", help="fit the batch-size ceiling again instead of reusing "
                       "the one stored for this task, device and versions")
-    tune.add_argument("--devices", help="one worker per device, all on one study: all, cuda:0,cuda:1 or cpu*N "
-                      "(N CPU workers, the cores split between them and the RAM budget too: each fits its own "
-                      "ceiling to --memory-limit, or the available RAM, divided by N); samples/s are per worker")
+    tune.add_argument("--devices", type=_non_empty,
+                      help="one worker per device, all on one study: all, cuda:0,cuda:1 or cpu*N (N CPU workers, the "
+                      "cores split between them and the RAM budget too: each fits its own ceiling to --memory-limit, "
+                      "or the available RAM, divided by N); samples/s are per worker")
     tune.add_argument("--global-batch", type=_positive_int, help="train every trial at this batch: in micro-batches "
                       "with gradient accumulation where it exceeds the fitted ceiling (learning rate scaled to it)")
     tune.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -28,6 +28,7 @@ SMALL_SPACE = str(ROOT / "tests" / "spaces" / "small.yaml")
     ("--trial-timeout", "0", "--trial-timeout: 0 must be a finite number"),
     ("--storage-retry", "nan", "--storage-retry"),
     ("--storage-retry", "-1", "--storage-retry"),
+    ("--devices", "", "--devices: is empty"),
 ])
 def test_bad_options_are_one_line_before_anything_runs(tmp_path, option, value, message):
     result = run_cli("tune", "--confirm", "0", SMALL_TASK, option, value, cwd=tmp_path)
