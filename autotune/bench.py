@@ -25,6 +25,7 @@ from autotune.runner import run_here, run_in_worker, warm_up_for, warm_up_server
 from autotune.scoped import collector_skips_the_callers_heap
 from autotune.task import Task, load_task, resolve_task, task_handle
 from autotune.training import BatchSampler, CpuContention, percentile
+from autotune.trial import check_contract, raise_for_contract
 
 DEFAULT_BATCH = 256
 """The batch a bench trains at unless told (``batch="ceiling"`` fits it per device first), capped at the
@@ -310,8 +311,13 @@ def bench(
     if isinstance(batch_size, int) and batch_size > n_train:
         raise BenchError(f"batch {batch_size} is larger than the {n_train} training samples: give --batch "
                          f"{n_train} or less")
-    batches = _batches(task, modes, batch_size, n_train, isolation, say)
     handle = task_handle(task) if isolation == "process" else task
+    # the model and its loss on two samples first: a task that cannot train is one line, not a table of failures
+    contract = {"task": handle, "device": modes[0].device, "seed": seed}
+    checked = (run_in_worker(check_contract, contract, timeout=mode_timeout, preload=preload, exact_memory=False)
+               if isolation == "process" else run_here(check_contract, contract))
+    raise_for_contract(checked)
+    batches = _batches(task, modes, batch_size, n_train, isolation, say)
     # resolved here: workers fork from a server that keeps the environment it started with
     peak_cache = peak_cache or str(peak_cache_path().parent)
     rows: list[dict[str, Any]] = []

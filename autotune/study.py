@@ -22,7 +22,7 @@ from autotune.ceiling import ensure_ceilings
 from autotune.ceiling_cache import CeilingCache
 from autotune.checks import check_task_data, seconds
 from autotune.confirm import DEFAULT_CONFIRM, run_context, trial_runner
-from autotune.errors import AutotuneError, Interrupted, StorageError, TaskError, TrialError
+from autotune.errors import AutotuneError, Interrupted, StorageError, TrialError
 from autotune.failures import failure_summary, finished, none_completed, shortfall
 from autotune.fitting.step_time import StepTimeLimit
 from autotune.guard import guarded
@@ -50,9 +50,8 @@ from autotune.study_open import (
     study_versions,
 )
 from autotune.task import Task, load_task, task_handle
-from autotune.trial import check_contract, run_trial
+from autotune.trial import check_contract, raise_for_contract, run_trial
 from autotune.tuner import Tuner
-from autotune.units import format_size
 from autotune.verdict import describe_busy, describe_long_validation, describe_set_up, not_learning
 
 __all__ = ["OBJECTIVES", "ModelDoesNotLearn", "TuneResult", "best_trial", "load_best", "load_result", "load_study",
@@ -440,17 +439,7 @@ def _check_contract(handle: Any, target: Any, worker: Worker | None, seed: int, 
     kwargs = {"task": handle, "device": target.id, "seed": seed}
     outcome = worker.run(check_contract, kwargs, timeout=CONTRACT_TIMEOUT) if worker is not None \
         else run_here(check_contract, kwargs)
-    if outcome.ok:
-        return
-    if outcome.kind == "fatal":
-        raise TaskError(outcome.message)
-    if outcome.kind == "oom" and worker is not None and worker.memory_limit:
-        split = f" (each of the {share} workers gets 1/{share} of it)" if share > 1 else ""
-        why = outcome.message.strip().splitlines()[-1][:300]
-        raise TaskError(f"the model cannot run on two training samples within the memory cap of "
-                        f"{format_size(worker.memory_limit)}{split}: {why}; raise --memory-limit")
-    raise TaskError(f"the model could not be run on two training samples ({outcome.kind}: "
-                    f"{outcome.message.strip().splitlines()[-1][:300]}): check the task's model and data")
+    raise_for_contract(outcome, memory_limit=worker.memory_limit if worker is not None else None, share=share)
 
 
 def _say_trial(say: Progress, study: optuna.Study, objective: str, record: TrialRecord,

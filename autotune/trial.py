@@ -31,6 +31,7 @@ from autotune.training import (
     lr_range_test,
     train_for_budget,
 )
+from autotune.units import format_size
 
 
 @contextlib.contextmanager
@@ -204,6 +205,23 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
                             "output layer, or the data") from None
     labels_against(data, classes, task.loss)
     return classes
+
+
+def raise_for_contract(outcome: Any, *, memory_limit: int | None = None, share: int = 1) -> None:
+    """`TaskError` for a `check_contract` run that did not pass (``outcome``: the worker's `Outcome`): its
+    one-line reason, or, where the worker's cap (``memory_limit``, its ``share`` of ``--memory-limit``) left no
+    room, the cap as the fix."""
+    if outcome.ok:
+        return
+    if outcome.kind == "fatal":
+        raise TaskError(outcome.message)
+    why = outcome.message.strip().splitlines()[-1][:300]
+    if outcome.kind == "oom" and memory_limit:
+        split = f" (each of the {share} workers gets 1/{share} of it)" if share > 1 else ""
+        raise TaskError(f"the model cannot run on two training samples within the memory cap of "
+                        f"{format_size(memory_limit)}{split}: {why}; raise --memory-limit")
+    raise TaskError(f"the model could not be run on two training samples ({outcome.kind}: {why}): check the "
+                    "task's model and data")
 
 
 def _dtypes(data: Any) -> str:

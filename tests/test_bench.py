@@ -13,7 +13,7 @@ from autotune.backends import get_backend, is_installed
 from autotune.bench import BenchError, bench, plan_modes, rank
 from autotune.cli import main
 from autotune.devices import Device
-from tests.conftest import EXAMPLES, assert_one_line_error, run_cli
+from tests.conftest import EXAMPLES, TASKS, assert_one_line_error, run_cli
 
 BACKENDS = {
     "torch": EXAMPLES / "torch_digits.py",
@@ -192,3 +192,11 @@ def test_cli_prints_the_ranked_table_and_json(tmp_path, monkeypatch, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["winner"] == data["rows"][0]["mode"] == "cpu fp32 eager" and data["batch_size"] == 32
     assert data["rows"][0]["peak_flops_cached"] == kept  # the first run measured the peak, the second read it
+
+
+def test_a_task_that_cannot_train_is_one_line_before_any_mode_runs():
+    """As `tune` checks it: the model and its loss on two samples first (bench printed a table of failed modes,
+    torch's compile errors and exit 0)."""
+    result = run_cli("bench", f"{TASKS / 'torch_tasks.py'}:broken", "--seconds", "0.2", "--json")
+    assert_one_line_error(result, "the model fails on 2 training samples", "fix the model's input")
+    assert result.stdout == ""
