@@ -8,6 +8,7 @@ comparable.
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Mapping, Sequence
 
@@ -132,22 +133,34 @@ CONTENDED_CORES = 0.5
 """Other processes' CPU use, in cores, above which a measurement is flagged as taken on a busy machine."""
 
 
+def _own_cores() -> set[int] | None:
+    """The cores this process may run on; None where the OS does not say (then the whole machine counts)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 class CpuContention:
-    """CPU time that other processes used while a measurement ran (machine busy time less this process's).
+    """CPU time that other processes used while a measurement ran, on the cores this process may run on (their
+    busy time less this process's).
 
     A trial's throughput measured while another job took a core is not this configuration's throughput: the
-    figure is kept but flagged, so a report can tell it apart."""
+    figure is kept but flagged, so a report can tell it apart. Only this process's cores count: a worker pinned
+    to its share of the cores (``--devices cpu*N``) is not slowed by its siblings on the others."""
 
     def __init__(self) -> None:
         import psutil
 
         self._psutil = psutil
         self._process = psutil.Process()
+        self._cores = _own_cores()
         self._start = self._read()
 
     def _read(self) -> tuple[float, float, float]:
-        machine = self._psutil.cpu_times()
-        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        per_core = self._psutil.cpu_times(percpu=True)
+        cores = [times for index, times in enumerate(per_core) if self._cores is None or index in self._cores]
+        busy = sum(sum(times) - times.idle - getattr(times, "iowait", 0.0) for times in cores)
         own = self._process.cpu_times()
         return time.perf_counter(), busy, own.user + own.system
 

@@ -256,3 +256,31 @@ def test_a_measurement_on_a_busy_machine_is_flagged():
         burner.kill()
         burner.wait()
     assert figures["other_cpu_cores"] > 0.5 and figures["busy"] and "quiet machine" in figures["busy_reason"]
+
+
+@pytest.mark.timing
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_only_the_cores_a_measurement_runs_on_count_as_contended():
+    """A worker pinned to its share of the cores (`--devices cpu*2`) is not slowed by its sibling on the other
+    core: that sibling's load must not flag its trials as measured on a busy machine; on its own core it must."""
+    mine, other = sorted(os.sched_getaffinity(0))[:2]
+    everything = os.sched_getaffinity(0)
+
+    def measured_beside_a_burner(burner_core, own_cores):
+        burner = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 3\nwhile time.time() < end: pass"],
+                                  preexec_fn=lambda: os.sched_setaffinity(0, {burner_core}))
+        os.sched_setaffinity(0, own_cores)
+        try:
+            time.sleep(0.3)
+            contention = CpuContention()
+            time.sleep(1.0)
+            return contention.finish()
+        finally:
+            os.sched_setaffinity(0, everything)
+            burner.kill()
+            burner.wait()
+
+    beside = measured_beside_a_burner(other, {mine})
+    assert not beside["busy"] and beside["other_cpu_cores"] < 0.5, beside
+    on_mine = measured_beside_a_burner(mine, {mine})
+    assert on_mine["busy"], on_mine
