@@ -9,6 +9,8 @@ import pytest
 
 from autotune.errors import FitError
 from autotune.fitting import Answer, Budget, Planner, Probe, ProbeAt
+from autotune.fitting.executor import judge
+from autotune.runner import WorkerOutcome
 
 MIB, GIB = 1024**2, 1024**3
 
@@ -277,3 +279,17 @@ def test_the_planner_wants_the_probe_it_asked_for():
     assert first == ProbeAt(8, growth=True)
     with pytest.raises(ValueError, match="asked for batch 8"):
         planner.next([Probe(16, fits=True, peak_memory_bytes=GIB)])
+
+
+@pytest.mark.parametrize("outcome", [
+    WorkerOutcome(False, kind="crash", message="worker exited with code 0 without a result", exitcode=0),
+    WorkerOutcome(False, kind="error", message="google.protobuf.message.DecodeError: Arena alloc failed"),
+    WorkerOutcome(False, kind="crash", message="worker killed by SIGABRT", exitcode=-6),
+])
+def test_a_first_probe_that_vanishes_or_cannot_allocate_under_the_cap_is_memory(outcome):
+    """TensorFlow under an address-space cap too small for its first batch exits without a result or reports
+    protobuf's allocation failure: that is the cap (raise --memory-limit), not a broken task."""
+    capped = Budget("address_space", 1 << 30, 0.05, cpu_cap=1 << 30)
+    assert judge(capped, [], 8, outcome, 1.0).oom
+    with pytest.raises(FitError, match="other than memory"):
+        judge(Budget("resident", 1 << 30, 0.05), [], 8, outcome, 1.0)

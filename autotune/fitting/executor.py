@@ -152,9 +152,12 @@ def judge(budget: Budget, probes: Sequence[Probe], batch_size: int, outcome: Wor
         raise FitError(f"batch size {batch_size} does not fit: {message}; raise --memory-limit")
     if not outcome.ok:
         # Under an enforced cap, a size larger than one that ran can fail in other ways than the framework's OOM
-        # error (oneDNN: "could not create a primitive"; a C++ abort): that is memory too.
+        # error (oneDNN: "could not create a primitive"; a C++ abort): that is memory too. So is a worker that
+        # vanished under the cap, or an allocation the framework reports as its own error (protobuf's "Arena
+        # alloc failed" from TensorFlow), at any size.
         fits_at = max((p.batch_size for p in probes if p.fits), default=0)
-        crashed_under_cap = outcome.killed_by_signal and budget.cpu_cap is not None
+        crashed_under_cap = budget.cpu_cap is not None and (
+            outcome.killed_by_signal or outcome.kind == "crash" or "alloc" in message.lower())
         failed_above_a_fit = budget.cpu_cap is not None and outcome.kind in ("error", "crash") \
             and 0 < fits_at < batch_size
         if outcome.kind == "oom" or crashed_under_cap or failed_above_a_fit:
