@@ -8,6 +8,10 @@ the spread (largest / smallest − 1, goal ≤ 10 % on a quiet machine), the ste
 autotune flagged the trial as measured on a busy machine (other processes' CPU use). The load average is
 printed before and after each model: quote the figures only from a quiet machine.
 
+Beside it, for the torch models, the peer: a plain PyTorch loop as a user writes it (a fresh model and Adam per
+run, random batches, each step timed, the first three left out), run as many times for as long in this process.
+Its spread is the machine's own: autotune's cannot be expected below it.
+
     .venv/bin/python benchmarks/repeatability.py                       # digits (torch), GPT-2, ResNet-shaped torch
     .venv/bin/python benchmarks/repeatability.py --models digits,tf-digits,ms-digits --trials 5 --trial-time 3
 """
@@ -49,6 +53,8 @@ MODELS = {
     "mobilenet": Model("benchmarks/tasks/keras_mobilenet.py", 64, "adam", 1e-3),
 }
 
+TORCH_MODELS = ("digits", "gpt2", "resnet")
+
 
 def spread(values: list[float]) -> float | None:
     """Largest over smallest, less one: how far apart the figures of one configuration are."""
@@ -78,6 +84,56 @@ def measure(model: Model, *, trials: int, trial_time: float, fresh: bool) -> lis
     return rows
 
 
+PLAIN_WARMUP_STEPS = 3
+"""A plain run's first steps carry first-call set-up: left out of its throughput, as autotune leaves them out."""
+
+
+def plain_torch_runs(model: Model, *, runs: int, seconds: float) -> list[float]:
+    """Samples/s of ``runs`` plain PyTorch training runs of the model's configuration, ``seconds`` each."""
+    import numpy as np
+    import torch
+
+    import autotune
+
+    task = autotune.load_task(str(ROOT / model.task))
+    train, _ = task.data() if callable(task.data) else task.data
+    loader = None
+    if isinstance(train, torch.utils.data.Dataset):
+        loader = torch.utils.data.DataLoader(train, batch_size=model.batch_size, shuffle=True, drop_last=True)
+    else:
+        x, y = (torch.as_tensor(np.asarray(part)) for part in train)
+    rates = []
+    for _ in range(runs):
+        torch.manual_seed(0)
+        net = task.model()
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=model.lr)
+        batches = iter(loader) if loader is not None else None
+        times: list[float] = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            if batches is not None:
+                batch = next(batches, None)
+                if batch is None:
+                    batches = iter(loader)
+                    batch = next(batches)
+            else:
+                index = torch.randint(0, len(x), (model.batch_size,))
+                batch = (x[index], y[index])
+            tick = time.perf_counter()
+            optimizer.zero_grad()
+            if task.compute_loss is not None:
+                loss = task.compute_loss(net, batch)
+            else:
+                loss = torch.nn.functional.cross_entropy(net(batch[0]), batch[1])
+            loss.backward()
+            optimizer.step()
+            times.append(time.perf_counter() - tick)
+        timed = times[PLAIN_WARMUP_STEPS:] or times
+        rates.append(model.batch_size * len(timed) / sum(timed))
+    return rates
+
+
 def report(name: str, model: Model, rows: list[dict[str, Any]], load: tuple[float, float]) -> dict[str, Any]:
     throughputs = [row["throughput"] for row in rows]
     share = spread(throughputs)
@@ -101,12 +157,33 @@ def report(name: str, model: Model, rows: list[dict[str, Any]], load: tuple[floa
             "busy": [row["busy"] for row in rows], "load": load}
 
 
+def report_plain(result: dict[str, Any], rates: list[float]) -> None:
+    share = spread(rates)
+    agree, pairs = pairs_within(rates)
+    result.update(plain_throughputs=rates, plain_spread=share, plain_pairs=(agree, pairs))
+    print(f"plain PyTorch loop, same configuration, {len(rates)} runs: "
+          + ", ".join(f"{rate:.4g}" for rate in rates) + f" samples/s; spread {100 * (share or 0):.1f} %, "
+          f"{agree} of {pairs} pairs within {100 * GOAL:.0f} %")
+
+
+def summary(results: list[dict[str, Any]]) -> None:
+    print("\n| model | autotune spread | pairs within 10 % | plain loop spread | pairs within 10 % |")
+    print("|---|---:|---:|---:|---:|")
+    for result in results:
+        plain = result.get("plain_spread")
+        plain_pairs = result.get("plain_pairs")
+        print(f"| {result['model']} | {100 * (result['spread'] or 0):.1f} % | {result['pairs'][0]} of "
+              f"{result['pairs'][1]} | " + ("– | – |" if plain is None else
+                                           f"{100 * plain:.1f} % | {plain_pairs[0]} of {plain_pairs[1]} |"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="digits,gpt2,resnet", help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--trial-time", type=float, default=3.0)
     parser.add_argument("--fresh", action="store_true", help="each trial in a new worker (default: one kept)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain PyTorch loop beside each torch model")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -120,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
         before = os.getloadavg()[0]
         rows = measure(MODELS[name], trials=args.trials, trial_time=args.trial_time, fresh=args.fresh)
         results.append(report(name, MODELS[name], rows, (before, os.getloadavg()[0])))
+        if not args.no_plain and name in TORCH_MODELS:
+            report_plain(results[-1], plain_torch_runs(MODELS[name], runs=args.trials, seconds=args.trial_time))
+    summary(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 
