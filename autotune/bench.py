@@ -19,7 +19,7 @@ import numpy as np
 
 from autotune.backends import get_backend
 from autotune.backends.base import PRECISIONS
-from autotune.errors import AutotuneError, DeviceError
+from autotune.errors import AutotuneError, DeviceError, TrialError
 from autotune.peak import cache_path as peak_cache_path
 from autotune.runner import run_here, run_in_worker, warm_up_for, warm_up_server
 from autotune.scoped import collector_skips_the_callers_heap
@@ -174,6 +174,10 @@ def measure_mode(session: Any, sampler: BatchSampler, *, seconds: float, energy:
     contention = CpuContention()
     steps = _timed(step, seconds, min_runs=10, max_runs=100000)
     joules = energy() - joules_start if energy and joules_start is not None else None
+    loss = session.last_loss()
+    if not math.isfinite(loss):  # the speed of a step that trains nothing is no figure to rank
+        raise TrialError("diverged", f"the training loss is {loss} at batch {sampler.batch_size}: fix the task's "
+                                     "loss or data")
     median = statistics.median(steps)
     rates = [sampler.batch_size / s for s in steps]
     samples = sampler.batch_size * len(steps)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from autotune.console import number, status, table
@@ -54,10 +55,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                    batch_size=args.batch, budget=args.budget, seconds=args.seconds,
                    isolation="none" if args.in_process else "process",
                    progress=None if args.json or args.quiet else status)
+    ran = any(row["ok"] for row in result.rows)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-        return 0
-    print(render(result))
+    else:
+        print(render(result))
+    if not ran:  # a table of failures is no measurement: the caller's script must see it
+        reasons = "; ".join(f"{row['mode']}: {row.get('failure', '')[:160]}" for row in result.rows)
+        print(f"autotune: no mode ran ({reasons})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -200,3 +200,12 @@ def test_a_task_that_cannot_train_is_one_line_before_any_mode_runs():
     result = run_cli("bench", f"{TASKS / 'torch_tasks.py'}:broken", "--seconds", "0.2", "--json")
     assert_one_line_error(result, "the model fails on 2 training samples", "fix the model's input")
     assert result.stdout == ""
+
+
+def test_a_mode_whose_loss_is_nan_fails_and_no_mode_run_exits_1():
+    """A step that computes NaN trains nothing: its speed is no figure to rank (bench named it the winner)."""
+    result = run_cli("bench", f"{TASKS / 'torch_tasks.py'}:nan_loss", "--seconds", "0.2", "--compile", "off",
+                     "--precision", "fp32")
+    assert result.returncode == 1, result.stderr
+    assert "diverged: the training loss is nan" in result.stdout and "winner" not in result.stdout
+    assert "autotune: no mode ran (cpu fp32 eager: diverged" in result.stderr

@@ -112,3 +112,10 @@ class SlowToValidate(torch.nn.Module):
 
 
 slow_to_validate = autotune.Task(backend="torch", model=SlowToValidate, data=_blobs, loss="cross_entropy")
+
+
+def _nan_loss(outputs, targets):
+    return torch.nn.functional.cross_entropy(outputs, targets) * float("nan")
+
+
+nan_loss = autotune.Task(backend="torch", model=small_model, data=_blobs, loss=_nan_loss)
