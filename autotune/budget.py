@@ -57,4 +57,4 @@ class Phases:
     def describe(self) -> str:
         total = sum(self.seconds.values())
         parts = ", ".join(f"{name.replace('_', ' ')} {value:.1f} s" for name, value in self.seconds.items())
-        return f"{parts} ({total:.1f} s in all)"
+        return f"{parts} ({total:.1f} s in all)" if parts else "nothing ran"

@@ -37,7 +37,11 @@ class ProgressDisplay:
         if kind == "start":
             verb = "resuming" if event["resumed"] else "new"
             extra = f", {event['orphans_failed']} orphaned trial(s) marked failed" if event["orphans_failed"] else ""
-            self._line(f"{verb} study {event['study']} in {event['storage']} ({event['finished']} finished{extra})")
+            # a study that already holds the trials asked for runs none: said here, with how to add more
+            full = (f"; --trials {event['wanted']} are done already: give a larger --trials to add more"
+                    if event["resumed"] and event.get("wanted") and event["finished"] >= event["wanted"] else "")
+            self._line(f"{verb} study {event['study']} in {event['storage']} ({event['finished']} finished{extra})"
+                       f"{full}")
         elif kind == "fit":
             self._line(f"fit: {event['message'].strip()}", final=not self.live)
         elif kind == "ceiling":

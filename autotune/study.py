@@ -339,7 +339,7 @@ def tune(
         if device_choice:
             study.set_user_attr("device_choice", device_choice)
         say({"event": "start", "study": name, "storage": redact(storage or "sqlite:///studies/autotune.db"),
-             "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study)})
+             "resumed": resumed, "orphans_failed": orphans, "finished": _finished(study), "wanted": n_trials})
 
         phases = Phases()
         cache = lambda precision: CeilingCache.for_task(  # noqa: E731 - built only when the study has no ceiling

@@ -210,3 +210,14 @@ def test_unreachable_storage_is_one_line_and_hides_the_password(tmp_path):
     result = run_cli("tune", "--confirm", "0", SMALL_TASK, "--storage", "postgresql://alice:hunter2@127.0.0.1:9/none")
     assert_one_line_error(result, "cannot open storage", "alice:***@")
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_resuming_a_study_that_holds_the_trials_asked_for_says_so(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    args = ("tune", "--confirm", "0", SMALL_TASK, "--trials", "1", "--trial-time", "0.3", "--search-space",
+            SMALL_SPACE, "--storage", storage, "--study", "full", "--no-range-test", "--no-report")
+    assert run_cli(*args).returncode == 0
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "--trials 1 are done already: give a larger --trials to add more" in again.stderr
+    assert _finished(storage, "full") == 1
