@@ -269,16 +269,17 @@ def tune(
     and fails them.
     """
     say = progress or (lambda _event: None)
-    timeout, trial_timeout = seconds("--timeout", timeout), seconds("--trial-timeout", trial_timeout)
+    # named as the library's caller wrote them: the CLI checked its own options already, in its own words
+    timeout, trial_timeout = seconds("timeout", timeout), seconds("trial_timeout", trial_timeout)
     if storage_retry not in (None, 0):  # 0: stop at once
-        storage_retry = seconds("--storage-retry", storage_retry) or 0.0
+        storage_retry = seconds("storage_retry", storage_retry) or 0.0
     deadline = Deadline(timeout)
     check_objective(objective)
     if trial_steps is not None:
         trial_time = None
-    trial_time = seconds("--trial-time", trial_time)
+    trial_time = seconds("trial_time", trial_time)
     if (trial_time is None or trial_time <= 0) and (trial_steps is None or trial_steps < 1):
-        raise AutotuneError("give a positive --trial-time (seconds) or --trial-steps")
+        raise AutotuneError("give a positive trial_time (seconds, --trial-time) or trial_steps (--trial-steps)")
     if isinstance(memory_share, bool) or not isinstance(memory_share, int) or memory_share < 1:
         raise AutotuneError(f"memory_share must be a positive number of workers, got {memory_share!r}")
     if memory_whole is not None and (isinstance(memory_whole, bool) or not isinstance(memory_whole, int)
