@@ -344,6 +344,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(render_text(study, formats[0]))
         return 0
-    for fmt, path in write_report(study, out_dir=args.output, formats=formats).items():
+    notes: list[str] = []
+    for fmt, path in write_report(study, out_dir=args.output, formats=formats, notes=notes).items():
         status(f"report ({fmt}) written to {path}")
+    for note in notes:
+        status(f"note: {note}")
     return 0

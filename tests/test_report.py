@@ -296,3 +296,4 @@ def test_without_a_browser_the_markdown_says_why_its_plots_are_missing(tuned, tm
     markdown = (tmp_path / "report.md").read_text()
     assert "![" not in markdown and "Plot not rendered: PNG plots need kaleido" in markdown
     assert "apt-get install chromium" in markdown and not (tmp_path / "plots").exists()
+    assert "note: report.md has no PNG plots: PNG plots need kaleido" in result.stderr  # not only in the file

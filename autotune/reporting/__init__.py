@@ -53,9 +53,10 @@ def render_json(data: dict[str, Any]) -> str:
 
 
 def write_report(study: optuna.Study, *, out_dir: str | Path | None = None,
-                 formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+                 formats: Sequence[str] = FORMATS, notes: list[str] | None = None) -> dict[str, Path]:
     """Write the study's report in ``formats`` into ``out_dir`` (default ``studies/<study>/``) and return the
-    path of each file written, by format; the Markdown report's PNGs go to ``out_dir/plots/``."""
+    path of each file written, by format; the Markdown report's PNGs go to ``out_dir/plots/``. What the caller
+    should tell its user (PNGs that could not be drawn, and why) is appended to ``notes``."""
     from autotune.reporting import document, markdown, page
     from autotune.reporting.data import report_data
     from autotune.reporting.figures import all_plots
@@ -78,6 +79,8 @@ def write_report(study: optuna.Study, *, out_dir: str | Path | None = None,
         from autotune.reporting.images import write_pngs
 
         images, missing = write_pngs(plots, folder / PLOTS_FOLDER)
+        if missing and notes is not None:
+            notes.append(f"report.md has no PNG plots: {missing}")
         relative = {key: f"{PLOTS_FOLDER}/{name}" for key, name in images.items()}
         written["md"] = folder / "report.md"
         written["md"].write_text(markdown.render(blocks, relative, no_images=missing), encoding="utf-8")
