@@ -191,3 +191,13 @@ def test_a_session_resized_to_another_batch_runs_the_step_it_traced():
     assert math.isfinite(session.last_loss()) and math.isfinite(session.evaluate(max_batches=1))
     assert session.compile_seconds == traced  # no second trace
     session.close()
+
+
+def test_bench_of_every_precision_keeps_tensorflow_s_half_precision_fallback_line_off_stderr(tmp_path):
+    """A CPU without AVX-512 runs float16 kernels through Eigen, and TensorFlow logs that at ERROR level at the
+    first such kernel (the precision check, the peak matmul, the first step): the mode's figures say it."""
+    result = run_cli("bench", str(EXAMPLES / "tensorflow_digits.py"), "--seconds", "0.2", "--compile", "off",
+                     "--json", env={"AUTOTUNE_CACHE_DIR": str(tmp_path)})  # a fresh peak cache: its matmuls run
+    assert result.returncode == 0, result.stderr
+    assert "oneDNN supports" not in result.stderr, result.stderr
+    assert {row["precision"] for row in json.loads(result.stdout)["rows"]} >= {"fp32"}

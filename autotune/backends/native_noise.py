@@ -37,6 +37,13 @@ TENSORFLOW_NO_ACCELERATOR_NOISE = re.compile(
 ``tensorflow`` package: ``E ... cuda_platform.cc:52] failed call to cuInit: ... UNKNOWN ERROR (303)``, at the
 first device listing, at ERROR level so that TF_CPP_MIN_LOG_LEVEL=2 keeps it). The device list says it."""
 
+TENSORFLOW_CPU_HALF_NOISE = re.compile(
+    r"^[IWE]\d{4} [0-9:.]+ +\d+ [\w.]+:\d+\] oneDNN supports DT_(HALF|BFLOAT16) only on platforms with .*$"
+)
+"""What TensorFlow logs, at ERROR level, the first time a float16 or bfloat16 kernel runs on a CPU without the
+instructions oneDNN needs for it: it falls back to Eigen's kernels and goes on. The mode's own figures say how
+slow that is."""
+
 TENSORFLOW_LOG_LEVEL: Mapping[str, str] = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 """TensorFlow reads its C++ log level once, while it loads: INFO and WARNING lines off, errors still shown."""
 

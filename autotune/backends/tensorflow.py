@@ -26,6 +26,7 @@ import numpy as np
 from autotune.backends import tensorflow_kept as keeping
 from autotune.backends.base import PRECISIONS, Backend, TrainingSession
 from autotune.backends.native_noise import (
+    TENSORFLOW_CPU_HALF_NOISE as _CPU_HALF_NOISE,
     TENSORFLOW_LOG_LEVEL,
     TENSORFLOW_NO_ACCELERATOR_NOISE as _NO_ACCELERATOR_NOISE,
     TENSORFLOW_PRE_INIT_NOISE as _PRE_INIT_NOISE,
@@ -803,7 +804,8 @@ class TensorFlowSession(TrainingSession):
     def _first_call(self, function: Any, batch: Any) -> Any:
         """The tracing call, run to completion; a broken compute_loss contract comes out as its one-line error."""
         try:
-            with warnings.catch_warnings():
+            # the first run of a half-precision kernel on a CPU without its instructions logs a fallback line
+            with warnings.catch_warnings(), _quiet_native_noise(_CPU_HALF_NOISE):
                 # Keras warns when from_logits=True meets a softmax output; only an explicit Task(from_logits=True)
                 # gets there, and the user has said what the outputs are.
                 warnings.filterwarnings("ignore", message=r".*received `from_logits=True`")
@@ -1188,7 +1190,7 @@ class TensorFlowBackend(Backend):
             known = self.__dict__["_cpu_notes"] = {}
             for precision, dtype in (("bf16", tf.bfloat16), ("fp16", tf.float16)):
                 try:
-                    with tf.device("/CPU:0"):
+                    with tf.device("/CPU:0"), _quiet_native_noise(_CPU_HALF_NOISE):
                         tf.matmul(tf.ones((2, 2), dtype), tf.ones((2, 2), dtype)).numpy()
                 except (tf.errors.OpError, TypeError) as exc:
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -1211,7 +1213,7 @@ class TensorFlowBackend(Backend):
 
         dtype = {"fp32": tf.float32, "bf16": tf.bfloat16, "fp16": tf.float16}[precision]
         name = "/CPU:0" if device.kind == "cpu" else f"/{_logical_name(device)}"
-        with tf.device(name):
+        with tf.device(name), _quiet_native_noise(_CPU_HALF_NOISE):
             a = tf.cast(tf.random.normal((size, size)), dtype)
             b = tf.cast(tf.random.normal((size, size)), dtype)
 
