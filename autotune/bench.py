@@ -112,6 +112,8 @@ def plan_modes(backend: Any, devices: str | Sequence[str] | None, precisions: st
                 chosen.append(backend.resolve_device(name))
             except DeviceError as exc:
                 raise BenchError(f"--devices: {exc}") from None
+        if not chosen:
+            raise BenchError(f"--devices {devices!r} names no device: give ids from `autotune probe`, or all")
     modes: list[Mode] = []
     skipped: list[dict[str, Any]] = []
     supported_anywhere: set[str] = set()

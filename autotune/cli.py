@@ -11,7 +11,6 @@ import gc
 import json
 import math
 import re
-import signal
 import sys
 from typing import Any, Callable, Sequence
 
@@ -256,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else argv))
     handler: Callable[[argparse.Namespace], int] = args.handler
-    from autotune.closed_output import stopped_when_output_closes
+    from autotune.closed_output import output_closed, stop_reason, stop_signal, stopped_when_output_closes
     from autotune.redact import redact, url_secrets  # no optuna: probe and fit-batch do not import it
     from autotune.scoped import quiet_optuna
 
@@ -269,8 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(redact(f"autotune: error: {exc}", secrets), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        print(f"autotune: interrupted ({getattr(exc, 'reason', 'Ctrl-C')})", file=sys.stderr)
-        return 128 + getattr(exc, "signum", signal.SIGINT)
+        if not output_closed():  # a closed output takes no more lines
+            print(f"autotune: interrupted ({stop_reason(exc)})", file=sys.stderr)
+        return 128 + stop_signal(exc)
     except Exception:  # a bug: its traceback is for a report, but even a traceback must not show a password
         import traceback
 

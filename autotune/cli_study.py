@@ -249,8 +249,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
             report_after_tune(exc.result.study, args.storage)
         return 1
     except KeyboardInterrupt as exc:
+        from autotune.closed_output import stop_reason, stop_signal
+
         name = study_holder.get("study")
-        print(f"autotune: interrupted ({getattr(exc, 'reason', 'Ctrl-C')}): the running trial is marked failed, "
+        print(f"autotune: interrupted ({stop_reason(exc)}): the running trial is marked failed, "
               "finished trials are kept", file=sys.stderr)
         if name:
             from autotune.errors import StorageError
@@ -259,12 +261,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
             try:
                 study = load_study(name, args.storage)
             except StorageError:  # a new study interrupted before its first trial is removed again
-                return 128 + getattr(exc, "signum", signal.SIGINT)
+                return 128 + stop_signal(exc)
             trial = best_trial(study, study.user_attrs.get("objective", "convergence"))
             if trial is not None:
                 print("best so far:", file=sys.stderr)
                 _print_result(result_from_trial(study, trial), args.json)
-        return 128 + getattr(exc, "signum", signal.SIGINT)
+        return 128 + stop_signal(exc)
     if not args.json:
         print()
     written = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -129,28 +130,42 @@ def _start(slot: Slot, argv: Sequence[str]) -> subprocess.Popen:
                             preexec_fn=pin)
 
 
-def _relay(slot: Slot, lines: list[str], quiet: bool) -> None:
+class _SaidOnce:
+    """Error lines already shown, up to the figures in them: the same bad input stops every worker, each
+    measuring its own megabytes, and is said once, when the first worker says it."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self.any = False
+
+    def first(self, line: str) -> bool:
+        key = re.sub(r"\d+(\.\d+)?", "#", line)
+        with self._lock:
+            self.any = True
+            if key in self._seen:
+                return False
+            self._seen.add(key)
+            return True
+
+
+def _relay(slot: Slot, lines: list[str], quiet: bool, said: _SaidOnce) -> None:
     """Copy the child's progress to stderr with its label (its result is the coordinator's to print: every
-    worker's is the study's one best); keep its lines for the summary, and its error line for `_conclude` (the
-    same bad input stops every worker: said once, not once per worker)."""
+    worker's is the study's one best), and its error line as it comes, once for all workers (`_SaidOnce`);
+    keep its lines for the summary."""
     assert slot.process is not None and slot.process.stderr is not None
     for line in slot.process.stderr:
         lines.append(line.rstrip("\n"))
-        if not quiet and not line.startswith(ERROR_PREFIX):
+        if line.startswith(ERROR_PREFIX):
+            if said.first(line):
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        elif not quiet:
             sys.stderr.write(f"[{slot.label}] {line}")
             sys.stderr.flush()
 
 
 ERROR_PREFIX = "autotune: error:"
-
-
-def _errors(slots: Sequence[Slot], outputs: dict[str, list[str]], *, all_refused: bool) -> list[str]:
-    """The workers' error lines, each with its worker's label; where every worker stopped on bad input (the
-    same in each, up to a figure measured in each), the first worker's line alone."""
-    found = [(slot.label, line) for slot in slots for line in outputs[slot.label] if line.startswith(ERROR_PREFIX)]
-    if all_refused:
-        return [found[0][1]] if found else [f"{ERROR_PREFIX} every worker stopped on bad input"]
-    return [f"[{label}] {line}" for label, line in found]
 
 
 def _started(slot: Any) -> subprocess.Popen:
@@ -198,6 +213,7 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
     argv = shared_arguments(args, task, slots, argv, backend)
     quiet = args.quiet or args.json
     outputs: dict[str, list[str]] = {slot.label: [] for slot in slots}
+    said = _SaidOnce()
     relays = []
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
 
@@ -211,7 +227,7 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
     try:
         for slot in slots:
             slot.process = _start(slot, argv)
-            relay = threading.Thread(target=_relay, args=(slot, outputs[slot.label], quiet), daemon=True)
+            relay = threading.Thread(target=_relay, args=(slot, outputs[slot.label], quiet, said), daemon=True)
             relay.start()
             relays.append(relay)
         while any(_started(slot).poll() is None for slot in slots):  # each reaped as it ends: never left a zombie
@@ -222,18 +238,17 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return _conclude(args, slots, codes, outputs)
+    return _conclude(args, slots, codes, said)
 
 
-def _conclude(args: argparse.Namespace, slots: list[Slot], codes: dict[str, int], outputs: dict[str, list[str]]) -> int:
+def _conclude(args: argparse.Namespace, slots: list[Slot], codes: dict[str, int], said: _SaidOnce) -> int:
     from autotune.errors import StorageError
     from autotune.storage import fail_orphaned_trials, open_storage
     from autotune.study import best_trial, load_study, result_from_trial
 
-    all_refused = all(code == 2 for code in codes.values())
-    for line in _errors(slots, outputs, all_refused=all_refused):
-        print(line, file=sys.stderr)
-    if all_refused:
+    if all(code == 2 for code in codes.values()):  # bad input: its lines were said as they came
+        if not said.any:
+            print(f"{ERROR_PREFIX} every worker stopped on bad input", file=sys.stderr)
         return 2
     try:
         study = load_study(args.study, args.storage)

@@ -9,13 +9,15 @@ import threading
 import time
 from typing import Any, Iterator
 
+from autotune.closed_output import SIGPIPE, output_closed
 from autotune.errors import Interrupted
 
 
 class Interrupts:
     """Ctrl-C or SIGTERM during a study: kill the running trial at once (it is recorded as interrupted);
     anywhere else (sampling, storage writes) only note it, so that Optuna's bookkeeping is never cut half-way.
-    SIGTERM is Ctrl-C's twin: a scheduler's stop must not leave the trial RUNNING until the next run."""
+    SIGTERM is Ctrl-C's twin: a scheduler's stop must not leave the trial RUNNING until the next run, and so is
+    a closed output pipe (`autotune.closed_output`)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -26,7 +28,8 @@ class Interrupts:
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.requested = True
-        self.signum = signum
+        # a closed output pipe arrives as Ctrl-C (`autotune.closed_output`): recorded as what it was
+        self.signum = SIGPIPE if signum == signal.SIGINT and output_closed() else signum
         if self.waiting:
             raise Interrupted(signum)
 

@@ -316,7 +316,7 @@ def tune(
     worker = Worker(memory_limit=cpu_cap, preload=backend.worker_preload(task)) if isolation == "process" else None
     try:  # a failure before the trials' own try below must not leave the worker running
         import_storage_for(storage)  # while the worker's server may still be loading the framework
-        _check_contract(handle, target, worker, seed, share=share)
+        _check_contract(handle, target, worker, seed, share=share, limit_given=given_limit is not None)
         if worker is not None and target.kind != "cpu":
             worker.close()  # started again for the range test; it must hold no device memory during the fit
         beat: dict[str, Any] = {"heartbeat": heartbeat, "grace": max(2 * heartbeat, 2)} if heartbeat else {}
@@ -433,14 +433,16 @@ def tune(
             worker.close()
 
 
-def _check_contract(handle: Any, target: Any, worker: Worker | None, seed: int, *, share: int = 1) -> None:
+def _check_contract(handle: Any, target: Any, worker: Worker | None, seed: int, *, share: int = 1,
+                    limit_given: bool = True) -> None:
     """The model run with its loss on two samples and the labels checked against its outputs
     (`autotune.trial.check_contract`), in ``worker`` or here: a mismatch is one line before any study or fit;
     so is a worker that the memory cap (its ``share`` of ``--memory-limit``) leaves no room to run in."""
     kwargs = {"task": handle, "device": target.id, "seed": seed}
     outcome = worker.run(check_contract, kwargs, timeout=CONTRACT_TIMEOUT) if worker is not None \
         else run_here(check_contract, kwargs)
-    raise_for_contract(outcome, memory_limit=worker.memory_limit if worker is not None else None, share=share)
+    raise_for_contract(outcome, memory_limit=worker.memory_limit if worker is not None else None, share=share,
+                       limit_given=limit_given)
 
 
 def _say_trial(say: Progress, study: optuna.Study, objective: str, record: TrialRecord,

@@ -207,19 +207,22 @@ def check_contract(task: Any, device: str | None, *, seed: int = 0) -> int | Non
     return classes
 
 
-def raise_for_contract(outcome: Any, *, memory_limit: int | None = None, share: int = 1) -> None:
+def raise_for_contract(outcome: Any, *, memory_limit: int | None = None, share: int = 1,
+                       limit_given: bool = True) -> None:
     """`TaskError` for a `check_contract` run that did not pass (``outcome``: the worker's `Outcome`): its
-    one-line reason, or, where the worker's cap (``memory_limit``, its ``share`` of ``--memory-limit``) left no
-    room, the cap as the fix."""
+    one-line reason, or, where the worker's cap (``memory_limit``: its ``share`` of ``--memory-limit``, or of the
+    available RAM when no limit was ``limit_given``) left no room, the cap and its fix. Under a cap a crash or an
+    allocation error is memory too, as the fit judges it (`autotune.fitting.executor.judge`)."""
     if outcome.ok:
         return
     if outcome.kind == "fatal":
         raise TaskError(outcome.message)
     why = outcome.message.strip().splitlines()[-1][:300]
-    if outcome.kind == "oom" and memory_limit:
-        split = f" (each of the {share} workers gets 1/{share} of it)" if share > 1 else ""
+    if memory_limit and (outcome.kind in ("oom", "crash") or "alloc" in why.lower()):
+        each = f"each of the {share} workers' share, " if share > 1 else ""
+        fix = "raise --memory-limit" if limit_given else "run fewer --devices workers, or free memory"
         raise TaskError(f"the model cannot run on two training samples within the memory cap of "
-                        f"{format_size(memory_limit)}{split}: {why}; raise --memory-limit")
+                        f"{format_size(memory_limit)} ({each}framework included): {why}; {fix}")
     raise TaskError(f"the model could not be run on two training samples ({outcome.kind}: {why}): check the "
                     "task's model and data")
 

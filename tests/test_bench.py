@@ -143,6 +143,7 @@ def test_plan_modes_covers_every_device_and_skips_what_a_device_lacks():
     ("cpu", "fp16", None, "no chosen device"),
     ("cpu", None, "sometimes", "unknown 'sometimes'"),
     ("cpu", "", None, "is empty"),
+    (",", None, None, "names no device"),
 ])
 def test_bad_requests_fail_before_any_measurement(devices, precisions, compiles, fragment):
     with pytest.raises(BenchError, match=fragment):

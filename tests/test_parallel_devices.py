@@ -86,8 +86,8 @@ def test_a_cap_the_framework_alone_outgrows_says_to_raise_it_once(tmp_path, devi
     extra = ("--devices", devices) if devices else ()
     result = run_cli("tune", "--confirm", "0", TASK, "--memory-limit", limit, *extra, "--storage",
                      f"sqlite:///{storage}")
-    assert_one_line_error(result, "within the memory cap of 512.00 MiB", "raise --memory-limit",
-                          *(["each of the 2 workers gets 1/2 of it"] if devices else []))
+    assert_one_line_error(result, "within the memory cap of 512.00 MiB (", "framework included", "raise --memory-limit",
+                          *(["each of the 2 workers' share"] if devices else []))
     assert not storage.exists() or not optuna.get_all_study_names(f"sqlite:///{storage}")
 
 

@@ -201,3 +201,14 @@ def test_bench_of_every_precision_keeps_tensorflow_s_half_precision_fallback_lin
     assert result.returncode == 0, result.stderr
     assert "oneDNN supports" not in result.stderr, result.stderr
     assert {row["precision"] for row in json.loads(result.stdout)["rows"]} >= {"fp32"}
+
+
+def test_the_half_precision_fallback_pattern_matches_tensorflow_s_line_and_no_other():
+    from autotune.backends.native_noise import TENSORFLOW_CPU_HALF_NOISE
+
+    line = ("E0000 00:00:1796404764.632157   16816 util.cc:131] oneDNN supports DT_HALF only on platforms with "
+            "AVX-512. Falling back to the default Eigen-based implementation if present.")
+    assert TENSORFLOW_CPU_HALF_NOISE.match(line)
+    assert TENSORFLOW_CPU_HALF_NOISE.match(line.replace("DT_HALF", "DT_BFLOAT16"))
+    assert not TENSORFLOW_CPU_HALF_NOISE.match("E0000 00:00:1796404764.632157   16816 op_kernel.cc:1] OOM when "
+                                               "allocating tensor with shape[64,32]")

@@ -801,11 +801,15 @@ class TensorFlowSession(TrainingSession):
             self._traced.add(name)
             return result
 
+    def _first_call_noise(self) -> contextlib.AbstractContextManager[Any]:
+        """What to keep off stderr while the step first runs: nothing in fp32 (stderr is never captured where a
+        crash there would lose TensorFlow's last lines)."""
+        return contextlib.nullcontext()
+
     def _first_call(self, function: Any, batch: Any) -> Any:
         """The tracing call, run to completion; a broken compute_loss contract comes out as its one-line error."""
         try:
-            # the first run of a half-precision kernel on a CPU without its instructions logs a fallback line
-            with warnings.catch_warnings(), _quiet_native_noise(_CPU_HALF_NOISE):
+            with warnings.catch_warnings(), self._first_call_noise():
                 # Keras warns when from_logits=True meets a softmax output; only an explicit Task(from_logits=True)
                 # gets there, and the user has said what the outputs are.
                 warnings.filterwarnings("ignore", message=r".*received `from_logits=True`")
@@ -1284,6 +1288,12 @@ class TensorFlowBenchSession(TensorFlowSession):
 
     def _jit_compile(self) -> bool | None:
         return True if self.compile else None
+
+    def _first_call_noise(self) -> contextlib.AbstractContextManager[Any]:
+        # the first run of a half-precision kernel on a CPU without its instructions logs a fallback line
+        if self.precision != "fp32" and self.device.kind == "cpu":
+            return _quiet_native_noise(_CPU_HALF_NOISE)
+        return contextlib.nullcontext()
 
     def _wrapped_optimizer(self, optimizer: Any) -> Any:
         if self.precision == "fp16":  # float16 gradients underflow without loss scaling (Keras guide)
