@@ -92,6 +92,8 @@ def describe_long_validation(record: Any, *, trial_time: float | None) -> str | 
         return None
     if whole_pass is None or budget is None or budget > (1 - EVALUATION_SHARE) * trial_time:
         return None
+    if whole_pass <= EVALUATION_SHARE * trial_time:  # the budget was cut by a projection the pass did not bear out
+        return None  # (one validation batch timed slow on a loaded machine): no pass to blame
     samples = measured.get("validation_samples")
     return (f"one pass over the whole validation set ({samples} samples) takes {whole_pass:.2g} s, more than the "
             f"{EVALUATION_SHARE:.0%} of a {trial_time:g} s trial that evaluation may take: trial {record.number} "

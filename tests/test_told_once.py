@@ -76,3 +76,17 @@ def test_a_set_up_longer_than_the_trial_is_said_and_a_short_one_is_not():
     shortened = record(26.1)
     shortened.reduced_budget = True
     assert describe_set_up(shortened, trial_time=3) is None
+
+
+def test_a_budget_cut_by_a_slow_projection_blames_no_fast_validation_pass():
+    """Under load one timed validation batch can project a long pass and cut the training budget, while the
+    pass itself then takes 0.3 ms: the line would say 0.0003 s is more than a tenth of 0.5 s (seen in CI)."""
+    from types import SimpleNamespace
+
+    from autotune.verdict import describe_long_validation
+
+    record = SimpleNamespace(number=3, reduced_budget=False, measured={
+        "validation_pass_seconds": 0.0003, "training_budget_seconds": 0.41, "validation_samples": 120})
+    assert describe_long_validation(record, trial_time=0.5) is None
+    record.measured["validation_pass_seconds"] = 0.14
+    assert "takes 0.14 s, more than the 10% of a 0.5 s trial" in describe_long_validation(record, trial_time=0.5)
