@@ -293,11 +293,10 @@ def cmd_best(args: argparse.Namespace) -> int:
         result = load_result(args.study, args.storage)
     except ModelDoesNotLearn as exc:  # as `tune` ends such a study: no configuration to hand to training
         print(f"autotune: {exc}", file=sys.stderr)
-        from autotune.storage import redact
+        from autotune.storage import storage_option
 
-        where = f" --storage {shlex.quote(redact(args.storage, args.storage))}" if args.storage else ""
         print(f"no configuration is reported; the best-valued trial is in autotune report "
-              f"{shlex.quote(args.study)}{where}", file=sys.stderr)
+              f"{shlex.quote(args.study)}{storage_option(args.storage)}", file=sys.stderr)
         return 1
     _print_result(result, args.json)
     return 0

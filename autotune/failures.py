@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import optuna
 
-from autotune.storage import stale_reason
+from autotune.storage import stale_reason, storage_option
 
 INFEASIBLE_KINDS = ("crash", "timeout", "error", "oom")
 """Worker outcomes that say the configuration cannot run here: the sampler must steer away from them."""
@@ -85,10 +85,7 @@ def report_command(study_name: str, storage: str | None) -> str:
     the URL is masked: the line reaches the terminal)."""
     import shlex
 
-    from autotune.redact import redact, url_secrets
-
-    where = f" --storage {shlex.quote(redact(storage, url_secrets(storage)))}" if storage else ""
-    return f"`autotune report {shlex.quote(study_name)}{where}`"
+    return f"`autotune report {shlex.quote(study_name)}{storage_option(storage)}`"
 
 
 def shortfall(study: optuna.Study, wanted: int, *, timed_out: bool, attempts: int | None,

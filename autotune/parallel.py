@@ -149,13 +149,11 @@ class _SaidOnce:
             return True
 
 
-def _relay(slot: Slot, lines: list[str], quiet: bool, said: _SaidOnce) -> None:
+def _relay(slot: Slot, quiet: bool, said: _SaidOnce) -> None:
     """Copy the child's progress to stderr with its label (its result is the coordinator's to print: every
-    worker's is the study's one best), and its error line as it comes, once for all workers (`_SaidOnce`);
-    keep its lines for the summary."""
+    worker's is the study's one best), and its error line as it comes, once for all workers (`_SaidOnce`)."""
     assert slot.process is not None and slot.process.stderr is not None
     for line in slot.process.stderr:
-        lines.append(line.rstrip("\n"))
         if line.startswith(ERROR_PREFIX):
             if said.first(line):
                 sys.stderr.write(line)
@@ -212,7 +210,6 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
     check_task_data(task)  # bad data: one line here, not one per worker
     argv = shared_arguments(args, task, slots, argv, backend)
     quiet = args.quiet or args.json
-    outputs: dict[str, list[str]] = {slot.label: [] for slot in slots}
     said = _SaidOnce()
     relays = []
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -227,7 +224,7 @@ def tune_on_devices(args: argparse.Namespace, task: Any, argv: Sequence[str]) ->
     try:
         for slot in slots:
             slot.process = _start(slot, argv)
-            relay = threading.Thread(target=_relay, args=(slot, outputs[slot.label], quiet, said), daemon=True)
+            relay = threading.Thread(target=_relay, args=(slot, quiet, said), daemon=True)
             relay.start()
             relays.append(relay)
         while any(_started(slot).poll() is None for slot in slots):  # each reaped as it ends: never left a zombie

@@ -34,6 +34,14 @@ def redact(text: str, url: str | None = None) -> str:
     return _redact(text, url_secrets(url))
 
 
+def storage_option(storage: str | None) -> str:
+    """`` --storage URL`` for a command line a message suggests (password masked, shell-quoted); empty for the
+    default storage, which needs no option."""
+    import shlex
+
+    return f" --storage {shlex.quote(redact(storage, storage))}" if storage else ""
+
+
 def retry_window(*, heartbeat: int, grace: int, retry: float | None) -> float:
     """Seconds a lost database server is waited for: ``retry`` when given, else the default
     (`STORAGE_RETRY_SECONDS`) cut to the heartbeat's ``grace`` less one beat, so that after the longest default

@@ -36,7 +36,13 @@ from autotune.runner import Worker, run_here, warm_up_for
 from autotune.scoped import collector_skips_the_callers_heap, quiet_optuna
 from autotune.space import load_space
 from autotune.stopping import Deadline, Interrupts
-from autotune.storage import import_for as import_storage_for, open_storage, redact, retry_outlasts_grace
+from autotune.storage import (
+    import_for as import_storage_for,
+    open_storage,
+    redact,
+    retry_outlasts_grace,
+    storage_option,
+)
 from autotune.study_open import (
     OBJECTIVES,
     OWN_LOOP,
@@ -174,9 +180,8 @@ def load_result(study_name: str, storage: str | None = None) -> TuneResult:
     training script must not silently train with a configuration that was never shown to learn; the
     exception's ``result`` is the best-valued trial, for a caller who wants to look at it anyway."""
     study = load_study(study_name, storage)
-    where = f" --storage {shlex.quote(redact(storage, storage))}" if storage else ""
     rerun = ("run the training loop with its autotune.Tuner again" if study.user_attrs.get("task") == OWN_LOOP
-             else f"run autotune tune TASK --study {shlex.quote(study_name)}{where}")
+             else f"run autotune tune TASK --study {shlex.quote(study_name)}{storage_option(storage)}")
     return chosen_result(study, study.user_attrs.get("objective", "convergence"), fix=f": {rerun}")
 
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from autotune.console import status
-from autotune.storage import DEFAULT_STORAGE, redact
+from autotune.storage import DEFAULT_STORAGE, redact, storage_option
 
 AFTER_TUNE = ("html", "json")
 """What ``tune`` writes: the page and the data. The Markdown's PNGs start a browser (seconds), so
@@ -44,7 +44,7 @@ def write_after_tune(study: Any) -> dict[str, Any] | None:
 def say_next_steps(study: Any, storage: str | None, written: dict[str, Any]) -> None:
     """On stderr (stdout stays the result): where the report went and the commands that read the study again."""
     url = redact(storage or DEFAULT_STORAGE, storage)
-    where = f" --storage {shlex.quote(url)}" if storage else ""
+    where = storage_option(storage)
     name = shlex.quote(study.study_name)
     status(f"report: {written['html']} (data: {written['json']}), written in {written['seconds']:.1f} s")
     status(f"next: autotune best {name}{where} --json  (the configuration for a training script)")
